@@ -1,0 +1,195 @@
+//! Every guest in `guests/` builds to a component that wasmtime accepts, whose
+//! imports and exports match the world it claims, and whose `configure()` runs.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, Result};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, ResourceTable, ResourceType};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wit_interface::{Client, DraftGuestPre, GuestError, ServicebusGuestPre, names};
+
+/// The world each guest claims.
+const CLAIMS: [(&str, &str); 3] = [
+    ("sample-guest", "servicebus:messaging@0.1.0/servicebus-guest"),
+    ("test-guest", "servicebus:messaging@0.1.0/servicebus-guest"),
+    ("draft-guest", "wasi:messaging@0.2.0-draft/messaging"),
+];
+
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn engine() -> Engine {
+    Engine::new(&Config::new()).expect("default engine config is valid")
+}
+
+fn load(engine: &Engine, guest: &str) -> Result<Component> {
+    let components = xtask::guests::ensure_built()?;
+    let path = components.path(guest)?;
+    Component::from_file(engine, &path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("loading {}", path.display()))
+}
+
+/// A linker with WASI, the messaging resource types, and every messaging function trapping.
+///
+/// (`Linker::define_unknown_imports_as_traps` would also stub the WASI imports by
+/// their exact version, defeating the semver match with the linker's WASI.)
+fn linker(engine: &Engine, component: &Component) -> Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    for (name, item) in component.component_type().imports(engine) {
+        let ComponentItem::ComponentInstance(instance_ty) = item.ty else { continue };
+        if !name.starts_with("wasi:messaging/") && !name.starts_with("servicebus:") {
+            continue;
+        }
+        let mut instance = linker.instance(name)?;
+        for (export, ty) in instance_ty.exports(engine) {
+            match (export, ty.ty) {
+                ("client", ComponentItem::Resource(_)) => {
+                    instance.resource("client", ResourceType::host::<Client>(), |_, _| Ok(()))?
+                }
+                ("error", ComponentItem::Resource(_)) => {
+                    instance.resource("error", ResourceType::host::<GuestError>(), |_, _| Ok(()))?
+                }
+                (func, ComponentItem::ComponentFunc(_)) => {
+                    let what = format!("{name}#{func}");
+                    instance.func_new(func, move |_, _, _, _| {
+                        Err(wasmtime::format_err!("{what} is not provided in this test"))
+                    })?
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(linker)
+}
+
+fn store(engine: &Engine, env: &[(&str, &str)]) -> Store<State> {
+    let wasi = WasiCtx::builder().envs(env).build();
+    Store::new(engine, State { wasi, table: ResourceTable::new() })
+}
+
+#[test]
+fn the_guest_list_is_what_these_tests_cover() {
+    let names = xtask::guests::guest_names().unwrap();
+    let claimed: Vec<String> = {
+        let mut v: Vec<String> = CLAIMS.iter().map(|(g, _)| g.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names, claimed, "a guest was added or removed: say which world it claims in CLAIMS");
+}
+
+#[test]
+fn every_guest_imports_and_exports_what_its_world_says() -> Result<()> {
+    let engine = engine();
+    let (resolve, _) = super::wit::resolve();
+    for (guest, world) in CLAIMS {
+        let component = load(&engine, guest)?;
+        let ty = component.component_type();
+        let imports: BTreeSet<String> = ty.imports(&engine).map(|(n, _)| n.to_string()).collect();
+        let exports: BTreeSet<String> = ty.exports(&engine).map(|(n, _)| n.to_string()).collect();
+        let (world_imports, world_exports) = super::wit::world_interfaces(&resolve, world);
+
+        let foreign: Vec<&String> = imports
+            .iter()
+            .filter(|i| {
+                !world_imports.contains(*i)
+                    && !i.starts_with("wasi:cli/")
+                    && !i.starts_with("wasi:io/")
+                    && !i.starts_with("wasi:clocks/")
+                    && !i.starts_with("wasi:random/")
+                    && !i.starts_with("wasi:filesystem/")
+                    && !i.starts_with("wasi:sockets/")
+            })
+            .collect();
+        assert!(foreign.is_empty(), "{guest} imports {foreign:?}, which {world} does not have");
+        assert!(imports.contains(names::MESSAGING_TYPES), "{guest} should import messaging-types: {imports:?}");
+        assert_eq!(exports, world_exports, "{guest} exports differ from {world}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_draft_guest_imports_nothing_from_the_extension() -> Result<()> {
+    let engine = engine();
+    let component = load(&engine, "draft-guest")?;
+    let imports: Vec<String> = component.component_type().imports(&engine).map(|(n, _)| n.to_string()).collect();
+    assert!(imports.iter().all(|i| !i.starts_with("servicebus:")), "{imports:?}");
+    assert!(imports.iter().any(|i| i == names::CONSUMER), "{imports:?}");
+    Ok(())
+}
+
+#[test]
+fn the_extension_guests_import_settlement() -> Result<()> {
+    let engine = engine();
+    for guest in ["sample-guest", "test-guest"] {
+        let component = load(&engine, guest)?;
+        let imports: Vec<String> = component.component_type().imports(&engine).map(|(n, _)| n.to_string()).collect();
+        assert!(imports.iter().any(|i| i == names::SETTLEMENT), "{guest}: {imports:?}");
+    }
+    Ok(())
+}
+
+/// Instantiates `guest` as the servicebus world and returns what `configure()` gave.
+async fn configure(guest: &str, env: &[(&str, &str)]) -> Result<(Vec<String>, Option<Vec<(String, String)>>)> {
+    let engine = engine();
+    let component = load(&engine, guest)?;
+    let pre = ServicebusGuestPre::new(linker(&engine, &component)?.instantiate_pre(&component)?)?;
+    let mut store = store(&engine, env);
+    let bindings = pre.instantiate_async(&mut store).await?;
+    let config = bindings
+        .wasi_messaging_messaging_guest()
+        .call_configure(&mut store)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{guest}'s configure returned an error handle {}", e.rep()))?;
+    Ok((config.channels, config.extensions))
+}
+
+#[tokio::test]
+async fn the_sample_guest_asks_for_orders_and_payments() -> Result<()> {
+    let (channels, extensions) = configure("sample-guest", &[]).await?;
+    assert_eq!(channels, ["orders", "payments"]);
+    assert_eq!(extensions, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_test_guest_takes_its_configuration_from_the_environment() -> Result<()> {
+    let (channels, extensions) = configure("test-guest", &[]).await?;
+    assert_eq!(channels, ["test-in"]);
+    assert_eq!(extensions, None);
+    let (channels, extensions) = configure(
+        "test-guest",
+        &[("TEST_GUEST_CHANNELS", "a,b/Subscriptions/c"), ("TEST_GUEST_EXTENSIONS", "prefetch=4,a.max-batch-size=2")],
+    )
+    .await?;
+    assert_eq!(channels, ["a", "b/Subscriptions/c"]);
+    assert_eq!(extensions, Some(vec![("prefetch".into(), "4".into()), ("a.max-batch-size".into(), "2".into())]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_draft_guest_runs_as_either_world() -> Result<()> {
+    let (channels, _) = configure("draft-guest", &[]).await?;
+    assert_eq!(channels, ["draft-in"]);
+
+    let engine = engine();
+    let component = load(&engine, "draft-guest")?;
+    let pre = DraftGuestPre::new(linker(&engine, &component)?.instantiate_pre(&component)?)?;
+    let mut store = store(&engine, &[]);
+    let bindings = pre.instantiate_async(&mut store).await?;
+    let config = bindings.wasi_messaging_messaging_guest().call_configure(&mut store).await?;
+    assert_eq!(config.map(|c| c.channels).ok(), Some(vec!["draft-in".to_string()]));
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! A scripted guest for the host's tests: each message's data is a script that
+//! says what the handler does with it.
+//!
+//! # Scripts
+//! Steps separated by `;`, run in order:
+//!
+//! | step | does |
+//! |---|---|
+//! | `complete`, `abandon` | `consumer.complete-message` / `abandon-message` |
+//! | `dead-letter:<reason>` | `settlement.dead-letter` with that reason |
+//! | `defer`, `renew` | `settlement.defer` / `renew-lock` |
+//! | `redirect:<channel>` | `settlement.redirect` |
+//! | `abandon-delay:<ms>` | `settlement.abandon-with-delay` |
+//! | `send:<channel>` | `connect("default")` + `producer.send` of a copy of the message |
+//! | `connect:<name>` | `client.connect(name)` |
+//! | `pull:<channel>` | `subscribe-try-receive` for 1 s, then completes what it got |
+//! | `sleep:<ms>` | sleeps (a blocking WASI clock wait) |
+//! | `ok` | returns `ok` now, skipping the remaining steps |
+//! | `err` | returns an error now (`settlement.new-error`) |
+//! | `trap` | traps (`unreachable`) |
+//! | `loop` | spins forever |
+//! | `alloc` | allocates memory without bound |
+//! | `stack` | recurses without bound |
+//!
+//! A step that fails does not stop the script: its error is recorded and the next
+//! step runs. When the message has a `reply-to`, the guest then sends one report
+//! there: one line per step, `<step> => ok` or `<step> => err <kind>: <trace>`,
+//! with `correlation-id` set to the message's `message-id`.
+//!
+//! # Configuration
+//! `configure()` reads the environment: `TEST_GUEST_CHANNELS` (comma-separated,
+//! default `test-in`), `TEST_GUEST_EXTENSIONS` (`k=v,k=v`), and
+//! `TEST_GUEST_CONFIGURE` (`error` or `trap` to make `configure` fail).
+
+wit_bindgen::generate!({
+    world: "servicebus:messaging/servicebus-guest",
+    path: "../../wit",
+    generate_all,
+});
+
+use exports::wasi::messaging::messaging_guest::Guest;
+use servicebus::messaging::settlement;
+use wasi::messaging::consumer;
+use wasi::messaging::messaging_types::{Client, Error, FormatSpec, GuestConfiguration, Message};
+use wasi::messaging::producer;
+
+struct TestGuest;
+
+impl Guest for TestGuest {
+    fn configure() -> Result<GuestConfiguration, Error> {
+        match std::env::var("TEST_GUEST_CONFIGURE").as_deref() {
+            Ok("error") => return Err(settlement::new_error("configure was told to fail")),
+            Ok("trap") => unreachable!("configure was told to trap"),
+            _ => {}
+        }
+        let channels = std::env::var("TEST_GUEST_CHANNELS").unwrap_or_else(|_| "test-in".into());
+        let extensions = std::env::var("TEST_GUEST_EXTENSIONS").ok().map(|s| {
+            s.split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (kv.to_string(), String::new()),
+                })
+                .collect()
+        });
+        Ok(GuestConfiguration {
+            channels: channels.split(',').filter(|c| !c.is_empty()).map(String::from).collect(),
+            extensions,
+        })
+    }
+
+    fn handler(ms: Vec<Message>) -> Result<(), Error> {
+        let mut result = Ok(());
+        for m in ms {
+            if let Err(e) = run_script(&m) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+/// Runs one message's script, reports, and returns what the handler should return.
+fn run_script(m: &Message) -> Result<(), Error> {
+    let script = String::from_utf8_lossy(&m.data).into_owned();
+    let mut report = Vec::new();
+    let mut outcome = Ok(());
+    for step in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (op, arg) = step.split_once(':').unwrap_or((step, ""));
+        let result = match op {
+            "complete" => consumer::complete_message(m),
+            "abandon" => consumer::abandon_message(m),
+            "dead-letter" => settlement::dead_letter(m, arg, Some("dead-lettered by test-guest")),
+            "defer" => settlement::defer(m),
+            "renew" => settlement::renew_lock(m).map(|_| ()),
+            "redirect" => settlement::redirect(m, arg),
+            "abandon-delay" => settlement::abandon_with_delay(m, arg.parse().unwrap_or(0)),
+            "send" => Client::connect("default").and_then(|c| producer::send(c, arg, &[copy_of(m)])),
+            "connect" => Client::connect(arg).map(drop),
+            "pull" => pull(arg),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(arg.parse().unwrap_or(0)));
+                Ok(())
+            }
+            "ok" => break,
+            "err" => {
+                outcome = Err(settlement::new_error(&format!("script {script:?} returned an error")));
+                report.push(format!("{step} => returned error"));
+                break;
+            }
+            "trap" => unreachable!("script {script:?} traps"),
+            "loop" => spin_forever(),
+            "alloc" => allocate_forever(),
+            "stack" => {
+                recurse(0);
+                Ok(())
+            }
+            _ => Err(settlement::new_error(&format!("unknown script step {step:?}"))),
+        };
+        report.push(match result {
+            Ok(()) => format!("{step} => ok"),
+            Err(e) => format!("{step} => err {:?}: {}", settlement::kind(&e), Error::trace()),
+        });
+    }
+    if let Some(reply_to) = meta(m, "reply-to") {
+        let mut metadata = vec![("subject".to_string(), "test-guest-report".to_string())];
+        if let Some(id) = meta(m, "message-id") {
+            metadata.push(("correlation-id".into(), id.into()));
+        }
+        let msg = Message { data: report.join("\n").into_bytes(), format: FormatSpec::Raw, metadata: Some(metadata) };
+        if let Err(e) = Client::connect("default").and_then(|c| producer::send(c, reply_to, &[msg])) {
+            eprintln!("test-guest: report to {reply_to:?} failed: {:?}: {}", settlement::kind(&e), Error::trace());
+        }
+    }
+    outcome
+}
+
+fn pull(channel: &str) -> Result<(), Error> {
+    let pulled = consumer::subscribe_try_receive(Client::connect("default")?, channel, 1000)?;
+    for m in pulled.unwrap_or_default() {
+        consumer::complete_message(&m)?;
+    }
+    Ok(())
+}
+
+fn copy_of(m: &Message) -> Message {
+    Message { data: m.data.clone(), format: m.format, metadata: None }
+}
+
+fn meta<'m>(m: &'m Message, key: &str) -> Option<&'m str> {
+    m.metadata.as_ref()?.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn spin_forever() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn allocate_forever() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        chunk[0] = 1;
+        hoard.push(std::hint::black_box(chunk));
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + frame[0]
+}
+
+export!(TestGuest);

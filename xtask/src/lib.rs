@@ -1,0 +1,23 @@
+//! Project automation shared by `cargo xtask` and by tests.
+//!
+//! Tests that need guest components get them from [`guests::ensure_built`]: it
+//! builds every guest once, skips the build when nothing under `guests/` or `wit/`
+//! changed, and is safe to call from many test processes at once.
+//!
+//! # Layout
+//! - [`paths`]: where the repository, the target directory and the components are.
+//! - [`guests`]: building the `guests/` workspace for `wasm32-wasip2`.
+//!
+//! # Example
+//! ```no_run
+//! let components = xtask::guests::ensure_built()?;
+//! let sample = components.path("sample-guest")?;
+//! assert!(sample.ends_with("sample-guest.wasm"));
+//! # anyhow::Ok(())
+//! ```
+
+// A command-line tool: talking on stdout and stderr is its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod guests;
+pub mod paths;

@@ -1,0 +1,76 @@
+//! `cargo xtask <command>`: see `cargo xtask help`.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // A command-line tool.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use xtask::{guests, paths};
+
+const HELP: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  build-guests   build every guest in guests/ for wasm32-wasip2 (skipped when nothing changed)
+                 and place the components in target/components/
+  test           build the guests, then run every test in the workspace
+  help           show this message
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{HELP}");
+        bail!("no command given");
+    };
+    match command.as_str() {
+        "build-guests" => {
+            no_arguments(command, rest)?;
+            let components = guests::ensure_built()?;
+            guests::print_components(&components, &mut std::io::stdout())
+        }
+        "test" => {
+            no_arguments(command, rest)?;
+            test()
+        }
+        "help" | "--help" | "-h" => {
+            eprint!("{HELP}");
+            Ok(())
+        }
+        other => {
+            eprint!("{HELP}");
+            bail!("unknown command '{other}'")
+        }
+    }
+}
+
+fn no_arguments(command: &str, rest: &[String]) -> Result<()> {
+    if let Some(extra) = rest.first() {
+        bail!("'{command}' takes no arguments, but got '{extra}'");
+    }
+    Ok(())
+}
+
+/// Every test: guests first (tests load them), then the workspace's unit, integration and doc tests.
+fn test() -> Result<()> {
+    guests::ensure_built()?;
+    let status = guests::cargo()
+        .current_dir(paths::repo_root())
+        .args(["test", "--workspace", "--locked"])
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
