@@ -1,0 +1,293 @@
+//! Authentication: shared access keys, SAS token validation, and what a
+//! connection has been authorized for through `$cbs` (or SASL PLAIN).
+//!
+//! Tokens are checked as the service does: HMAC-SHA256 with the key's UTF-8
+//! bytes over the `sr` value *exactly as sent* (still URL-encoded), a newline
+//! and `se`; the key name must be configured and `se` in the future. A token
+//! authorizes the paths under its resource; audiences and resources are compared
+//! without their scheme and port, case-insensitively.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The key Microsoft's emulator connection string uses.
+pub const DEFAULT_KEY_NAME: &str = "RootManageSharedAccessKey";
+/// Its value (`SharedAccessKey=SAS_KEY_VALUE`).
+pub const DEFAULT_KEY_VALUE: &str = "SAS_KEY_VALUE";
+
+/// Shared access keys: name → key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keys {
+    keys: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key values.
+        f.debug_list().entries(self.keys.iter().map(|(n, _)| n)).finish()
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self { keys: vec![(DEFAULT_KEY_NAME.into(), DEFAULT_KEY_VALUE.into())] }
+    }
+}
+
+impl Keys {
+    /// No keys at all (add some with [`Keys::with`]).
+    pub fn empty() -> Self {
+        Self { keys: Vec::new() }
+    }
+
+    /// Adds (or replaces) a key.
+    pub fn with(mut self, name: impl Into<String>, key: impl Into<String>) -> Self {
+        let name = name.into();
+        self.keys.retain(|(n, _)| *n != name);
+        self.keys.push((name, key.into()));
+        self
+    }
+
+    /// The first key (name, value), for connection strings.
+    pub(crate) fn first(&self) -> Option<(&str, &str)> {
+        self.keys.first().map(|(n, k)| (n.as_str(), k.as_str()))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.as_str())
+    }
+
+    /// True if `name`/`key` is a configured key (SASL PLAIN).
+    pub(crate) fn check_plain(&self, name: &str, key: &str) -> bool {
+        self.get(name).is_some_and(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
+    }
+}
+
+/// Why a token was refused; each maps to a CBS status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TokenError {
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("the key name {0:?} is not configured")]
+    UnknownKey(String),
+    #[error("the token's signature does not match the key")]
+    BadSignature,
+    #[error("the token expired at {0} (Unix seconds)")]
+    Expired(u64),
+    #[error("the token's resource {resource:?} does not cover the audience {audience:?}")]
+    WrongAudience { resource: String, audience: String },
+}
+
+impl TokenError {
+    /// The CBS `status-code` for this failure.
+    pub(crate) fn status_code(&self) -> i32 {
+        match self {
+            Self::Malformed(_) => 400,
+            Self::WrongAudience { .. } => 403,
+            _ => 401,
+        }
+    }
+}
+
+/// What a valid token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The normalized path it covers (`""` = the whole namespace).
+    pub(crate) path: String,
+    /// Unix seconds.
+    pub(crate) expires_at: u64,
+}
+
+/// Validates a `SharedAccessSignature ...` token for `audience`.
+pub(crate) fn validate(token: &str, audience: &str, keys: &Keys, now_secs: u64) -> Result<Grant, TokenError> {
+    let body = token
+        .strip_prefix("SharedAccessSignature ")
+        .ok_or_else(|| TokenError::Malformed("it does not start with \"SharedAccessSignature \"".into()))?;
+    let mut sr = None;
+    let mut sig = None;
+    let mut se = None;
+    let mut skn = None;
+    for pair in body.split('&') {
+        let (k, v) = pair.split_once('=').ok_or_else(|| TokenError::Malformed(format!("field {pair:?} has no '='")))?;
+        match k {
+            "sr" => sr = Some(v),
+            "sig" => sig = Some(v),
+            "se" => se = Some(v),
+            "skn" => skn = Some(v),
+            _ => {}
+        }
+    }
+    let missing = |f: &str| TokenError::Malformed(format!("the {f} field is missing"));
+    let (sr, sig, se, skn) = (
+        sr.ok_or_else(|| missing("sr"))?,
+        sig.ok_or_else(|| missing("sig"))?,
+        se.ok_or_else(|| missing("se"))?,
+        skn.ok_or_else(|| missing("skn"))?,
+    );
+    let key_name = url_decode(skn);
+    let key = keys.get(&key_name).ok_or_else(|| TokenError::UnknownKey(key_name.clone()))?;
+    let expires_at: u64 = se.parse().map_err(|_| TokenError::Malformed(format!("se={se:?} is not a number")))?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(url_decode(sig))
+        .map_err(|_| TokenError::Malformed("sig is not base64".into()))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(sr.as_bytes());
+    mac.update(b"\n");
+    mac.update(se.as_bytes());
+    mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+    if expires_at <= now_secs {
+        return Err(TokenError::Expired(expires_at));
+    }
+    let resource = normalize(&url_decode(sr));
+    let audience = normalize(audience);
+    if !covers(&resource, &audience) {
+        return Err(TokenError::WrongAudience { resource, audience });
+    }
+    Ok(Grant { path: audience, expires_at })
+}
+
+/// An address or audience without scheme, authority and surrounding slashes, URL-decoded, lower-case.
+pub(crate) fn normalize(address: &str) -> String {
+    let without_scheme = match address.find("://") {
+        Some(i) => {
+            let rest = &address[i + 3..];
+            rest.find('/').map_or("", |j| &rest[j..])
+        }
+        None => address,
+    };
+    url_decode(without_scheme.trim_matches('/')).trim_matches('/').to_ascii_lowercase()
+}
+
+/// Whether a grant for `granted` covers `path` (same path, or a parent by whole segments).
+pub(crate) fn covers(granted: &str, path: &str) -> bool {
+    granted.is_empty() || path == granted || path.strip_prefix(granted).is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn url_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What one connection is authorized for.
+#[derive(Debug, Default)]
+pub(crate) struct Authorizations {
+    /// SASL PLAIN with a valid key: everything, for the connection's life.
+    everything: bool,
+    grants: HashMap<String, u64>,
+}
+
+impl Authorizations {
+    pub(crate) fn grant_everything(&mut self) {
+        self.everything = true;
+    }
+
+    pub(crate) fn add(&mut self, grant: Grant) {
+        let e = self.grants.entry(grant.path).or_insert(0);
+        *e = (*e).max(grant.expires_at);
+    }
+
+    /// Until when (Unix seconds) `path` is authorized; `Some(u64::MAX)` for SASL PLAIN.
+    pub(crate) fn authorized_until(&self, path: &str, now_secs: u64) -> Option<u64> {
+        if self.everything {
+            return Some(u64::MAX);
+        }
+        self.grants.iter().filter(|(g, exp)| **exp > now_secs && covers(g, path)).map(|(_, exp)| *exp).max()
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// Makes a SAS token, as the SDKs do (tests and tools).
+pub fn sas_token(resource: &str, key_name: &str, key: &str, expires_at: u64) -> String {
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(resource, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(format!("{encoded}\n{expires_at}").as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let sig: String = percent_encoding::utf8_percent_encode(&sig, percent_encoding::NON_ALPHANUMERIC).to_string();
+    format!("SharedAccessSignature sr={encoded}&sig={sig}&se={expires_at}&skn={key_name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn a_token_from_the_default_key_is_valid_for_its_audience() {
+        let t = sas_token("sb://localhost:5672/orders", DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, NOW + 3600);
+        let g = validate(&t, "amqps://LOCALHOST/orders", &Keys::default(), NOW).unwrap();
+        assert_eq!(g, Grant { path: "orders".into(), expires_at: NOW + 3600 });
+    }
+
+    #[test]
+    fn python_style_tokens_with_upper_case_escapes_validate() {
+        // quote_plus writes %3A%2F%2F; the signature covers sr exactly as sent.
+        let sr = "sb%3A%2F%2F127.0.0.1%3A5672%2Fq1";
+        let se = NOW + 60;
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"SAS_KEY_VALUE").unwrap();
+        mac.update(format!("{sr}\n{se}").as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let sig = sig.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        let t = format!("SharedAccessSignature sr={sr}&sig={sig}&se={se}&skn=RootManageSharedAccessKey");
+        assert!(validate(&t, "sb://127.0.0.1:5672/q1", &Keys::default(), NOW).is_ok());
+    }
+
+    #[test]
+    fn wrong_key_expired_and_malformed_tokens_are_refused() {
+        let keys = Keys::default();
+        let wrong = sas_token("sb://h/q", DEFAULT_KEY_NAME, "not-the-key", NOW + 60);
+        assert_eq!(validate(&wrong, "sb://h/q", &keys, NOW), Err(TokenError::BadSignature));
+        let expired = sas_token("sb://h/q", DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, NOW - 1);
+        assert_eq!(validate(&expired, "sb://h/q", &keys, NOW), Err(TokenError::Expired(NOW - 1)));
+        let unknown = sas_token("sb://h/q", "Other", DEFAULT_KEY_VALUE, NOW + 60);
+        assert_eq!(validate(&unknown, "sb://h/q", &keys, NOW), Err(TokenError::UnknownKey("Other".into())));
+        assert!(matches!(validate("Bearer x", "sb://h/q", &keys, NOW), Err(TokenError::Malformed(_))));
+        assert_eq!(validate(&wrong, "sb://h/q", &keys, NOW).unwrap_err().status_code(), 401);
+    }
+
+    #[test]
+    fn a_token_for_one_queue_does_not_cover_another() {
+        let t = sas_token("sb://h/orders", DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, NOW + 60);
+        assert!(matches!(
+            validate(&t, "sb://h/payments", &Keys::default(), NOW),
+            Err(TokenError::WrongAudience { .. })
+        ));
+        assert!(matches!(validate(&t, "sb://h/orders2", &Keys::default(), NOW), Err(TokenError::WrongAudience { .. })));
+        // A namespace-level token covers everything.
+        let ns = sas_token("sb://h/", DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, NOW + 60);
+        assert!(validate(&ns, "sb://h/payments", &Keys::default(), NOW).is_ok());
+    }
+
+    #[test]
+    fn grants_cover_sub_paths_until_they_expire() {
+        let mut a = Authorizations::default();
+        a.add(Grant { path: "orders".into(), expires_at: NOW + 10 });
+        assert_eq!(a.authorized_until("orders/$management", NOW), Some(NOW + 10));
+        assert_eq!(a.authorized_until("orders", NOW + 10), None);
+        assert_eq!(a.authorized_until("ordersx", NOW), None);
+    }
+
+    #[test]
+    fn normalize_strips_scheme_host_port_and_slashes() {
+        assert_eq!(normalize("amqps://ns.servicebus.windows.net:5671/Site1/Q/"), "site1/q");
+        assert_eq!(normalize("/orders"), "orders");
+        assert_eq!(normalize("orders%2F%24DeadLetterQueue"), "orders/$deadletterqueue");
+        assert_eq!(normalize("sb://host/"), "");
+    }
+
+    #[test]
+    fn keys_never_print_their_values() {
+        assert!(!format!("{:?}", Keys::default()).contains(DEFAULT_KEY_VALUE));
+    }
+}

@@ -1,0 +1,525 @@
+//! Entities and settings, in the schema of Microsoft's emulator `Config.json`.
+//!
+//! A file written for Microsoft's emulator loads unchanged. Properties we do not
+//! implement yet are reported as warnings ([`Config::warnings`]) rather than
+//! failures. Errors name the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::queue::QueueProperties;
+
+/// A configuration error: where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid, or a value is out of range.
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        /// The file (`<inline>` for text).
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The key's path, e.g. `UserConfig.Namespaces[0].Queues[1].Properties.LockDuration`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The entities are inconsistent (duplicate names, ...).
+    #[error("{path}: {message}")]
+    Entities {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A queue to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    /// Its name.
+    pub name: String,
+    /// Its settings.
+    pub properties: QueueProperties,
+}
+
+/// A topic and its subscriptions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicConfig {
+    /// Its name.
+    pub name: String,
+    /// Its subscriptions.
+    pub subscriptions: Vec<QueueConfig>,
+}
+
+/// The emulator's entities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The namespace name (informational).
+    pub namespace: String,
+    /// Queues.
+    pub queues: Vec<QueueConfig>,
+    /// Topics.
+    pub topics: Vec<TopicConfig>,
+    /// Things in the file that load but are not implemented, one sentence each.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Config {
+    /// The demo's queues: `orders`, `payments`, `review`.
+    fn default() -> Self {
+        let queue = |name: &str| QueueConfig { name: name.into(), properties: QueueProperties::default() };
+        Self {
+            namespace: "sbemulatorns".into(),
+            queues: vec![queue("orders"), queue("payments"), queue("review")],
+            topics: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a `Config.json` file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses `Config.json` text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let file: File = serde_path_to_error::deserialize(de).map_err(|e| {
+            let inner = e.inner();
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                path: origin.into(),
+                line: inner.line(),
+                column: inner.column(),
+                key: if key == "." { "(top level)".into() } else { key },
+                message: strip_position(&inner.to_string()),
+            }
+        })?;
+        file.into_config(origin)
+    }
+}
+
+/// serde_json appends " at line L column C"; we report the position separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct File {
+    user_config: UserConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UserConfig {
+    namespaces: Vec<Namespace>,
+    #[serde(default)]
+    logging: Option<serde_json::Value>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Namespace {
+    name: String,
+    #[serde(default)]
+    queues: Vec<Queue>,
+    #[serde(default)]
+    topics: Vec<Topic>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Queue {
+    name: EntityName,
+    #[serde(default)]
+    properties: Properties,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Topic {
+    name: EntityName,
+    #[serde(default)]
+    properties: Properties,
+    subscriptions: Vec<Subscription>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Subscription {
+    name: EntityName,
+    #[serde(default)]
+    properties: Properties,
+    #[serde(default)]
+    rules: Vec<serde_json::Value>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct Properties {
+    lock_duration: Option<IsoDuration>,
+    max_delivery_count: Option<MaxDeliveryCount>,
+    default_message_time_to_live: Option<IsoDuration>,
+    dead_lettering_on_message_expiration: Option<bool>,
+    requires_session: Option<bool>,
+    requires_duplicate_detection: Option<bool>,
+    duplicate_detection_history_time_window: Option<IsoDuration>,
+    forward_to: Option<String>,
+    forward_dead_lettered_messages_to: Option<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+/// An entity name, checked against the service's rules.
+struct EntityName(String);
+
+impl<'de> Deserialize<'de> for EntityName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/');
+        let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if name.is_empty() || name.len() > 260 || !name.chars().all(ok_char) || !edges_ok {
+            return Err(serde::de::Error::custom(format!(
+                "invalid entity name {name:?}: use letters, digits, '_', '-', '.' and '/', \
+                 starting and ending with a letter or digit, at most 260 characters"
+            )));
+        }
+        Ok(Self(name))
+    }
+}
+
+/// `MaxDeliveryCount`: at least 1.
+struct MaxDeliveryCount(u32);
+
+impl<'de> Deserialize<'de> for MaxDeliveryCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match u32::try_from(n) {
+            Ok(n) if n >= 1 => Ok(Self(n)),
+            _ => Err(serde::de::Error::custom(format!("MaxDeliveryCount must be at least 1, got {n}"))),
+        }
+    }
+}
+
+/// An ISO 8601 duration such as `PT1M`, `PT30S`, `P1D`, `PT0.5S`.
+struct IsoDuration(Duration);
+
+impl<'de> Deserialize<'de> for IsoDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_iso_duration(&text).map(IsoDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses an ISO 8601 duration (`P[nD][T[nH][nM][n[.f]S]]`).
+pub fn parse_iso_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?}: use ISO 8601, e.g. \"PT30S\", \"PT1M\", \"PT1H\" or \"P1D\"");
+    let rest = text.strip_prefix('P').ok_or_else(bad)?;
+    let (days, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (rest, None),
+    };
+    let mut total = 0f64;
+    let mut any = false;
+    let mut take = |part: &str, units: &[(char, f64)]| -> Result<(), String> {
+        let mut number = String::new();
+        let mut allowed = units.iter();
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' {
+                number.push(c);
+                continue;
+            }
+            let factor = loop {
+                match allowed.next() {
+                    Some((u, f)) if *u == c => break *f,
+                    Some(_) => continue,
+                    None => return Err(bad()),
+                }
+            };
+            let n: f64 = number.parse().map_err(|_| bad())?;
+            total += n * factor;
+            number.clear();
+            any = true;
+        }
+        if number.is_empty() { Ok(()) } else { Err(bad()) }
+    };
+    take(days, &[('W', 604_800.0), ('D', 86_400.0)])?;
+    if let Some(t) = time {
+        if t.is_empty() {
+            return Err(bad());
+        }
+        take(t, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)])?;
+    }
+    if !any {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+impl File {
+    fn into_config(self, origin: &str) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let user = self.user_config;
+        unknown(&mut warnings, "UserConfig", &user.other);
+        let _ = user.logging; // Logging is configured with --log-level / RUST_LOG instead.
+        let mut namespaces = user.namespaces.into_iter();
+        let Some(ns) = namespaces.next() else {
+            return Err(ConfigError::Entities {
+                path: origin.into(),
+                message: "UserConfig.Namespaces is empty: add one namespace with its Queues and Topics".into(),
+            });
+        };
+        if namespaces.next().is_some() {
+            warnings.push("UserConfig.Namespaces has more than one namespace; only the first is served".into());
+        }
+        unknown(&mut warnings, "Namespace", &ns.other);
+        let mut config = Config { namespace: ns.name, queues: Vec::new(), topics: Vec::new(), warnings: Vec::new() };
+        let mut seen = std::collections::HashSet::new();
+        let mut check_unique = |name: &str| -> Result<(), ConfigError> {
+            if !seen.insert(name.to_ascii_lowercase()) {
+                return Err(ConfigError::Entities {
+                    path: origin.into(),
+                    message: format!("entity name {name:?} is used twice (names are case-insensitive)"),
+                });
+            }
+            Ok(())
+        };
+        for q in ns.queues {
+            check_unique(&q.name.0)?;
+            unknown(&mut warnings, &format!("queue {:?}", q.name.0), &q.other);
+            let properties = q.properties.resolve(&format!("queue {:?}", q.name.0), &mut warnings);
+            config.queues.push(QueueConfig { name: q.name.0, properties });
+        }
+        for t in ns.topics {
+            check_unique(&t.name.0)?;
+            let what = format!("topic {:?}", t.name.0);
+            unknown(&mut warnings, &what, &t.other);
+            let _ = t.properties.resolve(&what, &mut warnings);
+            let mut subscriptions = Vec::new();
+            let mut sub_names = std::collections::HashSet::new();
+            for s in t.subscriptions {
+                let what = format!("subscription {:?} of topic {:?}", s.name.0, t.name.0);
+                if !sub_names.insert(s.name.0.to_ascii_lowercase()) {
+                    return Err(ConfigError::Entities {
+                        path: origin.into(),
+                        message: format!("{what} is listed twice"),
+                    });
+                }
+                unknown(&mut warnings, &what, &s.other);
+                if !s.rules.is_empty() {
+                    warnings.push(format!(
+                        "{what}: Rules are not implemented yet; the subscription receives every message of the topic"
+                    ));
+                }
+                let properties = s.properties.resolve(&what, &mut warnings);
+                subscriptions.push(QueueConfig { name: s.name.0, properties });
+            }
+            config.topics.push(TopicConfig { name: t.name.0, subscriptions });
+        }
+        config.warnings = warnings;
+        Ok(config)
+    }
+}
+
+impl Properties {
+    fn resolve(self, what: &str, warnings: &mut Vec<String>) -> QueueProperties {
+        let d = QueueProperties::default();
+        if self.requires_session == Some(true) {
+            warnings.push(format!("{what}: RequiresSession is not implemented yet; the entity works without sessions"));
+        }
+        if self.requires_duplicate_detection == Some(true) {
+            warnings.push(format!("{what}: RequiresDuplicateDetection is not implemented yet; duplicates are kept"));
+        }
+        let _ = self.duplicate_detection_history_time_window;
+        for (key, value) in [
+            ("ForwardTo", &self.forward_to),
+            ("ForwardDeadLetteredMessagesTo", &self.forward_dead_lettered_messages_to),
+        ] {
+            if value.as_deref().is_some_and(|v| !v.is_empty()) {
+                warnings.push(format!("{what}: {key} is not implemented yet; messages stay in the entity"));
+            }
+        }
+        unknown(warnings, what, &self.other);
+        QueueProperties {
+            lock_duration: self.lock_duration.map_or(d.lock_duration, |x| x.0),
+            max_delivery_count: self.max_delivery_count.map_or(d.max_delivery_count, |x| x.0),
+            default_message_ttl: self.default_message_time_to_live.map(|x| x.0),
+            dead_lettering_on_message_expiration: self
+                .dead_lettering_on_message_expiration
+                .unwrap_or(d.dead_lettering_on_message_expiration),
+        }
+    }
+}
+
+fn unknown(warnings: &mut Vec<String>, what: &str, other: &BTreeMap<String, serde_json::Value>) {
+    for key in other.keys() {
+        warnings.push(format!("{what}: unknown key {key:?} is ignored"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample `Config.json` shipped with Microsoft's emulator installer, as documented.
+    const MICROSOFT_SAMPLE: &str = r#"{
+  "UserConfig": {
+    "Namespaces": [
+      {
+        "Name": "sbemulatorns",
+        "Queues": [
+          {
+            "Name": "queue.1",
+            "Properties": {
+              "DeadLetteringOnMessageExpiration": false,
+              "DefaultMessageTimeToLive": "PT1H",
+              "DuplicateDetectionHistoryTimeWindow": "PT20S",
+              "ForwardDeadLetteredMessagesTo": "",
+              "ForwardTo": "",
+              "LockDuration": "PT1M",
+              "MaxDeliveryCount": 3,
+              "RequiresDuplicateDetection": false,
+              "RequiresSession": false
+            }
+          }
+        ],
+        "Topics": [
+          {
+            "Name": "topic.1",
+            "Properties": {
+              "DefaultMessageTimeToLive": "PT1H",
+              "DuplicateDetectionHistoryTimeWindow": "PT20S",
+              "RequiresDuplicateDetection": false
+            },
+            "Subscriptions": [
+              {
+                "Name": "subscription.1",
+                "Properties": {
+                  "DeadLetteringOnMessageExpiration": false,
+                  "DefaultMessageTimeToLive": "PT1H",
+                  "LockDuration": "PT1M",
+                  "MaxDeliveryCount": 3,
+                  "ForwardDeadLetteredMessagesTo": "",
+                  "ForwardTo": "",
+                  "RequiresSession": false
+                },
+                "Rules": [
+                  {
+                    "Name": "app-prop-filter-1",
+                    "Properties": {
+                      "FilterType": "Correlation",
+                      "CorrelationFilter": { "ContentType": "application/text" }
+                    }
+                  }
+                ]
+              }
+            ]
+          }
+        ]
+      }
+    ],
+    "Logging": { "Type": "File" }
+  }
+}"#;
+
+    #[test]
+    fn microsofts_sample_loads_unchanged() {
+        let c = Config::parse(MICROSOFT_SAMPLE, "Config.json").unwrap();
+        assert_eq!(c.namespace, "sbemulatorns");
+        assert_eq!(c.queues.len(), 1);
+        let q = &c.queues[0].properties;
+        assert_eq!(q.lock_duration, Duration::from_secs(60));
+        assert_eq!(q.max_delivery_count, 3);
+        assert_eq!(q.default_message_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(c.topics[0].subscriptions[0].name, "subscription.1");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("Rules are not implemented"));
+    }
+
+    #[test]
+    fn a_bad_value_names_file_line_and_key() {
+        let text = MICROSOFT_SAMPLE.replace("\"LockDuration\": \"PT1M\"", "\"LockDuration\": \"one minute\"");
+        let e = Config::parse(&text, "cfg/Config.json").unwrap_err().to_string();
+        assert!(e.starts_with("cfg/Config.json:15:"), "{e}");
+        assert!(e.contains("UserConfig.Namespaces[0].Queues[0].Properties.LockDuration"), "{e}");
+        assert!(e.contains("\"PT30S\""), "{e}");
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named() {
+        let e = Config::parse(r#"{"UserConfig": {"Namespaces": [{"Queues": []}]}}"#, "c.json").unwrap_err().to_string();
+        assert!(e.contains("Name"), "{e}");
+        assert!(e.contains("UserConfig.Namespaces[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_json_names_the_position() {
+        let e = Config::parse("{\n  \"UserConfig\": [\n", "c.json").unwrap_err().to_string();
+        assert!(e.starts_with("c.json:2:"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[{"Name":"a"},{"Name":"A"}]}]}}"#;
+        let e = Config::parse(text, "c.json").unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn unimplemented_properties_warn_but_load() {
+        let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[
+            {"Name":"a","Properties":{"RequiresSession":true,"ForwardTo":"b","Colour":"red"}}]}]}}"#;
+        let c = Config::parse(text, "c.json").unwrap();
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn iso_durations() {
+        assert_eq!(parse_iso_duration("PT5S").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_iso_duration("PT1H30M").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_iso_duration("P1DT1S").unwrap(), Duration::from_secs(86401));
+        assert_eq!(parse_iso_duration("PT0.5S").unwrap(), Duration::from_millis(500));
+        for bad in ["", "P", "PT", "5S", "PT5X", "PTS", "PT1S2"] {
+            assert!(parse_iso_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_default_config_has_the_demo_queues() {
+        let names: Vec<_> = Config::default().queues.into_iter().map(|q| q.name).collect();
+        assert_eq!(names, ["orders", "payments", "review"]);
+    }
+}

@@ -1,0 +1,120 @@
+//! `servicebus-emulator`: run the emulator from the command line.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // A command-line tool.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use servicebus_emulator::{Config, Emulator, Keys};
+
+/// An Azure Service Bus emulator: AMQP 1.0, accepted by the official SDKs.
+///
+/// Connect with:
+/// Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// A Config.json in the schema of Microsoft's emulator; without it, the demo's queues
+    /// (orders, payments, review).
+    #[arg(long, env = "SERVICEBUS_EMULATOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// The plain AMQP port; 0 picks a free one (printed at start).
+    #[arg(long, default_value_t = 5672)]
+    port: u16,
+    /// A PEM certificate chain: also listen with TLS (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The TLS port; 0 picks a free one.
+    #[arg(long, default_value_t = 5671)]
+    tls_port: u16,
+    /// A shared access key, NAME=VALUE; repeat for more. Default: RootManageSharedAccessKey=SAS_KEY_VALUE.
+    #[arg(long = "key", value_name = "NAME=VALUE")]
+    keys: Vec<String>,
+    /// The largest message accepted, in bytes.
+    #[arg(long, default_value_t = servicebus_emulator::DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: usize,
+    /// Log level (error, warn, info, debug, trace), or a tracing filter; RUST_LOG wins when set.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.log_level.clone());
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: invalid log level {filter:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let mut keys = if args.keys.is_empty() { Keys::default() } else { Keys::empty() };
+    for k in &args.keys {
+        let Some((name, value)) = k.split_once('=') else {
+            bail!("--key {k:?} must be NAME=VALUE");
+        };
+        if name.is_empty() || value.is_empty() {
+            bail!("--key {k:?}: both the name and the value must be non-empty");
+        }
+        keys = keys.with(name, value);
+    }
+    let mut builder = Emulator::builder()
+        .config(config)
+        .keys(keys)
+        .bind(SocketAddr::new(args.host, args.port))
+        .max_message_size(args.max_message_size);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        builder = builder.tls(cert, key, SocketAddr::new(args.host, args.tls_port));
+    }
+    let emulator = builder.start().await.context("starting the emulator")?;
+    println!("servicebus-emulator listening on amqp://{}", emulator.local_addr());
+    if let Some(tls) = emulator.tls_addr() {
+        println!("servicebus-emulator listening on amqps://{tls}");
+    }
+    println!("connection string: {}", emulator.connection_string());
+    wait_for_signal().await?;
+    eprintln!("shutting down");
+    emulator.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

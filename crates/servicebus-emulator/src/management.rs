@@ -1,0 +1,429 @@
+//! Request/response nodes: `$cbs` put-token and `<entity>/$management` operations.
+//!
+//! Both take a request message and produce a response message; the engine routes
+//! them. Keys, AMQP types and status codes follow the service (see the dialect doc):
+//! `$cbs` answers with `status-code` (int), `$management` with `statusCode` (int),
+//! `statusDescription` and, on errors, `errorCondition` (symbol).
+
+use bytes::Bytes;
+use fe2o3_amqp_types::definitions::{Error as AmqpError, ErrorCondition};
+use fe2o3_amqp_types::messaging::message::__private::{Deserializable, Serializable};
+use fe2o3_amqp_types::messaging::{ApplicationProperties, Body, Message, MessageId, Properties};
+use fe2o3_amqp_types::primitives::{Array, OrderedMap, SimpleValue, Symbol, Timestamp};
+use serde_amqp::Value;
+use serde_amqp::primitives::Binary;
+
+use crate::auth::{self, Authorizations, Keys};
+use crate::message::{StoredMessage, amqp_uuid, simple_value};
+use crate::queue::{Queue, ReceiveMode, Settlement};
+
+/// An error condition as its symbol.
+pub(crate) fn condition(symbol: &str) -> ErrorCondition {
+    ErrorCondition::Custom(Symbol::from(symbol))
+}
+
+/// An AMQP error with a condition and description.
+pub(crate) fn error(symbol: &str, description: impl Into<String>) -> AmqpError {
+    AmqpError::new(condition(symbol), Some(description.into()), None)
+}
+
+/// A decoded request: its id, reply address, application properties and body.
+pub(crate) struct Request {
+    pub(crate) message_id: Option<MessageId>,
+    pub(crate) reply_to: Option<String>,
+    properties: OrderedMap<String, SimpleValue>,
+    body: Value,
+}
+
+impl Request {
+    pub(crate) fn parse(payload: &[u8]) -> Result<Self, serde_amqp::Error> {
+        let m: Message<Body<Value>> = serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(payload)?.0;
+        let body = match m.body {
+            Body::Value(v) => v.0,
+            _ => Value::Null,
+        };
+        let props = m.properties.unwrap_or_default();
+        Ok(Self {
+            message_id: props.message_id,
+            reply_to: props.reply_to,
+            properties: m.application_properties.map(|a| a.0).unwrap_or_default(),
+            body,
+        })
+    }
+
+    fn property(&self, key: &str) -> Option<&SimpleValue> {
+        self.properties.get(key)
+    }
+
+    fn string_property(&self, key: &str) -> Option<&str> {
+        match self.property(key) {
+            Some(SimpleValue::String(s)) => Some(s),
+            Some(SimpleValue::Symbol(s)) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The operation, e.g. `put-token` or `com.microsoft:renew-lock`.
+    pub(crate) fn operation(&self) -> Option<&str> {
+        self.string_property("operation")
+    }
+
+    fn field(&self, key: &str) -> Option<&Value> {
+        match &self.body {
+            Value::Map(m) => m.get(&Value::String(key.into())),
+            _ => None,
+        }
+    }
+}
+
+/// Builds a response message correlated with `request`.
+fn response(
+    request: &Request,
+    status_key: &str,
+    status: i32,
+    description: &str,
+    error: Option<&str>,
+    body: Value,
+) -> Bytes {
+    let mut props = ApplicationProperties::builder()
+        .insert(status_key, SimpleValue::Int(status))
+        .insert(if status_key == "status-code" { "status-description" } else { "statusDescription" }, description);
+    if let Some(e) = error {
+        props = props.insert("errorCondition", SimpleValue::Symbol(Symbol::from(e)));
+    }
+    let properties = Properties { correlation_id: request.message_id.clone(), ..Default::default() };
+    let message = Message::builder().properties(properties).application_properties(props.build()).value(body).build();
+    Bytes::from(serde_amqp::to_vec(&Serializable(message)).expect("responses always encode"))
+}
+
+/// Handles a `$cbs` put-token; returns the response and, on success, records the grant.
+pub(crate) fn put_token(request: &Request, keys: &Keys, authorizations: &mut Authorizations) -> Bytes {
+    let respond = |code: i32, description: &str| response(request, "status-code", code, description, None, Value::Null);
+    if request.operation() != Some("put-token") {
+        return respond(400, &format!("unsupported $cbs operation {:?}; only put-token is", request.operation()));
+    }
+    let Some(audience) = request.string_property("name") else {
+        return respond(400, "the put-token request has no 'name' (the audience)");
+    };
+    let token = match &request.body {
+        Value::String(t) => t.as_str(),
+        _ => return respond(400, "the put-token body must be an AMQP string holding the token"),
+    };
+    if !token.starts_with("SharedAccessSignature ") {
+        // An Entra ID (JWT) token: the emulator has no identity provider to check it against.
+        return respond(401, "only SAS tokens are accepted by the emulator; JWT tokens cannot be validated locally");
+    }
+    match auth::validate(token, audience, keys, auth::now_secs()) {
+        Ok(grant) => {
+            authorizations.add(grant);
+            respond(202, "Accepted")
+        }
+        Err(e) => {
+            tracing::info!(audience, error = %e, "put-token refused");
+            respond(e.status_code(), &e.to_string())
+        }
+    }
+}
+
+/// What a `$management` operation needs from the connection it arrived on.
+pub(crate) struct ManagementContext<'a> {
+    pub(crate) queue: &'a Queue,
+    /// Called for each lock token that update-disposition settled, so the connection can drop its record.
+    pub(crate) on_settled: &'a mut dyn FnMut(uuid::Uuid),
+}
+
+struct Failure {
+    status: i32,
+    condition: &'static str,
+    description: String,
+}
+
+fn fail(status: i32, condition: &'static str, description: impl Into<String>) -> Failure {
+    Failure { status, condition, description: description.into() }
+}
+
+fn bad_request(description: impl Into<String>) -> Failure {
+    fail(400, "com.microsoft:argument-error", description)
+}
+
+fn lock_lost() -> Failure {
+    fail(
+        410,
+        "com.microsoft:message-lock-lost",
+        "The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue.",
+    )
+}
+
+/// Handles a `$management` request.
+pub(crate) fn management(request: &Request, ctx: ManagementContext<'_>) -> Bytes {
+    let op = request.operation().unwrap_or_default().to_string();
+    let result = match op.as_str() {
+        "com.microsoft:renew-lock" => renew_lock(request, ctx.queue),
+        "com.microsoft:peek-message" => peek(request, ctx.queue),
+        "com.microsoft:schedule-message" => schedule(request, ctx.queue),
+        "com.microsoft:cancel-scheduled-message" => cancel_scheduled(request, ctx.queue),
+        "com.microsoft:receive-by-sequence-number" => receive_deferred(request, ctx.queue),
+        "com.microsoft:update-disposition" => update_disposition(request, ctx.queue, ctx.on_settled),
+        "" => Err(bad_request("the request has no 'operation' application property")),
+        other => Err(fail(501, "amqp:not-implemented", format!("the emulator does not implement {other}"))),
+    };
+    match result {
+        Ok((200, body)) => response(request, "statusCode", 200, "OK", None, body),
+        Ok((status, body)) => response(request, "statusCode", status, "No Content", None, body),
+        Err(f) => {
+            tracing::debug!(operation = %op, status = f.status, condition = f.condition, "management request failed: {}", f.description);
+            response(request, "statusCode", f.status, &f.description, Some(f.condition), Value::Map(OrderedMap::new()))
+        }
+    }
+}
+
+type OpResult = Result<(i32, Value), Failure>;
+
+fn map(entries: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
+    Value::Map(entries.into_iter().map(|(k, v)| (Value::String(k.into()), v)).collect())
+}
+
+fn array_items<'a>(request: &'a Request, key: &str) -> Result<&'a [Value], Failure> {
+    match request.field(key) {
+        Some(Value::Array(a)) => Ok(&a.0),
+        Some(Value::List(l)) => Ok(l),
+        _ => Err(bad_request(format!("the request body has no '{key}' array"))),
+    }
+}
+
+fn lock_tokens(request: &Request) -> Result<Vec<uuid::Uuid>, Failure> {
+    array_items(request, "lock-tokens")?
+        .iter()
+        .map(|v| match v {
+            Value::Uuid(u) => Ok(uuid::Uuid::from_bytes(*u.as_inner())),
+            _ => Err(bad_request("lock-tokens must be uuids")),
+        })
+        .collect()
+}
+
+fn sequence_numbers(request: &Request) -> Result<Vec<i64>, Failure> {
+    array_items(request, "sequence-numbers")?
+        .iter()
+        .map(|v| integer(v).ok_or_else(|| bad_request("sequence-numbers must be longs")))
+        .collect()
+}
+
+fn integer(v: &Value) -> Option<i64> {
+    Some(match v {
+        Value::Long(n) => *n,
+        Value::Int(n) => i64::from(*n),
+        Value::Short(n) => i64::from(*n),
+        Value::Byte(n) => i64::from(*n),
+        Value::Ulong(n) => i64::try_from(*n).ok()?,
+        Value::Uint(n) => i64::from(*n),
+        Value::Ushort(n) => i64::from(*n),
+        Value::Ubyte(n) => i64::from(*n),
+        _ => return None,
+    })
+}
+
+fn renew_lock(request: &Request, queue: &Queue) -> OpResult {
+    let mut expirations = Vec::new();
+    for token in lock_tokens(request)? {
+        let until = queue.renew_lock(token).map_err(|_| lock_lost())?;
+        expirations.push(Value::Timestamp(Timestamp::from_milliseconds(until)));
+    }
+    Ok((200, map([("expirations", Value::Array(Array(expirations)))])))
+}
+
+fn peek(request: &Request, queue: &Queue) -> OpResult {
+    let from = request.field("from-sequence-number").and_then(integer).unwrap_or(1);
+    let count = request.field("message-count").and_then(integer).unwrap_or(1).clamp(0, 1000) as usize;
+    let messages = queue.peek(from, count);
+    if messages.is_empty() {
+        return Ok((204, map([])));
+    }
+    let list = messages.into_iter().map(|m| map([("message", Value::Binary(Binary::from(m.to_vec())))])).collect();
+    Ok((200, map([("messages", Value::List(list))])))
+}
+
+fn schedule(request: &Request, queue: &Queue) -> OpResult {
+    let items = match request.field("messages") {
+        Some(Value::List(l)) => l,
+        Some(Value::Array(a)) => &a.0,
+        _ => return Err(bad_request("the request body has no 'messages' list")),
+    };
+    let mut parsed = Vec::new();
+    for item in items {
+        let Value::Map(m) = item else { return Err(bad_request("each scheduled message must be a map")) };
+        let Some(Value::Binary(bytes)) = m.get(&Value::String("message".into())) else {
+            return Err(bad_request("each scheduled message needs 'message' (binary)"));
+        };
+        let msg = StoredMessage::parse(&Bytes::copy_from_slice(bytes))
+            .map_err(|e| bad_request(format!("a scheduled message is malformed: {e}")))?;
+        parsed.push(msg);
+    }
+    let seqs = queue.enqueue(parsed);
+    Ok((200, map([("sequence-numbers", Value::Array(Array(seqs.into_iter().map(Value::Long).collect())))])))
+}
+
+fn cancel_scheduled(request: &Request, queue: &Queue) -> OpResult {
+    let seqs = sequence_numbers(request)?;
+    queue.cancel_scheduled(&seqs).map_err(|seq| {
+        fail(404, "com.microsoft:message-not-found", format!("no scheduled message has sequence number {seq}"))
+    })?;
+    Ok((200, map([])))
+}
+
+fn receive_deferred(request: &Request, queue: &Queue) -> OpResult {
+    let seqs = sequence_numbers(request)?;
+    let mode = match request.field("receiver-settle-mode").and_then(integer) {
+        Some(0) => ReceiveMode::ReceiveAndDelete,
+        _ => ReceiveMode::PeekLock,
+    };
+    let deliveries = queue.receive_deferred(&seqs, mode).map_err(|seq| {
+        fail(404, "com.microsoft:message-not-found", format!("no deferred message has sequence number {seq}"))
+    })?;
+    let list = deliveries
+        .into_iter()
+        .map(|d| {
+            let mut entries = vec![("message", Value::Binary(Binary::from(d.payload.to_vec())))];
+            if let Some(token) = d.lock_token {
+                entries.push(("lock-token", Value::Uuid(amqp_uuid(token))));
+            }
+            map(entries)
+        })
+        .collect();
+    Ok((200, map([("messages", Value::List(list))])))
+}
+
+fn update_disposition(request: &Request, queue: &Queue, on_settled: &mut dyn FnMut(uuid::Uuid)) -> OpResult {
+    let status = match request.field("disposition-status") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => return Err(bad_request("the request body has no 'disposition-status' string")),
+    };
+    let text = |key: &str| match request.field(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let properties: Vec<(String, SimpleValue)> = match request.field("properties-to-modify") {
+        Some(Value::Map(m)) => m
+            .iter()
+            .filter_map(|(k, v)| match k {
+                Value::String(k) => simple_value(v.clone()).map(|v| (k.clone(), v)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let settlement = match status {
+        "completed" => Settlement::Complete,
+        "abandoned" => Settlement::Abandon(properties),
+        "defered" | "deferred" => Settlement::Defer(properties),
+        "suspended" => Settlement::DeadLetter {
+            reason: text("deadletter-reason"),
+            description: text("deadletter-description"),
+            properties,
+        },
+        other => {
+            return Err(bad_request(format!(
+                "unknown disposition-status {other:?}: use completed, abandoned, defered or suspended"
+            )));
+        }
+    };
+    for token in lock_tokens(request)? {
+        queue.settle(token, settlement.clone()).map_err(|_| lock_lost())?;
+        on_settled(token);
+    }
+    Ok((200, map([])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueProperties;
+
+    fn request(op: &str, body: Value) -> Request {
+        Request {
+            message_id: Some(MessageId::String("req-1".into())),
+            reply_to: None,
+            properties: [("operation".to_string(), SimpleValue::String(op.into()))].into_iter().collect(),
+            body,
+        }
+    }
+
+    fn decode(bytes: &Bytes) -> Message<Body<Value>> {
+        serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(bytes).unwrap().0
+    }
+
+    fn status(m: &Message<Body<Value>>) -> (i32, Option<String>) {
+        let a = &m.application_properties.as_ref().unwrap().0;
+        let code = match a.get("statusCode") {
+            Some(SimpleValue::Int(c)) => *c,
+            other => panic!("statusCode must be an int: {other:?}"),
+        };
+        let cond = match a.get("errorCondition") {
+            Some(SimpleValue::Symbol(s)) => Some(s.to_string()),
+            None => None,
+            other => panic!("errorCondition must be a symbol: {other:?}"),
+        };
+        (code, cond)
+    }
+
+    fn no_settle() -> impl FnMut(uuid::Uuid) {
+        |_| {}
+    }
+
+    #[tokio::test]
+    async fn renewing_an_unknown_lock_is_410_lock_lost_and_correlated() {
+        let q = Queue::new("q", QueueProperties::default());
+        let body = map([("lock-tokens", Value::Array(Array(vec![Value::Uuid(amqp_uuid(uuid::Uuid::new_v4()))])))]);
+        let mut cb = no_settle();
+        let r = decode(&management(
+            &request("com.microsoft:renew-lock", body),
+            ManagementContext { queue: &q, on_settled: &mut cb },
+        ));
+        assert_eq!(status(&r), (410, Some("com.microsoft:message-lock-lost".into())));
+        assert_eq!(r.properties.unwrap().correlation_id, Some(MessageId::String("req-1".into())));
+        assert!(matches!(r.body, Body::Value(v) if matches!(v.0, Value::Map(_))));
+    }
+
+    #[tokio::test]
+    async fn peek_of_an_empty_queue_is_204() {
+        let q = Queue::new("q", QueueProperties::default());
+        let body = map([("from-sequence-number", Value::Long(1)), ("message-count", Value::Int(5))]);
+        let mut cb = no_settle();
+        let r = decode(&management(
+            &request("com.microsoft:peek-message", body),
+            ManagementContext { queue: &q, on_settled: &mut cb },
+        ));
+        assert_eq!(status(&r), (204, None));
+    }
+
+    #[tokio::test]
+    async fn unknown_operations_are_501_not_implemented() {
+        let q = Queue::new("q", QueueProperties::default());
+        let mut cb = no_settle();
+        let r = decode(&management(
+            &request("com.microsoft:add-rule", map([])),
+            ManagementContext { queue: &q, on_settled: &mut cb },
+        ));
+        assert_eq!(status(&r), (501, Some("amqp:not-implemented".into())));
+    }
+
+    #[test]
+    fn put_token_accepts_a_valid_sas_with_202_and_refuses_a_bad_one_with_401() {
+        let keys = Keys::default();
+        let mut auth = Authorizations::default();
+        let token = auth::sas_token("sb://h/q", auth::DEFAULT_KEY_NAME, auth::DEFAULT_KEY_VALUE, auth::now_secs() + 60);
+        let mut req = request("put-token", Value::String(token));
+        req.properties.insert("name".into(), SimpleValue::String("sb://h/q".into()));
+        let r = decode(&put_token(&req, &keys, &mut auth));
+        assert_eq!(r.application_properties.as_ref().unwrap().0.get("status-code"), Some(&SimpleValue::Int(202)));
+        assert!(r.application_properties.as_ref().unwrap().0.get("errorCondition").is_none());
+        assert!(auth.authorized_until("q", auth::now_secs()).is_some());
+
+        let bad = auth::sas_token("sb://h/q", auth::DEFAULT_KEY_NAME, "wrong", auth::now_secs() + 60);
+        let mut req = request("put-token", Value::String(bad));
+        req.properties.insert("name".into(), SimpleValue::String("sb://h/q".into()));
+        let mut fresh = Authorizations::default();
+        let r = decode(&put_token(&req, &keys, &mut fresh));
+        assert_eq!(r.application_properties.as_ref().unwrap().0.get("status-code"), Some(&SimpleValue::Int(401)));
+        assert!(fresh.authorized_until("q", auth::now_secs()).is_none());
+    }
+}
