@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`paths`]: where the repository, the target directory and the components are.
 //! - [`guests`]: building the `guests/` workspace for `wasm32-wasip2`.
+//! - [`python`]: the Python venv with the official Azure SDK, for interop tests.
 //!
 //! # Example
 //! ```no_run
@@ -21,3 +22,4 @@
 
 pub mod guests;
 pub mod paths;
+pub mod python;

@@ -299,6 +299,23 @@ pub(crate) fn split_sections(payload: &Bytes) -> Result<Sections, Malformed> {
     Ok(sections)
 }
 
+/// The encoded value inside a message's `amqp-value` body section, if it has one.
+pub(crate) fn amqp_value(payload: &Bytes) -> Option<Bytes> {
+    let buf = &payload[..];
+    let mut at = 0;
+    while at < buf.len() {
+        let code = descriptor_code(buf, at).ok()?;
+        let end = skip_value(buf, at).ok()?;
+        if code == section::AMQP_VALUE {
+            // Skip 0x00 and the descriptor; what follows is the value.
+            let value_at = skip_value(buf, at + 1).ok()?;
+            return Some(payload.slice(value_at..end));
+        }
+        at = end;
+    }
+    None
+}
+
 /// The binary inside a `data` section spanning `at..end`.
 fn data_contents(payload: &Bytes, at: usize, end: usize) -> Result<Bytes, Malformed> {
     // 0x00 0x53 0x75, then vbin8 (0xa0 len) or vbin32 (0xb0 len32).

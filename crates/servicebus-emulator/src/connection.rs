@@ -938,20 +938,15 @@ impl Engine {
     }
 
     fn on_coordinator(&mut self, payload: &Bytes) -> DeliveryState {
-        use fe2o3_amqp_types::messaging::message::__private::Deserializable;
-        use fe2o3_amqp_types::messaging::{Body, Message};
-        let Ok(message) = serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(payload) else {
-            return rejected("amqp:decode-error", "the coordinator expects declare or discharge in an amqp-value");
+        // The body is an amqp-value holding a described declare or discharge list.
+        let Some(value) = codec::amqp_value(payload) else {
+            return rejected("amqp:decode-error", "the coordinator expects declare or discharge in an amqp-value body");
         };
-        let Body::Value(value) = message.0.body else {
-            return rejected("amqp:decode-error", "the coordinator expects an amqp-value body");
-        };
-        let value = value.0;
-        if let Ok(_declare) = serde_amqp::from_value::<Declare>(value.clone()) {
+        if let Ok(_declare) = serde_amqp::from_slice::<Declare>(&value) {
             let txn_id = self.txns.declare();
             return DeliveryState::Declared(Declared { txn_id: txn_id.into() });
         }
-        match serde_amqp::from_value::<Discharge>(value) {
+        match serde_amqp::from_slice::<Discharge>(&value) {
             Ok(discharge) => match self.txns.discharge(&discharge.txn_id, discharge.fail.unwrap_or(false)) {
                 Ok(()) => DeliveryState::Accepted(Accepted {}),
                 Err(e) => {

@@ -1,0 +1,296 @@
+//! The engine at frame level, over a raw TCP socket: pipelining, heartbeats,
+//! refusals, and malformed input.
+
+use std::time::Duration;
+
+use bytes::{Buf as _, BufMut as _, BytesMut};
+use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
+use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{Source, Target};
+use fe2o3_amqp::types::performatives::{Attach, Begin, Open};
+use fe2o3_amqp::types::primitives::Binary;
+use fe2o3_amqp::types::sasl::SaslInit;
+use fe2o3_amqp::{Receiver, Sender, Session};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder as _;
+
+use super::support::{queue, start};
+use super::transactions::connect;
+
+const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
+const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
+
+fn frame<T: Serialize>(out: &mut BytesMut, frame_type: u8, channel: u16, body: &T) {
+    let encoded = serde_amqp::to_vec(body).unwrap();
+    out.put_u32(8 + encoded.len() as u32);
+    out.put_slice(&[2, frame_type]);
+    out.put_u16(channel);
+    out.put_slice(&encoded);
+}
+
+/// A raw client: writes bytes, reads headers and frames.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+#[derive(Debug)]
+enum Got {
+    Sasl(BytesMut),
+    Amqp(FrameBody),
+}
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        Self { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+    }
+
+    async fn fill(&mut self, n: usize) -> bool {
+        while self.buf.len() < n {
+            let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return false,
+                Ok(Ok(_)) => {}
+            }
+        }
+        true
+    }
+
+    async fn header(&mut self) -> [u8; 8] {
+        assert!(self.fill(8).await, "no protocol header");
+        let mut h = [0u8; 8];
+        self.buf.copy_to_slice(&mut h);
+        h
+    }
+
+    /// The next frame, or `None` when the socket closes.
+    async fn next(&mut self) -> Option<Got> {
+        if !self.fill(4).await {
+            return None;
+        }
+        let size = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+        if !self.fill(size).await {
+            return None;
+        }
+        self.buf.advance(4);
+        let mut body = self.buf.split_to(size - 4);
+        if body[1] == 1 {
+            return Some(Got::Sasl(body));
+        }
+        let f = (FrameDecoder {}).decode(&mut body).unwrap().unwrap();
+        Some(Got::Amqp(f.body))
+    }
+
+    async fn next_amqp(&mut self) -> FrameBody {
+        match self.next().await {
+            Some(Got::Amqp(b)) => b,
+            other => panic!("expected an AMQP frame, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+}
+
+fn open(idle_ms: Option<u32>) -> Open {
+    Open {
+        container_id: "raw".into(),
+        hostname: None,
+        max_frame_size: 65536u32.into(),
+        channel_max: 10u16.into(),
+        idle_time_out: idle_ms,
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    }
+}
+
+fn begin() -> Begin {
+    Begin {
+        remote_channel: None,
+        next_outgoing_id: 0,
+        incoming_window: 100,
+        outgoing_window: 100,
+        handle_max: Handle(10),
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    }
+}
+
+fn receiver_attach(address: &str) -> Attach {
+    Attach {
+        name: "raw-receiver".into(),
+        handle: Handle(0),
+        role: Role::Receiver,
+        snd_settle_mode: SenderSettleMode::Unsettled,
+        rcv_settle_mode: ReceiverSettleMode::Second,
+        source: Some(Box::new(Source::builder().address(address).build())),
+        target: Some(Box::new(Target::builder().address("raw-target").build().into())),
+        unsettled: None,
+        incomplete_unsettled: false,
+        initial_delivery_count: None,
+        max_message_size: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    }
+}
+
+/// SASL ANONYMOUS, AMQP header, open, begin and attach, all written before reading anything.
+fn pipelined(attach: &Attach, idle_ms: Option<u32>) -> BytesMut {
+    let mut out = BytesMut::new();
+    out.put_slice(&SASL_HEADER);
+    let init = SaslInit { mechanism: "ANONYMOUS".into(), initial_response: Some(Binary::from(vec![])), hostname: None };
+    frame(&mut out, 1, 0, &init);
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &open(idle_ms));
+    frame(&mut out, 0, 0, &begin());
+    frame(&mut out, 0, 0, attach);
+    out
+}
+
+/// Reads the handshake replies: SASL header, mechanisms, outcome, AMQP header, open, begin.
+async fn read_handshake(raw: &mut Raw) {
+    assert_eq!(raw.header().await, SASL_HEADER);
+    assert!(matches!(raw.next().await, Some(Got::Sasl(_))), "sasl-mechanisms");
+    match raw.next().await {
+        Some(Got::Sasl(b)) => assert_eq!(&b[4..7], &[0x00, 0x53, 0x44], "sasl-outcome"),
+        other => panic!("expected sasl-outcome, got {other:?}"),
+    }
+    assert_eq!(raw.header().await, AMQP_HEADER);
+    assert!(matches!(raw.next_amqp().await, FrameBody::Open(_)));
+    assert!(matches!(raw.next_amqp().await, FrameBody::Begin(b) if b.remote_channel == Some(0)));
+}
+
+#[tokio::test]
+async fn a_pipelined_handshake_is_answered_in_order_and_an_unauthorized_attach_refused() {
+    let emulator = start(vec![queue("q")]).await;
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    raw.send(&pipelined(&receiver_attach("q"), None)).await;
+    read_handshake(&mut raw).await;
+    // No token was put on $cbs: attach with a null source, then detach with unauthorized-access.
+    match raw.next_amqp().await {
+        FrameBody::Attach(a) => assert!(a.source.is_none(), "{a:?}"),
+        other => panic!("{other:?}"),
+    }
+    match raw.next_amqp().await {
+        FrameBody::Detach(d) => {
+            assert!(d.closed);
+            assert_eq!(format!("{:?}", d.error.unwrap().condition), "AmqpError(UnauthorizedAccess)");
+        }
+        other => panic!("{other:?}"),
+    }
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_entity_is_not_found() {
+    let emulator = start(vec![queue("q")]).await;
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    raw.send(&pipelined(&receiver_attach("amqps://127.0.0.1/nope"), None)).await;
+    read_handshake(&mut raw).await;
+    assert!(matches!(raw.next_amqp().await, FrameBody::Attach(_)));
+    match raw.next_amqp().await {
+        FrameBody::Detach(d) => {
+            let e = d.error.unwrap();
+            assert_eq!(format!("{:?}", e.condition), "AmqpError(NotFound)");
+            assert!(e.description.unwrap().contains("'nope'"));
+        }
+        other => panic!("{other:?}"),
+    }
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn heartbeats_honour_the_peers_idle_timeout() {
+    let emulator = start(vec![queue("q")]).await;
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    // The handshake, then an attach that is refused: the connection stays open and idle.
+    raw.send(&pipelined(&receiver_attach("q"), Some(1000))).await;
+    read_handshake(&mut raw).await;
+    let _attach = raw.next_amqp().await;
+    let _detach = raw.next_amqp().await;
+    // With a 1 s idle timeout the broker must send something at least every ~0.5-1 s.
+    let start = tokio::time::Instant::now();
+    assert!(matches!(raw.next_amqp().await, FrameBody::Empty), "an empty frame keeps the connection alive");
+    assert!(start.elapsed() < Duration::from_millis(1100), "{:?}", start.elapsed());
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_frame_closes_only_its_connection_with_decode_error() -> anyhow::Result<()> {
+    let emulator = start(vec![queue("q")]).await;
+    // A healthy client, before and after.
+    let mut good = connect(&emulator, "good").await?;
+    let mut session = Session::begin(&mut good).await?;
+    let mut sender = Sender::attach(&mut session, "s", "q").await?;
+    sender.send("before").await?;
+
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    let mut out = BytesMut::new();
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &open(None));
+    // A frame whose body is a described type with a descriptor no performative has.
+    out.put_u32(8 + 4);
+    out.put_slice(&[2, 0, 0, 0, 0x00, 0x53, 0x7f, 0x45]);
+    raw.send(&out).await;
+    assert_eq!(raw.header().await, AMQP_HEADER);
+    assert!(matches!(raw.next_amqp().await, FrameBody::Open(_)));
+    match raw.next_amqp().await {
+        FrameBody::Close(c) => assert_eq!(format!("{:?}", c.error.unwrap().condition), "AmqpError(DecodeError)"),
+        other => panic!("expected close, got {other:?}"),
+    }
+    assert!(raw.next().await.is_none(), "the broker closes the socket after close");
+
+    sender.send("after").await?;
+    let mut receiver = Receiver::attach(&mut session, "r", "q").await?;
+    for expected in ["before", "after"] {
+        let d = receiver.recv::<String>().await?;
+        assert_eq!(d.body(), expected);
+        receiver.accept(&d).await?;
+    }
+    receiver.close().await?;
+    sender.close().await?;
+    session.end().await?;
+    good.close().await?;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_protocol_header_is_answered_and_closed() {
+    let emulator = start(vec![queue("q")]).await;
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    raw.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    // The broker answers with the header it speaks, then closes.
+    assert_eq!(raw.header().await, SASL_HEADER);
+    assert!(raw.next().await.is_none());
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_close_to_open_connections() -> anyhow::Result<()> {
+    let emulator = start(vec![queue("q")]).await;
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    let mut out = BytesMut::new();
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &open(None));
+    raw.send(&out).await;
+    assert_eq!(raw.header().await, AMQP_HEADER);
+    assert!(matches!(raw.next_amqp().await, FrameBody::Open(_)));
+    let stopping = tokio::spawn(emulator.shutdown());
+    match raw.next_amqp().await {
+        FrameBody::Close(c) => {
+            assert_eq!(format!("{:?}", c.error.unwrap().condition), "ConnectionError(ConnectionForced)")
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    stopping.await?;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! The official Python SDK, `azure-servicebus` 7.15, against the emulator: `tests/python/test_sdk.py`.
+
+use std::time::Duration;
+
+use super::support::{queue, queue_with, start};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
+    let python = tokio::task::spawn_blocking(xtask::python::ensure_venv).await??;
+    let queues = ["basic", "settle", "abandon", "deadletter", "defer", "schedule", "peek", "rad", "auth"];
+    let mut config: Vec<_> = queues.iter().map(|q| queue(q)).collect();
+    config.push(queue_with("renew", Duration::from_secs(4), 10));
+    config.push(queue_with("lockexpiry", Duration::from_secs(2), 10));
+    config.push(queue_with("poison", Duration::from_secs(30), 2));
+    let emulator = start(config).await;
+
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/test_sdk.py");
+    let output = tokio::process::Command::new(&python)
+        .args(["-m", "pytest", "-v", "-p", "no:cacheprovider"])
+        .arg(tests)
+        .env("EMULATOR_CONNECTION_STRING", emulator.connection_string())
+        .env("EMULATOR_ENDPOINT", format!("sb://{}", emulator.local_addr()))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    emulator.shutdown().await;
+    // pytest's summary says "N passed" in its last line; cargo's own summary follows ours.
+    let summary = stdout.lines().rev().find(|l| l.contains("passed") || l.contains("failed")).unwrap_or("");
+    assert!(output.status.success(), "pytest failed: {summary}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(!summary.contains("skipped"), "no case may be skipped: {summary}");
+    eprintln!("python SDK interop: {}", summary.trim_matches('=').trim());
+    Ok(())
+}

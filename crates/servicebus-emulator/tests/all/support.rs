@@ -1,0 +1,24 @@
+//! Starting an emulator with the queues a test needs.
+
+use std::time::Duration;
+
+use servicebus_emulator::{Config, Emulator, QueueConfig, QueueProperties};
+
+/// A queue with default properties.
+pub(crate) fn queue(name: &str) -> QueueConfig {
+    QueueConfig { name: name.into(), properties: QueueProperties::default() }
+}
+
+/// A queue with a lock duration and max delivery count.
+pub(crate) fn queue_with(name: &str, lock: Duration, max_delivery_count: u32) -> QueueConfig {
+    QueueConfig {
+        name: name.into(),
+        properties: QueueProperties { lock_duration: lock, max_delivery_count, ..QueueProperties::default() },
+    }
+}
+
+/// Starts an emulator on 127.0.0.1:0 with these queues.
+pub(crate) async fn start(queues: Vec<QueueConfig>) -> Emulator {
+    let config = Config { queues, ..Config::default() };
+    Emulator::builder().config(config).bind("127.0.0.1:0".parse().unwrap()).start().await.expect("the emulator starts")
+}

@@ -1,0 +1,289 @@
+"""The official Python SDK (azure-servicebus 7.15) against the emulator.
+
+Run by `tests/all/python_sdk.rs`, which starts the emulator in-process on an
+ephemeral port with the queues these cases use, and passes:
+- EMULATOR_CONNECTION_STRING: the emulator's connection string (default key);
+- EMULATOR_ENDPOINT: `sb://127.0.0.1:<port>`.
+
+Each case uses its own queue, so the cases do not see each other's messages.
+"""
+
+import base64
+import datetime
+import hashlib
+import hmac
+import os
+import time
+import urllib.parse
+import uuid
+
+import pytest
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusReceiveMode,
+    ServiceBusSubQueue,
+)
+from azure.servicebus.exceptions import (
+    MessageLockLostError,
+    MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusError,
+)
+
+CS = os.environ["EMULATOR_CONNECTION_STRING"]
+ENDPOINT = os.environ["EMULATOR_ENDPOINT"]
+DEFAULT_LOCK_SECONDS = 60
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+@pytest.fixture
+def client():
+    with ServiceBusClient.from_connection_string(CS) as c:
+        yield c
+
+
+def send(client, queue, *bodies, **kwargs):
+    with client.get_queue_sender(queue) as s:
+        msgs = [ServiceBusMessage(b, **kwargs) for b in bodies]
+        s.send_messages(msgs if len(msgs) > 1 else msgs[0])
+
+
+def receive(client, queue, n, wait=5, **kwargs):
+    got = []
+    with client.get_queue_receiver(queue, max_wait_time=wait, **kwargs) as r:
+        deadline = time.time() + wait
+        while len(got) < n and time.time() < deadline:
+            got.extend(r.receive_messages(max_message_count=n - len(got), max_wait_time=1))
+    return got
+
+
+def test_send_single_and_batch(client):
+    before = utcnow()
+    with client.get_queue_sender("basic") as s:
+        s.send_messages(ServiceBusMessage("one", message_id="id-1", subject="s", application_properties={"k": 7}))
+        batch = s.create_message_batch()
+        for b in ("two", "three", "four"):
+            batch.add_message(ServiceBusMessage(b))
+        s.send_messages(batch)
+        s.send_messages([ServiceBusMessage("five"), ServiceBusMessage("six")])
+    with client.get_queue_receiver("basic", max_wait_time=5) as r:
+        got = []
+        while len(got) < 6:
+            more = r.receive_messages(max_message_count=6, max_wait_time=3)
+            assert more, f"only {len(got)} of 6 messages arrived"
+            got.extend(more)
+        assert [str(m) for m in got] == ["one", "two", "three", "four", "five", "six"]
+        seqs = [m.sequence_number for m in got]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 6
+        first = got[0]
+        assert first.message_id == "id-1"
+        assert first.subject == "s"
+        assert first.application_properties[b"k"] == 7
+        # The broker assigns a message-id when the sender gives none.
+        assert got[1].message_id
+        for m in got:
+            assert before - datetime.timedelta(seconds=2) <= m.enqueued_time_utc <= utcnow() + datetime.timedelta(seconds=2)
+            r.complete_message(m)
+
+
+def test_peek_lock_and_complete(client):
+    send(client, "settle", "hello")
+    with client.get_queue_receiver("settle", max_wait_time=5) as r:
+        (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        assert isinstance(m.lock_token, (str, uuid.UUID)) and uuid.UUID(str(m.lock_token))
+        assert m.delivery_count == 0
+        expected = utcnow() + datetime.timedelta(seconds=DEFAULT_LOCK_SECONDS)
+        assert abs((m.locked_until_utc - expected).total_seconds()) < 5
+        start = time.time()
+        r.complete_message(m)
+        assert time.time() - start < 2, "the settled echo should come at once"
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+
+
+def test_abandon_raises_the_delivery_count(client):
+    send(client, "abandon", "again")
+    with client.get_queue_receiver("abandon", max_wait_time=5) as r:
+        (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        assert m.delivery_count == 0
+        r.abandon_message(m)
+        (m2,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        assert m2.sequence_number == m.sequence_number
+        assert m2.delivery_count == 1
+        assert m2.lock_token != m.lock_token
+        r.complete_message(m2)
+
+
+def test_dead_letter_with_reason_and_read_it_back(client):
+    send(client, "deadletter", "poison")
+    with client.get_queue_receiver("deadletter", max_wait_time=5) as r:
+        (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        r.dead_letter_message(m, reason="InvalidOrder", error_description="amount is negative")
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+    with client.get_queue_receiver("deadletter", sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=5) as d:
+        (dl,) = d.receive_messages(max_message_count=1, max_wait_time=5)
+        assert str(dl) == "poison"
+        assert dl.dead_letter_reason == "InvalidOrder"
+        assert dl.dead_letter_error_description == "amount is negative"
+        assert dl.sequence_number == m.sequence_number
+        d.complete_message(dl)
+        assert d.receive_messages(max_message_count=1, max_wait_time=1) == []
+
+
+def test_defer_then_receive_deferred(client):
+    send(client, "defer", "later")
+    with client.get_queue_receiver("defer", max_wait_time=5) as r:
+        (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        seq = m.sequence_number
+        r.defer_message(m)
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+        (d,) = r.receive_deferred_messages([seq])
+        assert str(d) == "later"
+        assert d.sequence_number == seq
+        assert uuid.UUID(str(d.lock_token))
+        r.complete_message(d)
+        with pytest.raises(ServiceBusError):
+            r.receive_deferred_messages([seq])
+
+
+def test_schedule_and_cancel(client):
+    with client.get_queue_sender("schedule") as s:
+        at = utcnow() + datetime.timedelta(seconds=4)
+        (kept,) = s.schedule_messages(ServiceBusMessage("kept"), at)
+        (cancelled,) = s.schedule_messages(ServiceBusMessage("cancelled"), at)
+        assert kept < cancelled
+        s.cancel_scheduled_messages(cancelled)
+    with client.get_queue_receiver("schedule", max_wait_time=10) as r:
+        peeked = r.peek_messages(max_message_count=10)
+        assert [p.sequence_number for p in peeked] == [kept]
+        assert peeked[0].scheduled_enqueue_time_utc is not None
+        got = []
+        while not got and utcnow() < at + datetime.timedelta(seconds=5):
+            got = r.receive_messages(max_message_count=2, max_wait_time=1)
+        arrived = utcnow()
+        assert [str(m) for m in got] == ["kept"], "the cancelled message must never arrive"
+        assert got[0].sequence_number == kept
+        assert arrived >= at - datetime.timedelta(milliseconds=100), f"delivered {at - arrived} before its time"
+        assert arrived <= at + datetime.timedelta(seconds=2), f"delivered {arrived - at} after its time"
+        r.complete_message(got[0])
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+
+
+def test_peek_does_not_lock(client):
+    send(client, "peek", "p1", "p2", "p3")
+    with client.get_queue_receiver("peek", max_wait_time=5) as r:
+        peeked = r.peek_messages(max_message_count=10)
+        assert [str(p) for p in peeked] == ["p1", "p2", "p3"]
+        assert [p.sequence_number for p in peeked] == [1, 2, 3]
+        more = r.peek_messages(max_message_count=10, sequence_number=3)
+        assert [p.sequence_number for p in more] == [3]
+        got = r.receive_messages(max_message_count=3, max_wait_time=5)
+        assert len(got) == 3
+        for m in got:
+            r.complete_message(m)
+
+
+def test_renew_lock(client):
+    # The queue's LockDuration is 4 s.
+    send(client, "renew", "slow")
+    with client.get_queue_receiver("renew", max_wait_time=5) as r:
+        (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        first_until = m.locked_until_utc
+        time.sleep(2.5)
+        new_until = r.renew_message_lock(m)
+        assert new_until > first_until
+        assert abs((new_until - (utcnow() + datetime.timedelta(seconds=4))).total_seconds()) < 2
+        time.sleep(2.5)  # Past the first lock's expiry: only the renewal keeps it.
+        r.complete_message(m)
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+
+
+def test_receive_and_delete(client):
+    send(client, "rad", "gone")
+    with client.get_queue_receiver(
+        "rad", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE, max_wait_time=5
+    ) as r:
+        (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        assert str(m) == "gone"
+    with client.get_queue_receiver("rad", max_wait_time=2) as r:
+        assert r.peek_messages(max_message_count=10) == []
+
+
+def test_lock_expiry_redelivers(client):
+    # The queue's LockDuration is 2 s.
+    send(client, "lockexpiry", "forgotten")
+    with client.get_queue_receiver("lockexpiry", max_wait_time=5) as r:
+        (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        time.sleep(2.5)
+        (m2,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+        assert m2.sequence_number == m.sequence_number
+        assert m2.delivery_count == 1
+        with pytest.raises(MessageLockLostError):
+            r.complete_message(m)
+        r.complete_message(m2)
+
+
+def test_max_delivery_count_moves_to_the_dead_letter_queue(client):
+    # The queue's MaxDeliveryCount is 2.
+    send(client, "poison", "bad")
+    with client.get_queue_receiver("poison", max_wait_time=5) as r:
+        for expected_count in (0, 1):
+            (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+            assert m.delivery_count == expected_count
+            r.abandon_message(m)
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+    with client.get_queue_receiver("poison", sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=5) as d:
+        (dl,) = d.receive_messages(max_message_count=1, max_wait_time=5)
+        assert dl.dead_letter_reason == "MaxDeliveryCountExceeded"
+        assert dl.delivery_count == 2
+        d.complete_message(dl)
+
+
+def test_a_wrong_key_is_rejected():
+    bad = CS.replace("SharedAccessKey=SAS_KEY_VALUE", "SharedAccessKey=not-the-key")
+    assert bad != CS
+    start = time.time()
+    with ServiceBusClient.from_connection_string(bad, retry_total=0) as c:
+        with pytest.raises((ServiceBusAuthenticationError, ServiceBusAuthorizationError)):
+            with c.get_queue_sender("auth") as s:
+                s.send_messages(ServiceBusMessage("x"))
+    assert time.time() - start < 30
+
+
+def sas(resource, key_name, key, expiry):
+    encoded = urllib.parse.quote_plus(resource)
+    signed = f"{encoded}\n{expiry}".encode()
+    sig = base64.b64encode(hmac.new(key.encode(), signed, hashlib.sha256).digest()).decode()
+    return "SharedAccessSignature " + urllib.parse.urlencode(
+        {"sr": resource, "sig": sig, "se": str(expiry), "skn": key_name}
+    )
+
+
+def test_an_expired_token_is_rejected():
+    token = sas(f"{ENDPOINT}/auth", "RootManageSharedAccessKey", "SAS_KEY_VALUE", int(time.time()) - 60)
+    cs = f"Endpoint={ENDPOINT};SharedAccessSignature={token};UseDevelopmentEmulator=true"
+    with ServiceBusClient.from_connection_string(cs, retry_total=0) as c:
+        with pytest.raises((ServiceBusAuthenticationError, ServiceBusAuthorizationError)):
+            with c.get_queue_sender("auth") as s:
+                s.send_messages(ServiceBusMessage("x"))
+
+
+def test_a_valid_shared_access_signature_is_accepted():
+    token = sas(f"{ENDPOINT}/auth", "RootManageSharedAccessKey", "SAS_KEY_VALUE", int(time.time()) + 600)
+    cs = f"Endpoint={ENDPOINT};SharedAccessSignature={token};UseDevelopmentEmulator=true"
+    with ServiceBusClient.from_connection_string(cs) as c:
+        with c.get_queue_sender("auth") as s:
+            s.send_messages(ServiceBusMessage("x"))
+        with c.get_queue_receiver("auth", max_wait_time=5) as r:
+            (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+            r.complete_message(m)
+
+
+def test_an_unknown_queue_is_not_found(client):
+    with pytest.raises(MessagingEntityNotFoundError):
+        with client.get_queue_sender("no-such-queue") as s:
+            s.send_messages(ServiceBusMessage("x"))
