@@ -294,3 +294,30 @@ async fn shutdown_sends_close_to_open_connections() -> anyhow::Result<()> {
     stopping.await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_drop_hook_cuts_connections_without_close_and_counts_stay_readable() -> anyhow::Result<()> {
+    let emulator = start(vec![queue("q")]).await;
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    let mut out = BytesMut::new();
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &open(None));
+    raw.send(&out).await;
+    assert_eq!(raw.header().await, AMQP_HEADER);
+    assert!(matches!(raw.next_amqp().await, FrameBody::Open(_)));
+    assert_eq!(emulator.connection_count(), 1);
+    assert_eq!(emulator.drop_connections(), 1);
+    // No close frame: the socket just ends.
+    assert!(raw.next().await.is_none());
+    for _ in 0..100 {
+        if emulator.connection_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(emulator.connection_count(), 0);
+    assert_eq!(emulator.queue_counts("q"), Some(servicebus_emulator::QueueCounts::default()));
+    assert_eq!(emulator.queue_counts("nope"), None);
+    emulator.shutdown().await;
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! Integration tests of the emulator: the official Python SDK, a Rust AMQP
 //! client (transactions), and raw frames.
 
+mod cli;
 mod frames;
 mod python_sdk;
 mod support;
+mod tls;
 mod transactions;

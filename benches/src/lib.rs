@@ -1,0 +1,8 @@
+//! Criterion benchmarks of the workspace. The benches are in `benches/benches/`;
+//! run them with `cargo bench -p benchmarks`. Results, machine and date are
+//! recorded in `BENCHMARKS.md` at the repository root.
+//!
+//! # Layout
+//! - `benches/emulator.rs`: the emulator's send + receive + complete throughput.
+//!
+//! This library is empty on purpose: the package exists to hold the benches.
