@@ -28,7 +28,8 @@ struct Client {
 async fn client(emulator: &Emulator, queue: &str) -> Client {
     let url = format!("amqp://RootManageSharedAccessKey:SAS_KEY_VALUE@{}", emulator.local_addr());
     let mut connection = Connection::open(format!("bench-{queue}"), url.as_str()).await.unwrap();
-    let mut session = Session::builder().incoming_window(100_000).outgoing_window(100_000).begin(&mut connection).await.unwrap();
+    let mut session =
+        Session::builder().incoming_window(100_000).outgoing_window(100_000).begin(&mut connection).await.unwrap();
     let sender = Sender::attach(&mut session, format!("s-{queue}"), queue).await.unwrap();
     let receiver = Receiver::builder()
         .name(format!("r-{queue}"))
@@ -62,7 +63,10 @@ async fn round(c: &mut Client, n: usize) {
     };
     let receive = async {
         for _ in 0..n {
-            let d = receiver.recv::<fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>>().await.unwrap();
+            let d = receiver
+                .recv::<fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>>()
+                .await
+                .unwrap();
             receiver.accept(&d).await.unwrap();
         }
     };

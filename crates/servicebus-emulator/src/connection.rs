@@ -288,20 +288,18 @@ impl Engine {
             };
             self.put(FRAME_TYPE_SASL, 0, &mechanisms);
             self.flush();
-            let init = loop {
-                match reader.next().await {
-                    Some(Ok(Incoming::Frame(mut bytes))) => {
-                        let mut codec = fe2o3_amqp::frames::sasl::FrameCodec {};
-                        match codec.decode(&mut bytes) {
-                            Ok(Some(fe2o3_amqp::frames::sasl::Frame::Init(init))) => break init,
-                            Ok(other) => return Err(format!("expected sasl-init, got {other:?}")),
-                            Err(e) => return Err(format!("malformed SASL frame: {e}")),
-                        }
+            let init = match reader.next().await {
+                Some(Ok(Incoming::Frame(mut bytes))) => {
+                    let mut codec = fe2o3_amqp::frames::sasl::FrameCodec {};
+                    match codec.decode(&mut bytes) {
+                        Ok(Some(fe2o3_amqp::frames::sasl::Frame::Init(init))) => init,
+                        Ok(other) => return Err(format!("expected sasl-init, got {other:?}")),
+                        Err(e) => return Err(format!("malformed SASL frame: {e}")),
                     }
-                    Some(Ok(Incoming::Header(_))) => return Err("protocol header instead of sasl-init".into()),
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("peer closed the socket during SASL".into()),
                 }
+                Some(Ok(Incoming::Header(_))) => return Err("protocol header instead of sasl-init".into()),
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("peer closed the socket during SASL".into()),
             };
             let mechanism = init.mechanism.as_str().to_string();
             let code = match mechanism.as_str() {

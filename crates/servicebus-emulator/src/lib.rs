@@ -18,7 +18,7 @@
 //! - `transaction`: the coordinator's transactions.
 //! - `namespace`, `queue`, `message`: entities, their messages and locks.
 //! - [`auth`]: keys, SAS tokens, grants.
-//! - [`config`]: `Config.json`.
+//! - [`config`]: Microsoft's `Config.json` schema.
 //!
 //! # Example
 //! ```no_run

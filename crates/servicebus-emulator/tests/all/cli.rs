@@ -7,12 +7,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_servicebus-emulator");
 
 #[test]
 fn it_prints_where_it_listens_and_stops_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args(["--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(BIN).args(["--port", "0"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("servicebus-emulator listening on amqp://127.0.0.1:"), "{first}");

@@ -39,7 +39,7 @@ struct Raw {
 #[derive(Debug)]
 enum Got {
     Sasl(BytesMut),
-    Amqp(FrameBody),
+    Amqp(Box<FrameBody>),
 }
 
 impl Raw {
@@ -80,12 +80,12 @@ impl Raw {
             return Some(Got::Sasl(body));
         }
         let f = (FrameDecoder {}).decode(&mut body).unwrap().unwrap();
-        Some(Got::Amqp(f.body))
+        Some(Got::Amqp(Box::new(f.body)))
     }
 
     async fn next_amqp(&mut self) -> FrameBody {
         match self.next().await {
-            Some(Got::Amqp(b)) => b,
+            Some(Got::Amqp(b)) => *b,
             other => panic!("expected an AMQP frame, got {other:?}"),
         }
     }
@@ -320,4 +320,72 @@ async fn the_drop_hook_cuts_connections_without_close_and_counts_stay_readable()
     assert_eq!(emulator.queue_counts("nope"), None);
     emulator.shutdown().await;
     Ok(())
+}
+
+/// Sends one message of `size` bytes to `queue` on a raw SASL PLAIN connection and checks
+/// that the broker itself rejects it with `amqp:link:message-size-exceeded`.
+pub(crate) async fn send_raw_oversized(emulator: &servicebus_emulator::Emulator, queue: &str, size: usize) {
+    use fe2o3_amqp::types::messaging::{DeliveryState, Message};
+    use fe2o3_amqp::types::performatives::Transfer;
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    let mut out = BytesMut::new();
+    out.put_slice(&SASL_HEADER);
+    let credentials = b"\0RootManageSharedAccessKey\0SAS_KEY_VALUE".to_vec();
+    let init =
+        SaslInit { mechanism: "PLAIN".into(), initial_response: Some(Binary::from(credentials)), hostname: None };
+    frame(&mut out, 1, 0, &init);
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &open(None));
+    frame(&mut out, 0, 0, &begin());
+    let attach = Attach {
+        name: "raw-sender".into(),
+        role: Role::Sender,
+        rcv_settle_mode: ReceiverSettleMode::First,
+        source: Some(Box::new(Source::builder().address("raw-source").build())),
+        target: Some(Box::new(Target::builder().address(queue).build().into())),
+        initial_delivery_count: Some(0),
+        ..receiver_attach(queue)
+    };
+    frame(&mut out, 0, 0, &attach);
+    raw.send(&out).await;
+    read_handshake(&mut raw).await;
+    assert!(matches!(raw.next_amqp().await, FrameBody::Attach(a) if a.target.is_some()));
+    assert!(matches!(raw.next_amqp().await, FrameBody::Flow(f) if f.link_credit > Some(0)));
+
+    let message = Message::builder().data(Binary::from(vec![1u8; size])).build();
+    let payload = serde_amqp::to_vec(&fe2o3_amqp::types::messaging::message::__private::Serializable(message)).unwrap();
+    let transfer = Transfer {
+        handle: Handle(0),
+        delivery_id: Some(0),
+        delivery_tag: Some(vec![1u8].into()),
+        message_format: Some(0),
+        settled: Some(false),
+        more: false,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    };
+    let encoded = serde_amqp::to_vec(&transfer).unwrap();
+    let mut out = BytesMut::new();
+    out.put_u32((8 + encoded.len() + payload.len()) as u32);
+    out.put_slice(&[2, 0, 0, 0]);
+    out.put_slice(&encoded);
+    out.put_slice(&payload);
+    raw.send(&out).await;
+    match raw.next_amqp().await {
+        FrameBody::Disposition(d) => {
+            assert!(d.settled);
+            match d.state {
+                Some(DeliveryState::Rejected(r)) => {
+                    let e = r.error.unwrap();
+                    assert_eq!(format!("{:?}", e.condition), "LinkError(MessageSizeExceeded)");
+                    assert!(e.description.unwrap().contains("exceeds the limit"));
+                }
+                other => panic!("expected rejected, got {other:?}"),
+            }
+        }
+        other => panic!("expected a disposition, got {other:?}"),
+    }
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod frames;
+mod limits;
 mod python_sdk;
 mod support;
 mod tls;

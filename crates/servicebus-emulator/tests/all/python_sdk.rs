@@ -30,6 +30,5 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
     let summary = stdout.lines().rev().find(|l| l.contains("passed") || l.contains("failed")).unwrap_or("");
     assert!(output.status.success(), "pytest failed: {summary}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(!summary.contains("skipped"), "no case may be skipped: {summary}");
-    eprintln!("python SDK interop: {}", summary.trim_matches('=').trim());
     Ok(())
 }
