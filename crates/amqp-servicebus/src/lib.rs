@@ -1,6 +1,63 @@
-//! A raw AMQP 1.0 client for Azure Service Bus, built on `fe2o3-amqp` and
-//! `fe2o3-amqp-cbs`: connection strings, SAS tokens, CBS, senders, peek-lock
-//! receivers, settlement and `$management` operations.
+//! An AMQP 1.0 client for Azure Service Bus, built on `fe2o3-amqp` and
+//! `fe2o3-amqp-cbs`. It also talks to plain AMQP 1.0 brokers ([`Dialect::GenericAmqp`]).
 //!
-//! Status: the crate is laid out by the foundation work; its client is built
-//! under its own issue, and nothing in it is usable yet.
+//! - Connection strings in Azure's format ([`ConnectionString`]), or built from parts.
+//! - SAS tokens made exactly as the service expects, put on `$cbs` per entity and
+//!   renewed before they expire.
+//! - TLS (rustls, web PKI roots plus an optional extra CA) on 5671; plain TCP for the
+//!   development emulator (`UseDevelopmentEmulator=true`).
+//! - One shared connection per client; links are made lazily and reused, and come back
+//!   after a connection loss without the caller rebuilding anything.
+//! - [`Sender`]: send, batches split to the broker's size limit, schedule, cancel.
+//! - [`Receiver`]: peek-lock or receive-and-delete, prefetch, `receive(max, timeout)`,
+//!   a stream; complete, abandon, dead-letter, defer with confirmed answers; deferred
+//!   receive, renew-lock, peek.
+//! - Typed errors ([`Error`]) and retries with exponential backoff and jitter ([`RetryPolicy`]).
+//!
+//! # Layout
+//! - [`connection_string`]: parsing and building connection settings.
+//! - [`sas`]: SAS tokens.
+//! - `client`: the shared connection, CBS, reconnection.
+//! - `sender`, `receiver`: the links.
+//! - `management`: `$management` requests with correlation.
+//! - `message`, [`error`], [`retry`].
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use amqp_servicebus::{ClientOptions, Message, ServiceBusClient};
+//!
+//! # async fn demo() -> amqp_servicebus::Result<()> {
+//! let client = ServiceBusClient::new(
+//!     "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true",
+//!     ClientOptions::default(),
+//! )?;
+//! client.sender("orders").send(Message::new("hello")).await?;
+//! let receiver = client.receiver("orders");
+//! for m in receiver.receive(10, Duration::from_secs(5)).await? {
+//!     println!("{} (delivery {})", String::from_utf8_lossy(&m.body), m.delivery_count);
+//!     receiver.complete(&m).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod client;
+pub mod connection_string;
+pub mod error;
+mod management;
+mod message;
+mod receiver;
+pub mod retry;
+pub mod sas;
+mod sender;
+
+pub use client::{ClientOptions, Dialect, ServiceBusClient};
+pub use connection_string::{ConnectionString, Credential};
+pub use error::{Error, Result};
+pub use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue};
+pub use message::{BodyKind, Message, ReceivedMessage};
+pub use receiver::{ReceiveMode, Receiver, ReceiverOptions};
+pub use retry::RetryPolicy;
+pub use sender::Sender;

@@ -1,0 +1,255 @@
+//! `$management` requests: a link pair per entity, owned by a task that matches
+//! responses to requests by correlation-id, so callers can have many requests in
+//! flight at once.
+
+use std::collections::HashMap;
+
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageId, Properties};
+use fe2o3_amqp::types::primitives::{OrderedMap, SimpleValue};
+use fe2o3_amqp::{Receiver as AmqpReceiver, Sender as AmqpSender};
+use serde_amqp::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{Dialect, ServiceBusClient, link_state_error, receiver_attach_error, sender_attach_error};
+use crate::error::{Error, Result};
+
+/// A successful response: its status (200, 202, 204) and body.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Response {
+    pub(crate) status: i32,
+    pub(crate) body: Value,
+}
+
+impl Response {
+    /// A field of the body map.
+    pub(crate) fn field(&self, key: &str) -> Option<&Value> {
+        match &self.body {
+            Value::Map(m) => m.get(&Value::String(key.into())),
+            _ => None,
+        }
+    }
+}
+
+struct Call {
+    operation: &'static str,
+    body: Value,
+    reply: oneshot::Sender<Result<Response>>,
+}
+
+/// A handle on an entity's management link task.
+#[derive(Clone)]
+pub(crate) struct ManagementLink {
+    generation: u64,
+    tx: mpsc::Sender<Call>,
+}
+
+impl ServiceBusClient {
+    /// Calls `operation` on `entity`'s `$management` node with a body map.
+    pub(crate) async fn management(
+        &self,
+        entity: &str,
+        operation: &'static str,
+        body: Vec<(&str, Value)>,
+    ) -> Result<Response> {
+        if self.inner.options.dialect == Dialect::GenericAmqp {
+            return Err(Error::NotSupported { operation });
+        }
+        let body = Value::Map(body.into_iter().map(|(k, v)| (Value::String(k.into()), v)).collect());
+        let mut attempt = 0;
+        loop {
+            let result = self.call_once(entity, operation, body.clone()).await;
+            match result {
+                Err(e) if e.is_transient() && attempt < self.inner.options.retry.max_retries => {
+                    attempt += 1;
+                    tracing::debug!(entity, operation, attempt, "management call failed, retrying: {e}");
+                    tokio::time::sleep(self.inner.options.retry.backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, entity: &str, operation: &'static str, body: Value) -> Result<Response> {
+        let link = self.management_link(entity).await?;
+        let (reply, rx) = oneshot::channel();
+        if link.tx.send(Call { operation, body, reply }).await.is_err() {
+            self.forget_management(entity, link.generation);
+            return Err(Error::connection(entity, "the management link stopped"));
+        }
+        let timeout = self.inner.options.operation_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => {
+                if let Err(e) = &result
+                    && matches!(e, Error::Connection { .. })
+                {
+                    self.forget_management(entity, link.generation);
+                    self.invalidate(link.generation).await;
+                }
+                result
+            }
+            Ok(Err(_)) => {
+                self.forget_management(entity, link.generation);
+                Err(Error::connection(entity, "the management link stopped"))
+            }
+            Err(_) => Err(Error::Timeout {
+                entity: entity.into(),
+                description: format!("{operation} got no answer in {timeout:?}"),
+            }),
+        }
+    }
+
+    fn forget_management(&self, entity: &str, generation: u64) {
+        let mut links = self.inner.management.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(entity).is_some_and(|l| l.generation == generation) {
+            links.remove(entity);
+        }
+    }
+
+    /// Attaches `entity`'s management node (if not attached yet), to learn whether it exists.
+    pub(crate) async fn probe_management(&self, entity: &str) -> Result<()> {
+        self.management_link(entity).await.map(drop)
+    }
+
+    async fn management_link(&self, entity: &str) -> Result<ManagementLink> {
+        let current = self.generation().await?;
+        if let Some(l) = self.inner.management.lock().unwrap_or_else(|p| p.into_inner()).get(entity)
+            && l.generation == current
+            && !l.tx.is_closed()
+        {
+            return Ok(l.clone());
+        }
+        let node = format!("{entity}/$management");
+        let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4().simple());
+        let mut guard = self.session_for(entity).await?;
+        let generation = guard.generation();
+        let sender = AmqpSender::attach(guard.session(), format!("mgmt-sender-{}", uuid::Uuid::new_v4()), node.clone())
+            .await
+            .map_err(|e| sender_attach_error(e, entity))?;
+        let receiver = AmqpReceiver::builder()
+            .name(format!("mgmt-receiver-{}", uuid::Uuid::new_v4()))
+            .source(node.clone())
+            .target(reply_to.clone())
+            .attach(guard.session())
+            .await
+            .map_err(|e| receiver_attach_error(e, entity))?;
+        drop(guard);
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(run(sender, receiver, rx, reply_to, entity.to_string()));
+        let link = ManagementLink { generation, tx };
+        self.inner.management.lock().unwrap_or_else(|p| p.into_inner()).insert(entity.to_string(), link.clone());
+        Ok(link)
+    }
+}
+
+/// Sends requests and routes responses until the links fail or every handle is dropped.
+async fn run(
+    mut sender: AmqpSender,
+    mut receiver: AmqpReceiver,
+    mut calls: mpsc::Receiver<Call>,
+    reply_to: String,
+    entity: String,
+) {
+    let mut pending: HashMap<String, oneshot::Sender<Result<Response>>> = HashMap::new();
+    let mut next_id: u64 = 0;
+    let failure = loop {
+        tokio::select! {
+            call = calls.recv() => {
+                let Some(call) = call else { break None };
+                next_id += 1;
+                let id = format!("{}-{next_id}", &reply_to[reply_to.len().saturating_sub(8)..]);
+                let props = ApplicationProperties::builder()
+                    .insert("operation", call.operation)
+                    .insert("com.microsoft:server-timeout", SimpleValue::Uint(60_000))
+                    .build();
+                let message = Message::builder()
+                    .properties(Properties {
+                        message_id: Some(MessageId::String(id.clone())),
+                        reply_to: Some(reply_to.clone()),
+                        ..Default::default()
+                    })
+                    .application_properties(props)
+                    .value(call.body)
+                    .build();
+                match sender.send(message).await {
+                    Ok(outcome) if outcome.is_accepted() => {
+                        pending.insert(id, call.reply);
+                    }
+                    Ok(outcome) => {
+                        let _ = call.reply.send(Err(Error::protocol(&entity, format!("the request was not accepted: {outcome:?}"))));
+                    }
+                    Err(e) => {
+                        let err = match e {
+                            fe2o3_amqp::link::SendError::Detached(d) => link_state_error(d.into(), &entity),
+                            fe2o3_amqp::link::SendError::LinkStateError(l) => link_state_error(l, &entity),
+                            other => Error::connection(&entity, format!("sending a management request failed: {other}")),
+                        };
+                        let _ = call.reply.send(Err(err.clone()));
+                        break Some(err);
+                    }
+                }
+            }
+            delivery = receiver.recv::<Body<Value>>() => {
+                let delivery = match delivery {
+                    Ok(d) => d,
+                    Err(e) => break Some(Error::connection(&entity, format!("the management link stopped: {e}"))),
+                };
+                let _ = receiver.accept(&delivery).await;
+                let message = delivery.into_message();
+                let correlation = match message.properties.as_ref().and_then(|p| p.correlation_id.as_ref()) {
+                    Some(MessageId::String(s)) => s.clone(),
+                    other => {
+                        tracing::warn!(entity, "management response with unexpected correlation-id {other:?}");
+                        continue;
+                    }
+                };
+                if let Some(reply) = pending.remove(&correlation) {
+                    let _ = reply.send(parse_response(message, &entity));
+                }
+            }
+        }
+    };
+    let err = failure.unwrap_or_else(|| Error::connection(&entity, "the management link closed"));
+    for (_, reply) in pending {
+        let _ = reply.send(Err(err.clone()));
+    }
+    let _ = sender.close().await;
+    let _ = receiver.close().await;
+}
+
+fn parse_response(message: Message<Body<Value>>, entity: &str) -> Result<Response> {
+    let props: OrderedMap<String, SimpleValue> = message.application_properties.map(|a| a.0).unwrap_or_default();
+    let int = |k: &str| match props.get(k) {
+        Some(SimpleValue::Int(n)) => Some(*n),
+        Some(SimpleValue::Uint(n)) => i32::try_from(*n).ok(),
+        Some(SimpleValue::Long(n)) => i32::try_from(*n).ok(),
+        Some(SimpleValue::Short(n)) => Some(i32::from(*n)),
+        _ => None,
+    };
+    let text = |k: &str| match props.get(k) {
+        Some(SimpleValue::String(s)) => Some(s.clone()),
+        Some(SimpleValue::Symbol(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let status = int("statusCode")
+        .or_else(|| int("status-code"))
+        .ok_or_else(|| Error::protocol(entity, "the management response has no statusCode"))?;
+    let body = match message.body {
+        Body::Value(v) => v.0,
+        _ => Value::Null,
+    };
+    if (200..300).contains(&status) {
+        return Ok(Response { status, body });
+    }
+    let description = text("statusDescription").or_else(|| text("status-description")).unwrap_or_default();
+    Err(match text("errorCondition") {
+        Some(condition) => Error::from_condition(&condition, entity, description),
+        None => match status {
+            401 | 403 => Error::Unauthorized { entity: entity.into(), description },
+            404 => Error::EntityNotFound { entity: entity.into(), description },
+            408 => Error::Timeout { entity: entity.into(), description },
+            410 => Error::LockLost { entity: entity.into(), description },
+            503 => Error::ServerBusy { entity: entity.into(), description },
+            _ => Error::protocol(entity, format!("status {status}: {description}")),
+        },
+    })
+}

@@ -1,0 +1,9 @@
+//! The client against the in-process emulator: every operation, errors, recovery,
+//! token refresh, TLS, and generic AMQP mode.
+
+mod errors;
+mod recovery;
+mod send_receive;
+mod settlement;
+mod support;
+mod transport;
