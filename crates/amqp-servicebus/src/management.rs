@@ -110,6 +110,26 @@ impl ServiceBusClient {
         self.management_link(entity).await.map(drop)
     }
 
+    /// Checks that `entity` exists and that the credentials reach it
+    /// ([`Error::EntityNotFound`], [`Error::Unauthorized`] otherwise). In generic AMQP mode
+    /// there is no cheap check, and this succeeds.
+    pub async fn check_entity(&self, entity: &str) -> Result<()> {
+        if self.inner.options.dialect == Dialect::GenericAmqp {
+            return Ok(());
+        }
+        let entity = entity.trim_matches('/');
+        let mut attempt = 0;
+        loop {
+            match self.probe_management(entity).await {
+                Err(e) if e.is_transient() && attempt < self.inner.options.retry.max_retries => {
+                    attempt += 1;
+                    tokio::time::sleep(self.inner.options.retry.backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn management_link(&self, entity: &str) -> Result<ManagementLink> {
         let current = self.generation().await?;
         if let Some(l) = self.inner.management.lock().unwrap_or_else(|p| p.into_inner()).get(entity)

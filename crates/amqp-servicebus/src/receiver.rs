@@ -70,6 +70,8 @@ pub struct Receiver {
     attached: AtomicU64,
     /// Link delivery records, by lock token, to settle on the link after `$management` confirms.
     deliveries: StdMutex<HashMap<uuid::Uuid, (u64, DeliveryInfo)>>,
+    /// Link settlements waiting for the link to be free (a `receive` may hold it while it waits).
+    to_dispose: StdMutex<Vec<(u64, DeliveryInfo)>>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -97,6 +99,7 @@ impl Receiver {
             link_connection: AtomicU64::new(0),
             attached: AtomicU64::new(0),
             deliveries: StdMutex::new(HashMap::new()),
+            to_dispose: StdMutex::new(Vec::new()),
         }
     }
 
@@ -126,6 +129,7 @@ impl Receiver {
 
     async fn receive_once(&self, max: usize, deadline: tokio::time::Instant) -> Result<Vec<ReceivedMessage>> {
         let mut slot = self.link.lock().await;
+        self.dispose_pending(slot.as_ref()).await;
         let link = self.ensure_link(&mut slot).await?;
         if self.options.prefetch == 0
             && let Err(e) = link.receiver.set_credit(max as u32).await
@@ -266,15 +270,27 @@ impl Receiver {
         body.push(("disposition-status", Value::String(status.into())));
         body.push(("lock-tokens", Value::Array(Array(vec![Value::Uuid(token.into_bytes().into())]))));
         self.client.management(&self.entity, "com.microsoft:update-disposition", body).await?;
-        // Confirmed: also settle it on the link, so the link keeps no record of it.
+        // Confirmed: also settle it on the link, so the link keeps no record of it. Never wait
+        // for the link here: a `receive` may hold it while it waits for messages.
         let record = self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
-        if let Some((generation, info)) = record {
-            let slot = self.link.lock().await;
-            if let Some(link) = slot.as_ref().filter(|l| l.generation == generation) {
-                let _ = link.receiver.dispose(info, Accepted {}).await;
+        if let Some(record) = record {
+            self.to_dispose.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+            if let Ok(slot) = self.link.try_lock() {
+                self.dispose_pending(slot.as_ref()).await;
             }
         }
         Ok(())
+    }
+
+    /// Settles on the link what `$management` already settled (see [`Receiver::settle`]).
+    async fn dispose_pending(&self, link: Option<&Link>) {
+        let pending = std::mem::take(&mut *self.to_dispose.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(link) = link else { return };
+        for (generation, info) in pending {
+            if generation == link.generation {
+                let _ = link.receiver.dispose(info, Accepted {}).await;
+            }
+        }
     }
 
     /// Generic AMQP brokers have no `$management`: settle with the link's outcome.
@@ -454,6 +470,19 @@ impl Receiver {
         match self.client.probe_management(&self.entity).await {
             Err(reason @ (Error::EntityNotFound { .. } | Error::Unauthorized { .. })) => reason,
             _ => e,
+        }
+    }
+}
+
+impl Drop for Receiver {
+    /// Closes the link in the background, so credit it still holds is not answered with
+    /// messages nobody will read (they would stay locked until their locks expire).
+    fn drop(&mut self) {
+        let link = self.link.get_mut().take();
+        if let (Some(link), Ok(runtime)) = (link, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ = link.receiver.close().await;
+            });
         }
     }
 }

@@ -7,12 +7,14 @@
 //! | step | does |
 //! |---|---|
 //! | `complete`, `abandon` | `consumer.complete-message` / `abandon-message` |
+//! | `complete-forged` | `complete-message` on a copy whose `delivery-id` was changed |
 //! | `dead-letter:<reason>` | `settlement.dead-letter` with that reason |
 //! | `defer`, `renew` | `settlement.defer` / `renew-lock` |
 //! | `redirect:<channel>` | `settlement.redirect` |
 //! | `abandon-delay:<ms>` | `settlement.abandon-with-delay` |
 //! | `send:<channel>` | `connect("default")` + `producer.send` of a copy of the message |
 //! | `connect:<name>` | `client.connect(name)` |
+//! | `update:<a,b>` | `update-guest-configuration` with these channels |
 //! | `pull:<channel>` | `subscribe-try-receive` for 1 s, then completes what it got |
 //! | `sleep:<ms>` | sleeps (a blocking WASI clock wait) |
 //! | `ok` | returns `ok` now, skipping the remaining steps |
@@ -89,6 +91,7 @@ fn run_script(m: &Message) -> Result<(), Error> {
         let (op, arg) = step.split_once(':').unwrap_or((step, ""));
         let result = match op {
             "complete" => consumer::complete_message(m),
+            "complete-forged" => consumer::complete_message(&forged(m)),
             "abandon" => consumer::abandon_message(m),
             "dead-letter" => settlement::dead_letter(m, arg, Some("dead-lettered by test-guest")),
             "defer" => settlement::defer(m),
@@ -97,6 +100,10 @@ fn run_script(m: &Message) -> Result<(), Error> {
             "abandon-delay" => settlement::abandon_with_delay(m, arg.parse().unwrap_or(0)),
             "send" => Client::connect("default").and_then(|c| producer::send(c, arg, &[copy_of(m)])),
             "connect" => Client::connect(arg).map(drop),
+            "update" => consumer::update_guest_configuration(&GuestConfiguration {
+                channels: arg.split(',').filter(|c| !c.is_empty()).map(String::from).collect(),
+                extensions: None,
+            }),
             "pull" => pull(arg),
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_millis(arg.parse().unwrap_or(0)));
@@ -141,6 +148,16 @@ fn pull(channel: &str) -> Result<(), Error> {
         consumer::complete_message(&m)?;
     }
     Ok(())
+}
+
+fn forged(m: &Message) -> Message {
+    let metadata = m
+        .metadata
+        .iter()
+        .flatten()
+        .map(|(k, v)| if k == "delivery-id" { (k.clone(), format!("{v}-forged")) } else { (k.clone(), v.clone()) })
+        .collect();
+    Message { data: m.data.clone(), format: m.format, metadata: Some(metadata) }
 }
 
 fn copy_of(m: &Message) -> Message {

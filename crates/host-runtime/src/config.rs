@@ -1,0 +1,341 @@
+//! Host configuration: `host.toml`, the guest's `extensions`, and the options each
+//! channel ends up with.
+//!
+//! Precedence, lowest first: built-in defaults, the guest's bare `extensions` keys,
+//! the guest's `<channel>.<key>` keys, `host.toml` `[defaults]`, `host.toml`
+//! `[channels."<channel>"]`. Unknown keys and bad values are errors that name the
+//! key and where it was.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use amqp_servicebus::ReceiveMode;
+use serde::Deserialize;
+
+/// A configuration error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// A key or value is wrong; `at` says where (`host.toml:12` or `guest extensions`).
+    #[error("{at}: {key}: {message}")]
+    Invalid {
+        /// Where.
+        at: String,
+        /// The key.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Options of one channel's worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Handler calls in flight at once.
+    pub max_concurrent_calls: usize,
+    /// Messages the receiver requests ahead.
+    pub prefetch: u32,
+    /// Most messages per handler call.
+    pub max_batch_size: usize,
+    /// How long locks are renewed for.
+    pub max_auto_lock_renewal: Duration,
+    /// Deadline of one handler call.
+    pub handler_timeout: Duration,
+    /// Peek-lock or receive-and-delete.
+    pub receive_mode: ReceiveMode,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_calls: 16,
+            prefetch: 0,
+            max_batch_size: 1,
+            max_auto_lock_renewal: Duration::from_secs(300),
+            handler_timeout: Duration::from_secs(300),
+            receive_mode: ReceiveMode::PeekLock,
+        }
+    }
+}
+
+/// The option keys (`extensions` and `host.toml`).
+pub const OPTION_KEYS: [&str; 6] =
+    ["max-concurrent-calls", "prefetch", "max-batch-size", "max-auto-lock-renewal", "handler-timeout", "receive-mode"];
+
+impl ChannelOptions {
+    /// Applies one `key = value`; errors name the key and say what is accepted.
+    pub fn set(&mut self, key: &str, value: &str, at: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid { at: at.into(), key: key.into(), message };
+        let count = |min: u64| -> Result<u64, ConfigError> {
+            let n: u64 = value.trim().parse().map_err(|_| bad(format!("{value:?} is not a whole number")))?;
+            if n < min {
+                return Err(bad(format!("must be at least {min}, got {n}")));
+            }
+            Ok(n)
+        };
+        match key {
+            "max-concurrent-calls" => self.max_concurrent_calls = count(1)?.min(10_000) as usize,
+            "prefetch" => self.prefetch = count(0)?.min(u64::from(u32::MAX)) as u32,
+            "max-batch-size" => self.max_batch_size = count(1)?.min(10_000) as usize,
+            "max-auto-lock-renewal" => self.max_auto_lock_renewal = parse_duration(value).map_err(bad)?,
+            "handler-timeout" => {
+                let d = parse_duration(value).map_err(bad)?;
+                if d.is_zero() {
+                    return Err(bad("must be more than zero".into()));
+                }
+                self.handler_timeout = d;
+            }
+            "receive-mode" => {
+                self.receive_mode = match value.trim() {
+                    "peek-lock" => ReceiveMode::PeekLock,
+                    "receive-and-delete" => ReceiveMode::ReceiveAndDelete,
+                    other => return Err(bad(format!("{other:?} is not peek-lock or receive-and-delete"))),
+                }
+            }
+            _ => {
+                return Err(bad(format!("unknown option; the options are: {}", OPTION_KEYS.join(", "))));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h`, or a plain number of milliseconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let bad =
+        || format!("{text:?} is not a duration: use a number with ms, s, m or h (e.g. \"30s\"), or plain milliseconds");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// One named connection in `host.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConnectionConfig {
+    /// Its connection string.
+    pub connection_string: String,
+}
+
+/// The `[guest]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GuestConfig {
+    /// Channels to consume besides the guest's own.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Channels the guest may send and redirect to, besides its own.
+    #[serde(default)]
+    pub allowed_targets: Vec<String>,
+    /// Memory cap of one instance, in MiB.
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
+    /// Environment variables the guest sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `host.toml`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostConfig {
+    /// The `default` connection (else the command line or environment gives it).
+    pub connection_string: Option<String>,
+    /// Further connections, for `connect(name)`.
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    /// The guest's settings.
+    pub guest: GuestConfig,
+    /// `[defaults]`: options for every channel, as `(key, value, where)`.
+    pub defaults: Vec<(String, String, String)>,
+    /// `[channels."<name>"]`: options per channel.
+    pub channels: BTreeMap<String, Vec<(String, String, String)>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    connection_string: Option<String>,
+    #[serde(default)]
+    connections: BTreeMap<String, ConnectionConfig>,
+    #[serde(default)]
+    guest: GuestConfig,
+    #[serde(default)]
+    defaults: BTreeMap<String, toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    channels: BTreeMap<String, BTreeMap<String, toml::Spanned<toml::Value>>>,
+}
+
+impl HostConfig {
+    /// Reads `host.toml`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses `host.toml` text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let file: File = toml::from_str(text).map_err(|e| {
+            let at = match e.span() {
+                Some(span) => format!("{origin}:{}", line_of(span.start)),
+                None => origin.to_string(),
+            };
+            ConfigError::Invalid { at, key: "(file)".into(), message: e.message().to_string() }
+        })?;
+        let options = |table: BTreeMap<String, toml::Spanned<toml::Value>>| {
+            table
+                .into_iter()
+                .map(|(k, v)| {
+                    let at = format!("{origin}:{}", line_of(v.span().start));
+                    let value = match v.into_inner() {
+                        toml::Value::String(s) => s,
+                        toml::Value::Integer(i) => i.to_string(),
+                        other => other.to_string(),
+                    };
+                    (k, value, at)
+                })
+                .collect::<Vec<_>>()
+        };
+        let config = Self {
+            connection_string: file.connection_string,
+            connections: file.connections,
+            guest: file.guest,
+            defaults: options(file.defaults),
+            channels: file.channels.into_iter().map(|(c, t)| (c, options(t))).collect(),
+        };
+        // Validate every option now, so a typo fails at start-up, not at the first message.
+        let mut scratch = ChannelOptions::default();
+        for (k, v, at) in config.defaults.iter().chain(config.channels.values().flatten()) {
+            scratch.set(k, v, at)?;
+        }
+        if config.connections.contains_key("default") {
+            return Err(ConfigError::Invalid {
+                at: origin.into(),
+                key: "connections.default".into(),
+                message: "'default' is the main connection: set connection-string at the top instead".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// The guest's `extensions`, split into options for every channel and options for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestOptions {
+    /// Bare keys: every channel.
+    pub all: Vec<(String, String)>,
+    /// `<channel>.<key>`: one channel.
+    pub per_channel: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// Splits guest `extensions` into bare options and `<channel>.<key>` options; unknown keys are errors.
+pub fn guest_options(extensions: &[(String, String)]) -> Result<GuestOptions, ConfigError> {
+    let mut bare = Vec::new();
+    let mut per_channel: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (k, v) in extensions {
+        let (channel, key) = match k.rsplit_once('.') {
+            Some((c, key)) if OPTION_KEYS.contains(&key) => (Some(c), key),
+            _ => (None, k.as_str()),
+        };
+        if !OPTION_KEYS.contains(&key) {
+            return Err(ConfigError::Invalid {
+                at: "guest extensions".into(),
+                key: k.clone(),
+                message: format!("unknown option; the options are {} (or <channel>.<option>)", OPTION_KEYS.join(", ")),
+            });
+        }
+        match channel {
+            Some(c) => per_channel.entry(c.to_string()).or_default().push((key.to_string(), v.clone())),
+            None => bare.push((key.to_string(), v.clone())),
+        }
+    }
+    Ok(GuestOptions { all: bare, per_channel })
+}
+
+/// The options of `channel`, by the precedence in the module docs.
+pub fn channel_options(channel: &str, guest: &GuestOptions, host: &HostConfig) -> Result<ChannelOptions, ConfigError> {
+    let mut o = ChannelOptions::default();
+    for (k, v) in &guest.all {
+        o.set(k, v, "guest extensions")?;
+    }
+    for (k, v) in guest.per_channel.get(channel).into_iter().flatten() {
+        o.set(k, v, "guest extensions")?;
+    }
+    for (k, v, at) in &host.defaults {
+        o.set(k, v, at)?;
+    }
+    for (k, v, at) in host.channels.get(channel).into_iter().flatten() {
+        o.set(k, v, at)?;
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1500").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn precedence_is_defaults_guest_then_host() {
+        let guest = guest_options(&[
+            ("max-concurrent-calls".into(), "4".into()),
+            ("orders.max-concurrent-calls".into(), "2".into()),
+            ("queue.1.prefetch".into(), "7".into()),
+        ])
+        .unwrap();
+        let host = HostConfig::parse(
+            "[defaults]\nhandler-timeout = \"30s\"\n[channels.\"orders\"]\nprefetch = 5\n",
+            "host.toml",
+        )
+        .unwrap();
+        let orders = channel_options("orders", &guest, &host).unwrap();
+        assert_eq!(
+            (orders.max_concurrent_calls, orders.prefetch, orders.handler_timeout),
+            (2, 5, Duration::from_secs(30))
+        );
+        let other = channel_options("payments", &guest, &host).unwrap();
+        assert_eq!((other.max_concurrent_calls, other.prefetch), (4, 0));
+        // Channel names may contain dots: the option is the last part.
+        assert_eq!(channel_options("queue.1", &guest, &host).unwrap().prefetch, 7);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_say_where() {
+        let e = guest_options(&[("max-concurency".into(), "4".into())]).unwrap_err().to_string();
+        assert!(e.starts_with("guest extensions: max-concurency: unknown option"), "{e}");
+        let e = HostConfig::parse("[defaults]\n\nprefetch = \"lots\"\n", "host.toml").unwrap_err().to_string();
+        assert_eq!(e, "host.toml:3: prefetch: \"lots\" is not a whole number");
+        let e = HostConfig::parse("[channels.orders]\nmax-batch = 3\n", "host.toml").unwrap_err().to_string();
+        assert!(e.starts_with("host.toml:2: max-batch: unknown option"), "{e}");
+        let e = HostConfig::parse("conection-string = \"x\"\n", "host.toml").unwrap_err().to_string();
+        assert!(e.starts_with("host.toml:1: (file): unknown field `conection-string`"), "{e}");
+        let e = HostConfig::parse("[defaults]\nreceive-mode = \"fast\"\n", "h.toml").unwrap_err().to_string();
+        assert!(e.contains("not peek-lock or receive-and-delete"), "{e}");
+    }
+}

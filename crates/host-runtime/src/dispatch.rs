@@ -1,0 +1,222 @@
+//! Workers and handler calls.
+//!
+//! A worker per channel takes a concurrency permit, *then* receives (so no message
+//! is locked that cannot be handled now), and spawns a handler call holding the
+//! permit. A call instantiates the guest afresh, renews the locks of its messages
+//! while it runs, enforces its deadline, and afterwards settles what the guest
+//! left unsettled by the matrix of `docs/semantics.md`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use amqp_servicebus::{ReceiveMode, ReceivedMessage, Receiver, ReceiverOptions};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use wasmtime::Store;
+
+use crate::config::ChannelOptions;
+use crate::convert;
+use crate::engine::LoadedGuest;
+use crate::guest::{Delivery, SettleOp, Settlement, Shared, State, apply};
+
+/// What a worker needs.
+pub(crate) struct Runtime {
+    pub(crate) guest: Arc<LoadedGuest>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// How a handler call ended.
+#[derive(Debug)]
+pub(crate) enum CallEnd {
+    Ok,
+    Error(String),
+    Trap(String),
+    Timeout(Duration),
+    Cancelled,
+}
+
+impl CallEnd {
+    fn succeeded(&self) -> bool {
+        matches!(self, Self::Ok)
+    }
+}
+
+/// Runs one channel's worker until `stop` turns true, then waits for its calls.
+pub(crate) async fn run_worker(
+    rt: Arc<Runtime>,
+    channel: String,
+    options: ChannelOptions,
+    mut stop: watch::Receiver<bool>,
+    hard_stop: watch::Receiver<bool>,
+) {
+    let client = rt.shared.default_client().clone();
+    let receiver_options = ReceiverOptions { mode: options.receive_mode, prefetch: options.prefetch };
+    let receiver = rt.shared.receiver(&channel, || client.receiver_with(&channel, receiver_options));
+    let permits = Arc::new(Semaphore::new(options.max_concurrent_calls));
+    let mut calls = JoinSet::new();
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = stop.changed() => break,
+        };
+        let received = tokio::select! {
+            r = receiver.receive(options.max_batch_size, Duration::from_secs(1)) => r,
+            _ = stop.changed() => break,
+        };
+        while calls.try_join_next().is_some() {}
+        match received {
+            Ok(messages) if messages.is_empty() => failures = 0,
+            Ok(messages) => {
+                failures = 0;
+                let call = dispatch(
+                    rt.clone(),
+                    channel.clone(),
+                    receiver.clone(),
+                    messages,
+                    options.clone(),
+                    hard_stop.clone(),
+                );
+                calls.spawn(async move {
+                    call.await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // The client already retried transient failures; back off before trying again.
+                failures += 1;
+                let wait = Duration::from_millis(200u64.saturating_mul(1 << failures.min(6)));
+                tracing::warn!(%channel, "receiving failed ({e}); trying again in {wait:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+    }
+    tracing::debug!(%channel, in_flight = calls.len(), "worker stopped receiving");
+    while calls.join_next().await.is_some() {}
+}
+
+/// One handler call for `messages`, then the settlement matrix.
+pub(crate) async fn dispatch(
+    rt: Arc<Runtime>,
+    channel: String,
+    receiver: Arc<Receiver>,
+    messages: Vec<ReceivedMessage>,
+    options: ChannelOptions,
+    mut hard_stop: watch::Receiver<bool>,
+) {
+    let shared = rt.shared.clone();
+    shared.metrics.received(&channel, messages.len() as u64);
+    let deliveries: Vec<Arc<Delivery>> =
+        messages.into_iter().map(|m| shared.delivery(&channel, m, receiver.clone())).collect();
+    let renewal = (options.receive_mode == ReceiveMode::PeekLock)
+        .then(|| tokio::spawn(renew_locks(deliveries.clone(), options.max_auto_lock_renewal, shared.clone())));
+    let guest_messages: Vec<_> = deliveries.iter().map(|d| convert::to_guest(&d.message, &channel, &d.id)).collect();
+
+    let mut store =
+        Store::new(&rt.guest.engine, State::new(shared.clone(), &channel, &deliveries, rt.guest.settings.max_memory));
+    store.limiter(|s| s);
+    store.set_epoch_deadline(1);
+    // Running wasm yields to the executor every tick, so the deadline below can stop a busy loop.
+    store.epoch_deadline_async_yield_and_update(1);
+
+    shared.metrics.call_started(&channel);
+    let started = tokio::time::Instant::now();
+    let call = async {
+        let instance = rt.guest.pre.instantiate_async(&mut store).await?;
+        instance.wasi_messaging_messaging_guest().call_handler(&mut store, &guest_messages).await
+    };
+    let end = tokio::select! {
+        r = tokio::time::timeout(options.handler_timeout, call) => match r {
+            Err(_) => CallEnd::Timeout(options.handler_timeout),
+            Ok(Ok(Ok(()))) => CallEnd::Ok,
+            Ok(Ok(Err(e))) => CallEnd::Error(store.data_mut().take_error(e).to_string()),
+            Ok(Err(trap)) => CallEnd::Trap(format!("{trap:#}")),
+        },
+        _ = hard_stop.wait_for(|stop| *stop) => CallEnd::Cancelled,
+    };
+    shared.metrics.call_ended(&channel, started.elapsed());
+    // Pulled messages belong to the call too.
+    let all: Vec<Arc<Delivery>> = store.data().deliveries.values().cloned().collect();
+    drop(store);
+    if let Some(r) = renewal {
+        r.abort();
+    }
+    let counters = shared.metrics.channel(&channel);
+    match &end {
+        CallEnd::Ok => {}
+        CallEnd::Error(e) => {
+            counters.handler_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(%channel, "handler returned an error: {e}");
+        }
+        CallEnd::Trap(t) => {
+            counters.handler_traps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%channel, "handler trapped: {t}");
+        }
+        CallEnd::Timeout(d) => {
+            counters.handler_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%channel, "handler ran past its {d:?} deadline and was stopped");
+        }
+        CallEnd::Cancelled => tracing::info!(%channel, "handler stopped by shutdown"),
+    }
+    settle_leftovers(&shared, &all, &end).await;
+}
+
+/// The matrix's last row: ok → complete, anything else → abandon, for what is still unsettled.
+async fn settle_leftovers(shared: &Shared, deliveries: &[Arc<Delivery>], end: &CallEnd) {
+    for d in deliveries {
+        if d.settlement() != Settlement::Unsettled || d.message.lock_token.is_none() {
+            continue;
+        }
+        let op = if end.succeeded() { SettleOp::Complete } else { SettleOp::Abandon };
+        let what = if end.succeeded() { "complete" } else { "abandon" };
+        if let Err(e) = apply(shared, d, op).await {
+            tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "could not {what} after the handler: {e}");
+        } else if !end.succeeded() {
+            tracing::debug!(channel = %d.channel, seq = d.message.sequence_number, "abandoned after {end:?}");
+        }
+    }
+}
+
+/// Renews the locks of unsettled deliveries at half their remaining time, until
+/// `max_renewal` after delivery.
+async fn renew_locks(deliveries: Vec<Arc<Delivery>>, max_renewal: Duration, shared: Arc<Shared>) {
+    let lock_length: Vec<Duration> = deliveries
+        .iter()
+        .map(|d| {
+            d.locked_until().and_then(|u| u.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(30))
+        })
+        .collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (d, length) in deliveries.iter().zip(&lock_length) {
+            if d.settlement() != Settlement::Unsettled || d.received_at.elapsed() > max_renewal {
+                continue;
+            }
+            let Some(until) = d.locked_until() else { continue };
+            let remaining = until.duration_since(SystemTime::now()).unwrap_or_default();
+            if remaining > *length / 2 {
+                continue;
+            }
+            match d.receiver.renew_lock(&d.message).await {
+                Ok(new_until) => {
+                    d.set_locked_until(new_until);
+                    shared.metrics.renewed(&d.channel);
+                }
+                Err(e) => {
+                    if matches!(e, amqp_servicebus::Error::LockLost { .. }) && d.mark_lock_lost() {
+                        shared.metrics.lock_lost(&d.channel);
+                        tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "lock lost: {e}");
+                    } else if d.settlement() == Settlement::Unsettled {
+                        tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "renewing the lock failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+}

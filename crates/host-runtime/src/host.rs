@@ -1,0 +1,285 @@
+//! The host: load the guest, `configure()`, check the channels, run a worker per
+//! channel, apply configuration updates, and shut down without losing messages.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amqp_servicebus::{ClientOptions, ConnectionString, Error as SbError, ServiceBusClient};
+use tokio::sync::{mpsc, watch};
+use wasmtime::Store;
+use wit_interface::GuestConfiguration;
+
+use crate::config::{self, ChannelOptions, ConfigError, HostConfig};
+use crate::dispatch::{Runtime, run_worker};
+use crate::engine::{self, EngineSettings, LoadError};
+use crate::guest::{Shared, State};
+use crate::metrics::Metrics;
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A connection string is invalid.
+    #[error("connection {name:?}: {error}")]
+    Connection {
+        /// The connection's name.
+        name: String,
+        /// What is wrong.
+        error: SbError,
+    },
+    /// The guest's `configure()` failed.
+    #[error("the guest's configure() {0}")]
+    Configure(String),
+    /// No channel to consume.
+    #[error("no channels: the guest's configure() returned none and host.toml [guest] channels adds none")]
+    NoChannels,
+    /// A channel does not exist, or cannot be reached.
+    #[error("channel {channel:?}: {error}")]
+    Channel {
+        /// The channel.
+        channel: String,
+        /// What the broker said.
+        error: SbError,
+    },
+}
+
+/// Everything the host needs to start.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// The guest component.
+    pub component: PathBuf,
+    /// The `default` connection.
+    pub connection: ConnectionString,
+    /// `host.toml`.
+    pub config: HostConfig,
+    /// Engine limits and the compilation cache.
+    pub engine: EngineSettings,
+    /// Client settings (retries, timeouts) for every connection.
+    pub client: ClientOptions,
+}
+
+struct Worker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A running host.
+pub struct Host {
+    rt: Arc<Runtime>,
+    channels: Arc<std::sync::Mutex<BTreeMap<String, (ChannelOptions, Worker)>>>,
+    hard_stop: watch::Sender<bool>,
+    updates: tokio::task::JoinHandle<()>,
+    /// Whether the compiled guest came from the cache.
+    pub from_cache: bool,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("channels", &self.channels().iter().map(|c| c.0.clone()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Whether every handler call finished within the grace period.
+    pub drained: bool,
+}
+
+impl Host {
+    /// Loads the guest, runs `configure()`, checks every channel, and starts the workers.
+    pub async fn start(options: HostOptions) -> Result<Self, StartError> {
+        let guest = Arc::new(engine::load(&options.component, options.engine.clone())?);
+        let mut connections = HashMap::new();
+        connections.insert(
+            "default".to_string(),
+            ServiceBusClient::from_settings(options.connection.clone(), options.client.clone()),
+        );
+        for (name, c) in &options.config.connections {
+            let client = ServiceBusClient::new(&c.connection_string, options.client.clone())
+                .map_err(|error| StartError::Connection { name: name.clone(), error })?;
+            connections.insert(name.clone(), client);
+        }
+        let metrics = Arc::new(Metrics::default());
+        let (updates_tx, mut updates_rx) = mpsc::unbounded_channel::<GuestConfiguration>();
+        let env: Vec<(String, String)> = options.config.guest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let shared = Arc::new(Shared::new(connections, HashSet::new(), metrics.clone(), updates_tx, env));
+        let rt = Arc::new(Runtime { guest: guest.clone(), shared: shared.clone() });
+
+        let configured = configure(&rt).await?;
+        tracing::info!(channels = ?configured.channels, extensions = ?configured.extensions, "configure() returned");
+        let initial = plan(&configured, &options.config)?;
+        if initial.is_empty() {
+            return Err(StartError::NoChannels);
+        }
+        for channel in initial.keys() {
+            shared
+                .default_client()
+                .check_entity(channel)
+                .await
+                .map_err(|error| StartError::Channel { channel: channel.clone(), error })?;
+        }
+        {
+            let mut allowed = shared.allowed.write().unwrap_or_else(|p| p.into_inner());
+            allowed.extend(initial.keys().map(|c| c.to_ascii_lowercase()));
+            allowed.extend(options.config.guest.allowed_targets.iter().map(|c| c.to_ascii_lowercase()));
+        }
+        let (hard_stop, _) = watch::channel(false);
+        let channels = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        for (channel, opts) in initial {
+            start_worker(&rt, &channels, &hard_stop, channel, opts);
+        }
+
+        // Configuration updates from the guest: start and stop workers.
+        let updates = {
+            let rt = rt.clone();
+            let channels = channels.clone();
+            let hard_stop = hard_stop.clone();
+            let host_config = options.config.clone();
+            tokio::spawn(async move {
+                while let Some(gc) = updates_rx.recv().await {
+                    let next = match plan(&gc, &host_config) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!("update-guest-configuration ignored: {e}");
+                            continue;
+                        }
+                    };
+                    let current: Vec<String> =
+                        channels.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                    for removed in current.iter().filter(|c| !next.contains_key(*c)) {
+                        if let Some((_, w)) = channels.lock().unwrap_or_else(|p| p.into_inner()).remove(removed) {
+                            tracing::info!(channel = %removed, "channel removed by update-guest-configuration; its worker finishes its calls and stops");
+                            let _ = w.stop.send(true);
+                        }
+                    }
+                    for (channel, opts) in next {
+                        if !current.contains(&channel) {
+                            rt.shared
+                                .allowed
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(channel.to_ascii_lowercase());
+                            start_worker(&rt, &channels, &hard_stop, channel, opts);
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Self { rt, channels, hard_stop, updates, from_cache: guest.from_cache })
+    }
+
+    /// The channels being consumed, with their options.
+    pub fn channels(&self) -> Vec<(String, ChannelOptions)> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, (o, _))| (c.clone(), o.clone()))
+            .collect()
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.rt.shared.metrics.clone()
+    }
+
+    /// Stops receiving, lets handler calls finish for up to `grace`, then stops the rest
+    /// (their messages are abandoned), and closes the connections.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        self.updates.abort();
+        let workers: Vec<(String, Worker)> =
+            std::mem::take(&mut *self.channels.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(|(c, (_, w))| (c, w))
+                .collect();
+        for (_, w) in &workers {
+            let _ = w.stop.send(true);
+        }
+        let mut tasks: Vec<_> = workers.into_iter().map(|(_, w)| w.task).collect();
+        let drained = tokio::time::timeout(grace, futures_join_all(&mut tasks)).await.is_ok();
+        if !drained {
+            tracing::warn!(
+                "grace period of {grace:?} over; stopping the remaining handler calls and abandoning their messages"
+            );
+            let _ = self.hard_stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(30), futures_join_all(&mut tasks)).await;
+        }
+        for client in self.rt.shared.connections.values() {
+            client.close().await;
+        }
+        ShutdownReport { drained }
+    }
+}
+
+async fn futures_join_all(tasks: &mut [tokio::task::JoinHandle<()>]) {
+    for t in tasks.iter_mut() {
+        let _ = t.await;
+    }
+}
+
+fn start_worker(
+    rt: &Arc<Runtime>,
+    channels: &std::sync::Mutex<BTreeMap<String, (ChannelOptions, Worker)>>,
+    hard_stop: &watch::Sender<bool>,
+    channel: String,
+    opts: ChannelOptions,
+) {
+    tracing::info!(
+        %channel,
+        max_concurrent_calls = opts.max_concurrent_calls,
+        prefetch = opts.prefetch,
+        max_batch_size = opts.max_batch_size,
+        max_auto_lock_renewal = ?opts.max_auto_lock_renewal,
+        handler_timeout = ?opts.handler_timeout,
+        receive_mode = ?opts.receive_mode,
+        "worker starting"
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run_worker(rt.clone(), channel.clone(), opts.clone(), stop_rx, hard_stop.subscribe()));
+    channels.lock().unwrap_or_else(|p| p.into_inner()).insert(channel, (opts, Worker { stop, task }));
+}
+
+/// Calls the guest's `configure()` in an instance of its own.
+async fn configure(rt: &Arc<Runtime>) -> Result<GuestConfiguration, StartError> {
+    let mut store =
+        Store::new(&rt.guest.engine, State::new(rt.shared.clone(), "(configure)", &[], rt.guest.settings.max_memory));
+    store.limiter(|s| s);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_async_yield_and_update(1);
+    let call = async {
+        let instance = rt.guest.pre.instantiate_async(&mut store).await?;
+        instance.wasi_messaging_messaging_guest().call_configure(&mut store).await
+    };
+    match tokio::time::timeout(Duration::from_secs(30), call).await {
+        Err(_) => Err(StartError::Configure("did not return within 30 s".into())),
+        Ok(Err(trap)) => Err(StartError::Configure(format!("trapped: {trap:#}"))),
+        Ok(Ok(Err(e))) => Err(StartError::Configure(format!("returned an error: {}", store.data_mut().take_error(e)))),
+        Ok(Ok(Ok(gc))) => Ok(gc),
+    }
+}
+
+/// The channels to consume and their options: the guest's plus host.toml's, merged.
+fn plan(gc: &GuestConfiguration, host: &HostConfig) -> Result<BTreeMap<String, ChannelOptions>, ConfigError> {
+    let guest = config::guest_options(gc.extensions.as_deref().unwrap_or_default())?;
+    let mut seen = HashSet::new();
+    let mut out = BTreeMap::new();
+    for channel in gc.channels.iter().chain(&host.guest.channels) {
+        let channel = channel.trim_matches('/').to_string();
+        if channel.is_empty() || !seen.insert(channel.to_ascii_lowercase()) {
+            continue;
+        }
+        let opts = config::channel_options(&channel, &guest, host)?;
+        out.insert(channel, opts);
+    }
+    Ok(out)
+}

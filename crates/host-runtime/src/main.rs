@@ -1,0 +1,143 @@
+//! `messaging-host`: run a wasi:messaging guest on Azure Service Bus.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // A command-line tool.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use amqp_servicebus::{ClientOptions, ConnectionString};
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use host_runtime::config::{HostConfig, parse_duration};
+use host_runtime::engine::EngineSettings;
+use host_runtime::{Host, HostOptions};
+
+/// Runs a wasi:messaging guest component against Azure Service Bus (or its emulator).
+///
+/// The connection comes from --connection-string, SERVICEBUS_CONNECTION_STRING, host.toml's
+/// connection-string, or SERVICE_BUS_NAMESPACE + SERVICE_BUS_POLICY_NAME + SERVICE_BUS_POLICY_KEY.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The guest component (.wasm, built for wasm32-wasip2).
+    component: PathBuf,
+    /// The Service Bus connection string.
+    #[arg(long, env = "SERVICEBUS_CONNECTION_STRING", hide_env_values = true)]
+    connection_string: Option<String>,
+    /// host.toml: connections, channel options, the guest's allow-list and environment.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Where compiled guests are cached (default: $XDG_CACHE_HOME/messaging-host or ~/.cache/messaging-host).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Memory cap of one guest instance, in MiB (host.toml [guest] max-memory-mib wins).
+    #[arg(long, default_value_t = 64)]
+    max_memory_mib: u64,
+    /// How long in-flight handlers may run after SIGINT/SIGTERM before they are stopped.
+    #[arg(long, default_value = "30s")]
+    grace_period: String,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let grace = parse_duration(&args.grace_period).map_err(|e| anyhow::anyhow!("--grace-period: {e}"))?;
+    let config = match &args.config {
+        Some(path) => HostConfig::from_file(path)?,
+        None => HostConfig::default(),
+    };
+    let connection = match args.connection_string.as_deref().or(config.connection_string.as_deref()) {
+        Some(cs) => ConnectionString::parse(cs).context("the connection string")?,
+        None => match ConnectionString::from_variables(|k| std::env::var(k).ok())? {
+            Some(c) => c,
+            None => bail!(
+                "no connection: pass --connection-string, set SERVICEBUS_CONNECTION_STRING, put connection-string in \
+                 host.toml, or set SERVICE_BUS_NAMESPACE, SERVICE_BUS_POLICY_NAME and SERVICE_BUS_POLICY_KEY"
+            ),
+        },
+    };
+    let max_memory_mib = config.guest.max_memory_mib.unwrap_or(args.max_memory_mib);
+    let cache_dir = args.cache_dir.clone().or_else(default_cache_dir);
+    let engine = EngineSettings { max_memory: (max_memory_mib as usize) << 20, cache_dir, ..EngineSettings::default() };
+    let started = std::time::Instant::now();
+    let host = Host::start(HostOptions {
+        component: args.component.clone(),
+        connection,
+        config,
+        engine,
+        client: ClientOptions::default(),
+    })
+    .await
+    .with_context(|| format!("starting {}", args.component.display()))?;
+    tracing::info!(
+        ready_in = ?started.elapsed(),
+        compiled_from_cache = host.from_cache,
+        channels = ?host.channels().into_iter().map(|c| c.0).collect::<Vec<_>>(),
+        "host ready"
+    );
+    let _metrics = match args.metrics_addr {
+        Some(addr) => {
+            let (bound, task) = host_runtime::metrics::start(addr, host.metrics())
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!("metrics at http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
+    wait_for_signal().await?;
+    tracing::info!("stopping: no new messages; in-flight handlers have {grace:?} (a second signal exits at once)");
+    let shutdown = host.shutdown(grace);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        report = &mut shutdown => {
+            tracing::info!(drained = report.drained, "stopped");
+            Ok(())
+        }
+        r = wait_for_signal() => {
+            r?;
+            eprintln!("second signal: exiting now; unsettled messages return to their queues when their locks expire");
+            std::process::exit(130);
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("messaging-host"))
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Misbehaving guests (trap, endless loop, memory bomb, stack overflow) stop neither other
+//! messages nor other channels; concurrency is bounded; locks are renewed.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use servicebus_emulator::QueueCounts;
+
+use super::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_guests_do_not_stop_other_messages_or_channels() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue_with("bad", Duration::from_secs(30), 1), queue("good"), queue("reports")]).await;
+    let host = test_host(&emu, "bad,good", "[defaults]\nhandler-timeout = \"2s\"\n").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    for (i, script) in ["trap", "loop", "alloc", "stack"].iter().enumerate() {
+        send_script(&c, "bad", &format!("bad-{i}"), script).await;
+        send_script(&c, "bad", &format!("bad-ok-{i}"), "complete").await;
+        send_script(&c, "good", &format!("good-{i}"), "complete").await;
+    }
+    for i in 0..4 {
+        assert_eq!(reports.get(&format!("good-{i}")).await, ["complete => ok"]);
+        assert_eq!(reports.get(&format!("bad-ok-{i}")).await, ["complete => ok"]);
+    }
+    // Each bad message was abandoned once and, with MaxDeliveryCount 1, dead-lettered.
+    eventually("the four bad messages dead-lettered", Duration::from_secs(20), || {
+        emu.queue_counts("bad").unwrap() == QueueCounts { dead_lettered: 4, ..Default::default() }
+    })
+    .await;
+    let m = host.metrics();
+    let bad = m.channel("bad");
+    assert_eq!(bad.handler_traps.load(Ordering::Relaxed), 3, "trap, memory bomb and stack overflow trap");
+    assert_eq!(bad.handler_timeouts.load(Ordering::Relaxed), 1, "the endless loop hits the deadline");
+    assert_eq!(m.channel("good").completed.load(Ordering::Relaxed), 4);
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_bound_holds() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("slow"), queue("reports")]).await;
+    let host = test_host(&emu, "slow", "[channels.slow]\nmax-concurrent-calls = 3\n").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    for i in 0..9 {
+        send_script(&c, "slow", &format!("s{i}"), "sleep:400").await;
+    }
+    for i in 0..9 {
+        reports.get(&format!("s{i}")).await;
+    }
+    let peak = host.metrics().channel("slow").in_flight_peak.load(Ordering::Relaxed);
+    assert_eq!(peak, 3, "nine slow messages, three at a time");
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_renewal_keeps_a_long_handler_from_being_redelivered() -> anyhow::Result<()> {
+    // The handler runs for three and a half lock durations.
+    let emu = emulator(vec![queue_with("long", Duration::from_secs(1), 10), queue("reports")]).await;
+    let host = test_host(&emu, "long", "").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    send_script(&c, "long", "long-1", "sleep:3500;complete").await;
+    assert_eq!(reports.get("long-1").await, ["sleep:3500 => ok", "complete => ok"]);
+    let counters = host.metrics().channel("long");
+    assert_eq!(counters.received.load(Ordering::Relaxed), 1, "never redelivered");
+    assert!(
+        counters.lock_renewals.load(Ordering::Relaxed) >= 3,
+        "renewed {}",
+        counters.lock_renewals.load(Ordering::Relaxed)
+    );
+    assert_eq!(counters.locks_lost.load(Ordering::Relaxed), 0);
+    eventually("completed", Duration::from_secs(5), || emu.queue_counts("long").unwrap() == QueueCounts::default())
+        .await;
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}

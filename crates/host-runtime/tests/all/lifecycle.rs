@@ -1,0 +1,93 @@
+//! Shutdown, runtime configuration updates, the allow-list and named connections.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use servicebus_emulator::QueueCounts;
+
+use super::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_grace_period_abandons_in_flight_messages_and_loses_nothing() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("work"), queue("reports")]).await;
+    let host = test_host(&emu, "work", "[channels.work]\nmax-concurrent-calls = 4\n").await;
+    let c = client(&emu);
+    for i in 0..6 {
+        send_script(&c, "work", &format!("w{i}"), "sleep:5000;complete").await;
+    }
+    let m = host.metrics();
+    eventually("four calls in flight", Duration::from_secs(10), || {
+        m.channel("work").in_flight.load(Ordering::Relaxed) == 4
+    })
+    .await;
+    let report = host.shutdown(Duration::from_millis(300)).await;
+    assert!(!report.drained);
+    // Four were abandoned by the host, two never left the queue: all six are available again.
+    assert_eq!(emu.queue_counts("work").unwrap(), QueueCounts { active: 6, ..Default::default() });
+    assert_eq!(m.channel("work").abandoned.load(Ordering::Relaxed), 4);
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_within_the_grace_period_lets_handlers_finish() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("work"), queue("reports")]).await;
+    let host = test_host(&emu, "work", "").await;
+    let c = client(&emu);
+    for i in 0..3 {
+        send_script(&c, "work", &format!("w{i}"), "sleep:500").await;
+    }
+    let m = host.metrics();
+    eventually("three calls in flight", Duration::from_secs(10), || {
+        m.channel("work").in_flight.load(Ordering::Relaxed) == 3
+    })
+    .await;
+    assert!(host.shutdown(Duration::from_secs(10)).await.drained);
+    assert_eq!(emu.queue_counts("work").unwrap(), QueueCounts::default(), "all three completed");
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_guest_configuration_adds_and_removes_channels() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("first"), queue("second"), queue("reports")]).await;
+    let host = test_host(&emu, "first", "").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    send_script(&c, "first", "u1", "update:second").await;
+    assert_eq!(reports.get("u1").await, ["update:second => ok"]);
+    eventually("second is consumed and first is not", Duration::from_secs(10), || {
+        host.channels().iter().map(|(ch, _)| ch.as_str()).collect::<Vec<_>>() == ["second"]
+    })
+    .await;
+    send_script(&c, "second", "u2", "complete").await;
+    assert_eq!(reports.get("u2").await, ["complete => ok"]);
+    // A channel that does not exist is refused, and nothing changes.
+    send_script(&c, "second", "u3", "update:nope").await;
+    let lines = reports.get("u3").await;
+    assert!(lines[0].starts_with("update:nope => err ErrorKind::NotFound"), "{lines:?}");
+    assert_eq!(host.channels().len(), 1);
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_and_named_connections_are_enforced() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("in"), queue("reports"), queue("elsewhere"), queue("forbidden")]).await;
+    let host = test_host(&emu, "in", "").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    send_script(&c, "in", "a1", "send:forbidden;send:elsewhere;redirect:forbidden;connect:nope;connect:default").await;
+    let lines = reports.get("a1").await;
+    assert!(lines[0].starts_with("send:forbidden => err ErrorKind::NotAllowed"), "{lines:?}");
+    assert_eq!(lines[1], "send:elsewhere => ok");
+    assert!(lines[2].starts_with("redirect:forbidden => err ErrorKind::NotAllowed"), "{lines:?}");
+    assert!(lines[3].starts_with("connect:nope => err ErrorKind::NotFound"), "{lines:?}");
+    assert_eq!(lines[4], "connect:default => ok");
+    assert_eq!(emu.queue_counts("forbidden").unwrap().active, 0, "nothing reached a channel outside the allow-list");
+    assert_eq!(emu.queue_counts("elsewhere").unwrap().active, 1);
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The host against the in-process emulator, with the guests from `guests/`.
+
+mod bad_input;
+mod isolation;
+mod lifecycle;
+mod matrix;
+mod sample;
+mod support;
