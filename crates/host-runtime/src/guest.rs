@@ -242,6 +242,15 @@ impl State {
     /// The delivery of `m`, if it can still be settled.
     fn settleable(&mut self, m: &Message) -> Result<Arc<Delivery>, (ErrorKind, String)> {
         let d = self.find(m)?;
+        if d.message.lock_token.is_none() {
+            return Err((
+                ErrorKind::NotAllowed,
+                format!(
+                    "channel {:?} is in receive-and-delete mode: its messages are settled when received",
+                    d.channel
+                ),
+            ));
+        }
         match d.settlement() {
             Settlement::Unsettled => Ok(d),
             Settlement::Settled(o) => Err((

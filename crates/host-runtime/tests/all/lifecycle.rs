@@ -91,3 +91,65 @@ async fn the_allow_list_and_named_connections_are_enforced() -> anyhow::Result<(
     emu.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_resume_after_the_connection_drops_and_nothing_is_lost() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue_with("work", Duration::from_secs(2), 10), queue("reports")]).await;
+    let host = test_host(&emu, "work", "").await;
+    let c = client(&emu);
+    for i in 0..10 {
+        send_script(&c, "work", &format!("r{i}"), "sleep:100").await;
+        if i == 4 {
+            assert!(emu.drop_connections() >= 1, "the host's connection was dropped");
+        }
+    }
+    eventually("all ten completed", Duration::from_secs(30), || {
+        emu.queue_counts("work").unwrap() == QueueCounts::default()
+    })
+    .await;
+    assert!(host.metrics().channel("work").completed.load(Ordering::Relaxed) >= 10);
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_can_pull_more_messages_and_they_follow_the_matrix() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("in"), queue("side"), queue("reports")]).await;
+    let host = test_host(&emu, "in", "").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    c.sender("side").send(amqp_servicebus::Message::new("pulled")).await?;
+    send_script(&c, "in", "p1", "pull:side").await;
+    assert_eq!(reports.get("p1").await, ["pull:side => ok"]);
+    eventually("the pulled message was completed", Duration::from_secs(5), || {
+        emu.queue_counts("side").unwrap() == QueueCounts::default()
+    })
+    .await;
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_over_http() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let emu = emulator(vec![queue("in"), queue("reports")]).await;
+    let host = test_host(&emu, "in", "").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    send_script(&c, "in", "m1", "complete").await;
+    reports.get("m1").await;
+    let (addr, server) = host_runtime::metrics::start("127.0.0.1:0".parse()?, host.metrics()).await?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("messaging_completed_total{channel=\"in\"} 1"), "{body}");
+    assert!(body.contains("messaging_handler_seconds_count{channel=\"in\"} 1"), "{body}");
+    server.abort();
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The host against the in-process emulator, with the guests from `guests/`.
 
 mod bad_input;
+mod cli;
 mod isolation;
 mod lifecycle;
 mod matrix;
