@@ -8,6 +8,9 @@
 //! - [`paths`]: where the repository, the target directory and the components are.
 //! - [`guests`]: building the `guests/` workspace for `wasm32-wasip2`.
 //! - [`python`]: the Python venv with the official Azure SDK, for interop tests.
+//! - [`procs`]: the emulator and host as processes, and the host's metrics.
+//! - [`demo`]: `cargo xtask run`.
+//! - [`e2e`]: `cargo xtask test-e2e`.
 //!
 //! # Example
 //! ```no_run
@@ -20,6 +23,9 @@
 // A command-line tool: talking on stdout and stderr is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod demo;
+pub mod e2e;
 pub mod guests;
 pub mod paths;
+pub mod procs;
 pub mod python;

@@ -13,7 +13,11 @@ usage: cargo xtask <command>
 commands:
   build-guests   build every guest in guests/ for wasm32-wasip2 (skipped when nothing changed)
                  and place the components in target/components/
-  test           build the guests, then run every test in the workspace
+  run [--follow] the demo: start the emulator (unless SERVICEBUS_CONNECTION_STRING is set), send orders,
+                 run the host with the sample guest and a live view; exit when the orders are processed
+                 (--follow: keep running until Ctrl-C)
+  test           build the guests, then run every test: unit, integration, interop, and end-to-end
+  test-e2e       the end-to-end scenarios, with the emulator and host binaries
   help           show this message
 ";
 
@@ -43,6 +47,15 @@ fn run(args: &[String]) -> Result<()> {
             no_arguments(command, rest)?;
             test()
         }
+        "test-e2e" => {
+            no_arguments(command, rest)?;
+            xtask::e2e::run()
+        }
+        "run" => match rest {
+            [] => xtask::demo::run(false),
+            [flag] if flag == "--follow" => xtask::demo::run(true),
+            [other, ..] => bail!("'run' takes only --follow, but got '{other}'"),
+        },
         "help" | "--help" | "-h" => {
             eprint!("{HELP}");
             Ok(())
@@ -72,5 +85,5 @@ fn test() -> Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    Ok(())
+    xtask::e2e::run()
 }

@@ -17,6 +17,7 @@
 //! | `update:<a,b>` | `update-guest-configuration` with these channels |
 //! | `pull:<channel>` | `subscribe-try-receive` for 1 s, then completes what it got |
 //! | `sleep:<ms>` | sleeps (a blocking WASI clock wait) |
+//! | `note:<text>` | nothing (makes scripts unique, e.g. to count duplicates) |
 //! | `ok` | returns `ok` now, skipping the remaining steps |
 //! | `err` | returns an error now (`settlement.new-error`) |
 //! | `trap` | traps (`unreachable`) |
@@ -109,6 +110,7 @@ fn run_script(m: &Message) -> Result<(), Error> {
                 std::thread::sleep(std::time::Duration::from_millis(arg.parse().unwrap_or(0)));
                 Ok(())
             }
+            "note" => Ok(()),
             "ok" => break,
             "err" => {
                 outcome = Err(settlement::new_error(&format!("script {script:?} returned an error")));

@@ -1,0 +1,394 @@
+//! `cargo xtask test-e2e`: black-box scenarios with real processes (the emulator and
+//! host binaries) and real guests. One summary line per scenario, then
+//! `N passed, N failed`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use amqp_servicebus::{ClientOptions, Message, RetryPolicy, ServiceBusClient};
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::demo::{Traffic, processed, send_orders};
+use crate::procs::{EmulatorProcess, HostProcess, metric, scrape};
+use crate::{guests, paths, procs};
+
+struct Env {
+    emulator: PathBuf,
+    host: PathBuf,
+    sample: PathBuf,
+    test_guest: PathBuf,
+    dir: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+type Scenario = fn(&Env) -> Result<String>;
+
+/// Runs every scenario; fails if any failed.
+pub fn run() -> Result<()> {
+    let components = guests::ensure_built()?;
+    let (emulator, host) = procs::build_binaries()?;
+    let dir = paths::target_dir().join("e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let env = Env {
+        emulator,
+        host,
+        sample: components.path("sample-guest")?,
+        test_guest: components.path("test-guest")?,
+        dir,
+        runtime: tokio::runtime::Runtime::new()?,
+    };
+    let scenarios: [(&str, Scenario); 7] = [
+        ("one host serves several queues", several_queues),
+        ("every settlement path of the sample guest", sample_paths),
+        ("a poison message reaches the DLQ after MaxDeliveryCount", poison),
+        ("SIGKILL mid-traffic and restart loses nothing", sigkill_and_restart),
+        ("two competing hosts process every message", competing_hosts),
+        ("SIGTERM with messages in flight exits cleanly", sigterm_in_flight),
+        ("the host recovers when the emulator restarts", emulator_restart),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, scenario) in scenarios {
+        let started = Instant::now();
+        match scenario(&env) {
+            Ok(detail) => {
+                passed += 1;
+                println!("PASS  {name} ({:.1}s): {detail}", started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {name} ({:.1}s): {e:#}", started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} end-to-end scenario(s) failed; logs are in {}", env.dir.display());
+    }
+    Ok(())
+}
+
+/// A `Config.json` (Microsoft's schema) with these queues: (name, lock duration, max delivery count).
+fn config_json(env: &Env, name: &str, queues: &[(&str, &str, u32)]) -> Result<PathBuf> {
+    let queues: Vec<serde_json::Value> = queues
+        .iter()
+        .map(|(q, lock, mdc)| {
+            serde_json::json!({ "Name": q, "Properties": { "LockDuration": lock, "MaxDeliveryCount": mdc } })
+        })
+        .collect();
+    let doc = serde_json::json!({ "UserConfig": { "Namespaces": [ { "Name": "e2e", "Queues": queues, "Topics": [] } ], "Logging": { "Type": "Console" } } });
+    let path = env.dir.join(format!("{name}.Config.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    Ok(path)
+}
+
+/// A `host.toml` for the test guest consuming `channels`.
+fn test_guest_toml(env: &Env, name: &str, channels: &str, extra: &str) -> Result<PathBuf> {
+    let path = env.dir.join(format!("{name}.host.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[guest]\nallowed-targets = [\"processed\"]\nenv = {{ TEST_GUEST_CHANNELS = \"{channels}\" }}\n{extra}"
+        ),
+    )?;
+    Ok(path)
+}
+
+fn client(cs: &str) -> Result<ServiceBusClient> {
+    Ok(ServiceBusClient::new(
+        cs,
+        ClientOptions {
+            retry: RetryPolicy {
+                max_retries: 10,
+                initial_backoff: Duration::from_millis(50),
+                ..RetryPolicy::default()
+            },
+            ..ClientOptions::default()
+        },
+    )?)
+}
+
+fn send_scripts(env: &Env, c: &ServiceBusClient, queue: &str, scripts: Vec<String>) -> Result<()> {
+    env.runtime.block_on(async {
+        let sender = c.sender(queue);
+        for chunk in scripts.chunks(50) {
+            sender.send_batch(chunk.iter().map(|s| Message::new(s.clone())).collect()).await?;
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Takes everything on `queue` (receive-and-delete); returns the bodies.
+fn drain(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<String>> {
+    env.runtime.block_on(async {
+        let r = c.receive_and_delete_receiver(queue);
+        let mut out = Vec::new();
+        loop {
+            let got = r.receive(100, Duration::from_millis(500)).await?;
+            if got.is_empty() {
+                return anyhow::Ok(out);
+            }
+            out.extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
+        }
+    })
+}
+
+fn peek_count(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<usize> {
+    Ok(env.runtime.block_on(c.receiver(queue).peek(1, 5000))?.len())
+}
+
+/// Waits until `done` holds for the host's metrics.
+fn wait_for(
+    host: &HostProcess,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&[(String, String, f64)]) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(m) = scrape(host.metrics)
+            && done(&m)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}; host log: {}", host.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `queue` is empty (peek sees nothing).
+fn wait_empty(env: &Env, c: &ServiceBusClient, queue: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while peek_count(env, c, queue)? > 0 {
+        if Instant::now() > deadline {
+            bail!("{queue} still holds {} messages after {timeout:?}", peek_count(env, c, queue)?);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn several_queues(env: &Env) -> Result<String> {
+    let cfg = config_json(
+        env,
+        "several",
+        &[("a", "PT30S", 10), ("b", "PT30S", 10), ("c", "PT30S", 10), ("processed", "PT30S", 10)],
+    )?;
+    let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), 0)?;
+    let c = client(&emu.connection_string())?;
+    let toml = test_guest_toml(env, "several", "a,b,c", "")?;
+    let mut host =
+        HostProcess::start(&env.host, &env.test_guest, &toml, &emu.connection_string(), &env.dir.join("several.log"))?;
+    for q in ["a", "b", "c"] {
+        send_scripts(env, &c, q, (0..20).map(|i| format!("send:processed;complete;note:{q}{i}")).collect())?;
+    }
+    wait_for(&host, "60 completions", Duration::from_secs(60), |m| {
+        ["a", "b", "c"].iter().all(|q| metric(m, "messaging_completed_total", q) >= 20.0)
+    })?;
+    let bodies = drain(env, &c, "processed")?;
+    let unique: HashSet<&String> = bodies.iter().collect();
+    ensure!(unique.len() == 60, "expected 60 processed messages, got {}", unique.len());
+    host.signal("TERM")?;
+    ensure!(host.wait()?, "the host did not exit cleanly");
+    emu.stop()?;
+    Ok("3 queues x 20 messages, all completed by one host".into())
+}
+
+fn sample_paths(env: &Env) -> Result<String> {
+    let emu = EmulatorProcess::start(&env.emulator, None, 0)?;
+    let cs = emu.connection_string();
+    let c = client(&cs)?;
+    let toml = env.dir.join("sample.host.toml");
+    std::fs::write(&toml, "[guest]\nallowed-targets = [\"review\"]\n")?;
+    let traffic = Traffic::DEMO;
+    env.runtime.block_on(send_orders(&c, &traffic))?;
+    let mut host = HostProcess::start(&env.host, &env.sample, &toml, &cs, &env.dir.join("sample.log"))?;
+    wait_for(&host, "the orders to be processed", Duration::from_secs(60), |m| processed(m, &traffic))?;
+    let metrics = scrape(host.metrics)?;
+    host.signal("TERM")?;
+    ensure!(host.wait()?, "the host did not exit cleanly");
+    let abandoned = metric(&metrics, "messaging_abandoned_total", "orders") as usize;
+    ensure!(abandoned == traffic.transient, "abandoned {abandoned}, expected {}", traffic.transient);
+    let review = drain(env, &c, "review")?;
+    ensure!(
+        review.len() == traffic.review && review.iter().all(|b| b.contains("\"review\":true")),
+        "review queue: {review:?}"
+    );
+    let dead = env.runtime.block_on(c.receiver("orders/$DeadLetterQueue").peek(1, 100))?;
+    ensure!(dead.len() == traffic.invalid, "{} dead-lettered, expected {}", dead.len(), traffic.invalid);
+    ensure!(
+        dead.iter().all(|m| m.dead_letter_reason() == Some("InvalidOrder")),
+        "dead-letter reasons are not InvalidOrder"
+    );
+    ensure!(
+        peek_count(env, &c, "orders")? == 0 && peek_count(env, &c, "payments")? == 0,
+        "orders or payments not empty"
+    );
+    emu.stop()?;
+    Ok(format!(
+        "{} completed (+{} after a retry), {} redirected to review, {} dead-lettered (InvalidOrder), {} payments",
+        traffic.valid,
+        traffic.transient,
+        traffic.review,
+        traffic.invalid,
+        traffic.valid + traffic.transient
+    ))
+}
+
+fn poison(env: &Env) -> Result<String> {
+    let cfg = config_json(env, "poison", &[("poison-in", "PT5S", 3), ("processed", "PT30S", 10)])?;
+    let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), 0)?;
+    let c = client(&emu.connection_string())?;
+    let toml = test_guest_toml(env, "poison", "poison-in", "")?;
+    let mut host =
+        HostProcess::start(&env.host, &env.test_guest, &toml, &emu.connection_string(), &env.dir.join("poison.log"))?;
+    send_scripts(env, &c, "poison-in", vec!["trap".into()])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = env.runtime.block_on(c.receiver("poison-in/$DeadLetterQueue").peek(1, 10))?;
+        if !dead.is_empty() {
+            break dead;
+        }
+        ensure!(Instant::now() < deadline, "the poison message never reached the DLQ");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let traps = metric(&scrape(host.metrics)?, "messaging_handler_traps_total", "poison-in");
+    host.signal("TERM")?;
+    ensure!(host.wait()?, "the host did not exit cleanly");
+    ensure!(
+        dead[0].dead_letter_reason() == Some("MaxDeliveryCountExceeded"),
+        "reason {:?}",
+        dead[0].dead_letter_reason()
+    );
+    ensure!(dead[0].delivery_count == 3, "delivery count {}", dead[0].delivery_count);
+    emu.stop()?;
+    Ok(format!("trapped {traps} times, then dead-lettered with MaxDeliveryCountExceeded (delivery count 3)"))
+}
+
+fn sigkill_and_restart(env: &Env) -> Result<String> {
+    let cfg = config_json(env, "kill", &[("work", "PT2S", 10), ("processed", "PT30S", 10)])?;
+    let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), 0)?;
+    let cs = emu.connection_string();
+    let c = client(&cs)?;
+    let toml = test_guest_toml(env, "kill", "work", "[defaults]\nmax-concurrent-calls = 8\n")?;
+    let n = 200;
+    send_scripts(env, &c, "work", (0..n).map(|i| format!("sleep:20;send:processed;complete;note:{i}")).collect())?;
+    let host = HostProcess::start(&env.host, &env.test_guest, &toml, &cs, &env.dir.join("kill-1.log"))?;
+    wait_for(&host, "some progress", Duration::from_secs(60), |m| {
+        metric(m, "messaging_completed_total", "work") >= 40.0
+    })?;
+    host.signal("KILL")?;
+    drop(host);
+    let mut host = HostProcess::start(&env.host, &env.test_guest, &toml, &cs, &env.dir.join("kill-2.log"))?;
+    wait_empty(env, &c, "work", Duration::from_secs(90))?;
+    host.signal("TERM")?;
+    ensure!(host.wait()?, "the restarted host did not exit cleanly");
+    let bodies = drain(env, &c, "processed")?;
+    let unique: HashSet<&String> = bodies.iter().collect();
+    ensure!(unique.len() == n, "{} of {n} messages were processed", unique.len());
+    ensure!(peek_count(env, &c, "work/$DeadLetterQueue")? == 0, "messages were dead-lettered");
+    emu.stop()?;
+    Ok(format!(
+        "{n} of {n} completed across the kill; {} processed twice (locks lost with the killed host)",
+        bodies.len() - unique.len()
+    ))
+}
+
+fn competing_hosts(env: &Env) -> Result<String> {
+    let cfg = config_json(env, "compete", &[("shared", "PT30S", 10), ("processed", "PT30S", 10)])?;
+    let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), 0)?;
+    let cs = emu.connection_string();
+    let c = client(&cs)?;
+    let toml = test_guest_toml(env, "compete", "shared", "[defaults]\nmax-concurrent-calls = 4\n")?;
+    let n = 200;
+    let mut one = HostProcess::start(&env.host, &env.test_guest, &toml, &cs, &env.dir.join("compete-1.log"))?;
+    let mut two = HostProcess::start(&env.host, &env.test_guest, &toml, &cs, &env.dir.join("compete-2.log"))?;
+    send_scripts(env, &c, "shared", (0..n).map(|i| format!("sleep:10;send:processed;complete;note:{i}")).collect())?;
+    wait_empty(env, &c, "shared", Duration::from_secs(90))?;
+    let per_host: Vec<f64> = [&one, &two]
+        .iter()
+        .map(|h| scrape(h.metrics).map(|m| metric(&m, "messaging_completed_total", "shared")))
+        .collect::<Result<_>>()?;
+    let lost: f64 = [&one, &two]
+        .iter()
+        .map(|h| scrape(h.metrics).map(|m| metric(&m, "messaging_locks_lost_total", "shared")))
+        .sum::<Result<f64>>()?;
+    one.signal("TERM")?;
+    two.signal("TERM")?;
+    ensure!(one.wait()? && two.wait()?, "a host did not exit cleanly");
+    let bodies = drain(env, &c, "processed")?;
+    let unique: HashSet<&String> = bodies.iter().collect();
+    let duplicates = bodies.len() - unique.len();
+    ensure!(unique.len() == n, "{} of {n} processed", unique.len());
+    ensure!(duplicates == 0 || lost > 0.0, "{duplicates} duplicates without any lock lost");
+    ensure!(per_host.iter().all(|&c| c > 0.0), "one host did all the work: {per_host:?}");
+    emu.stop()?;
+    Ok(format!("{n} processed, split {:?}; {duplicates} duplicates, {lost} locks lost", per_host))
+}
+
+fn sigterm_in_flight(env: &Env) -> Result<String> {
+    let cfg = config_json(env, "term", &[("work", "PT30S", 10), ("processed", "PT30S", 10)])?;
+    let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), 0)?;
+    let cs = emu.connection_string();
+    let c = client(&cs)?;
+    let toml = test_guest_toml(env, "term", "work", "[defaults]\nmax-concurrent-calls = 10\n")?;
+    let mut host = HostProcess::start(&env.host, &env.test_guest, &toml, &cs, &env.dir.join("term.log"))?;
+    send_scripts(env, &c, "work", (0..10).map(|i| format!("sleep:1500;complete;note:{i}")).collect())?;
+    wait_for(&host, "calls in flight", Duration::from_secs(30), |m| metric(m, "messaging_in_flight", "work") >= 5.0)?;
+    let in_flight = metric(&scrape(host.metrics)?, "messaging_in_flight", "work");
+    host.signal("TERM")?;
+    ensure!(host.wait()?, "the host did not exit with status 0");
+    let left = peek_count(env, &c, "work")?;
+    // Calls that finished within the grace period completed; anything else is back on the queue.
+    let handled = 10 - left;
+    ensure!(handled as f64 >= in_flight, "{handled} handled but {in_flight} were in flight");
+    emu.stop()?;
+    Ok(format!("exit 0 with {in_flight} in flight; {handled} completed, {left} back on the queue, none lost"))
+}
+
+fn emulator_restart(env: &Env) -> Result<String> {
+    let cfg = config_json(env, "restart", &[("work", "PT30S", 10), ("processed", "PT30S", 10)])?;
+    let port = procs::free_port()?;
+    let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), port)?;
+    let cs = emu.connection_string();
+    let toml = test_guest_toml(env, "restart", "work", "")?;
+    let mut host = HostProcess::start(&env.host, &env.test_guest, &toml, &cs, &env.dir.join("restart.log"))?;
+    {
+        let c = client(&cs)?;
+        send_scripts(env, &c, "work", (0..10).map(|i| format!("send:processed;complete;note:a{i}")).collect())?;
+        wait_for(&host, "the first ten", Duration::from_secs(30), |m| {
+            metric(m, "messaging_completed_total", "work") >= 10.0
+        })?;
+    }
+    emu.stop()?;
+    std::thread::sleep(Duration::from_millis(500));
+    // The emulator keeps nothing across restarts: the queues come back empty.
+    let emu = start_on(&env.emulator, &cfg, port)?;
+    let c = client(&cs)?;
+    send_scripts(env, &c, "work", (0..10).map(|i| format!("send:processed;complete;note:b{i}")).collect())?;
+    wait_empty(env, &c, "work", Duration::from_secs(60))?;
+    wait_for(&host, "the second ten", Duration::from_secs(30), |m| {
+        metric(m, "messaging_completed_total", "work") >= 20.0
+    })?;
+    host.signal("TERM")?;
+    ensure!(host.wait()?, "the host did not exit cleanly");
+    let after = drain(env, &c, "processed")?;
+    ensure!(after.iter().filter(|b| b.contains("note:b")).count() == 10, "after the restart: {after:?}");
+    emu.stop()?;
+    Ok("10 before and 10 after an emulator restart on the same port".into())
+}
+
+/// Starts the emulator on `port`, retrying while the old process releases it.
+fn start_on(binary: &Path, cfg: &Path, port: u16) -> Result<EmulatorProcess> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EmulatorProcess::start(binary, Some(cfg), port) {
+            Ok(e) => return Ok(e),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(e).context("restarting the emulator on the same port"),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Real processes for the demo and the end-to-end suite: the emulator and host binaries.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{guests, paths};
+
+/// Builds the emulator and host binaries (debug) and returns their paths.
+pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
+    let status = guests::cargo()
+        .current_dir(paths::repo_root())
+        .args(["build", "--quiet", "--locked", "-p", "servicebus-emulator", "-p", "host-runtime", "--bins"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building the emulator and host binaries failed ({status})");
+    }
+    let dir = paths::target_dir().join("debug");
+    Ok((dir.join("servicebus-emulator"), dir.join("messaging-host")))
+}
+
+/// A free port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running emulator process.
+pub struct EmulatorProcess {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl EmulatorProcess {
+    /// Starts the emulator binary with a `Config.json` on `port` (0 = any), waiting until it listens.
+    pub fn start(binary: &Path, config: Option<&Path>, port: u16) -> Result<Self> {
+        let mut cmd = Command::new(binary);
+        cmd.args(["--port", &port.to_string(), "--log-level", "warn"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().transpose()?.unwrap_or_default();
+        let Some(addr) = first.strip_prefix("servicebus-emulator listening on amqp://") else {
+            let _ = child.kill();
+            bail!("the emulator did not start: {first:?}");
+        };
+        let port = addr.rsplit(':').next().unwrap_or_default().parse().context("the emulator's port")?;
+        // Keep reading its stdout so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, port })
+    }
+
+    /// The connection string for it.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true",
+            self.port
+        )
+    }
+
+    /// Stops it with SIGTERM and waits.
+    pub fn stop(mut self) -> Result<()> {
+        signal(&self.child, "TERM")?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running host process.
+pub struct HostProcess {
+    child: Option<Child>,
+    /// Its metrics endpoint.
+    pub metrics: SocketAddr,
+    /// Where its log goes.
+    pub log: PathBuf,
+}
+
+impl HostProcess {
+    /// Starts the host binary on `component` with a `host.toml`, and waits until it serves metrics.
+    pub fn start(binary: &Path, component: &Path, config: &Path, connection_string: &str, log: &Path) -> Result<Self> {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(binary)
+            .arg(component)
+            .arg("--config")
+            .arg(config)
+            .args(["--metrics-addr", &metrics.to_string(), "--grace-period", "20s", "--cache-dir"])
+            .arg(paths::target_dir().join("host-cache"))
+            .env("SERVICEBUS_CONNECTION_STRING", connection_string)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut host = Self { child: Some(child), metrics, log: log.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while scrape(metrics).is_err() {
+            if let Some(status) = host.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("the host exited ({status}) before it was ready; its log:\n{}", host.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("the host was not ready within 60 s; its log:\n{}", host.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(host)
+    }
+
+    /// The host's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, `INT`).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        match &self.child {
+            Some(c) => signal(c, name),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for it to exit; returns whether it exited with status 0.
+    pub fn wait(&mut self) -> Result<bool> {
+        match self.child.take() {
+            Some(mut c) => Ok(c.wait()?.success()),
+            None => Ok(true),
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) -> Result<()> {
+    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status()?;
+    if !status.success() {
+        bail!("kill -{name} {} failed", child.id());
+    }
+    Ok(())
+}
+
+/// The host's metrics, as `(name, channel) → value`.
+pub fn scrape(addr: SocketAddr) -> Result<Vec<(String, String, f64)>> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (name, labels) = key.split_once('{')?;
+            let channel = labels.split("channel=\"").nth(1)?.split('"').next()?;
+            Some((name.to_string(), channel.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// One metric of one channel (0 when absent).
+pub fn metric(metrics: &[(String, String, f64)], name: &str, channel: &str) -> f64 {
+    metrics.iter().find(|(n, c, _)| n == name && c == channel).map(|(_, _, v)| *v).unwrap_or(0.0)
+}
