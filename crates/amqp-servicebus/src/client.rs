@@ -88,6 +88,8 @@ pub(crate) struct Inner {
     tokens: Arc<StdMutex<HashMap<String, u64>>>,
     pub(crate) management: StdMutex<HashMap<String, ManagementLink>>,
     link_generation: AtomicU64,
+    /// The transaction controller of the current connection (generation, controller).
+    pub(crate) controller: Mutex<Option<(u64, fe2o3_amqp::transaction::Controller)>>,
 }
 
 #[derive(Default)]
@@ -142,6 +144,7 @@ impl ServiceBusClient {
                 tokens: Arc::new(StdMutex::new(HashMap::new())),
                 management: StdMutex::new(HashMap::new()),
                 link_generation: AtomicU64::new(0),
+                controller: Mutex::new(None),
             }),
         }
     }
@@ -237,6 +240,25 @@ impl ServiceBusClient {
             tracing::info!(host = %self.inner.settings.host, generation, "connection lost; will reconnect");
             self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
+    }
+
+    /// The transaction controller of the live connection, attached on first use.
+    pub(crate) async fn controller(
+        &self,
+        entity: &str,
+    ) -> Result<MutexGuard<'_, Option<(u64, fe2o3_amqp::transaction::Controller)>>> {
+        let mut slot = self.inner.controller.lock().await;
+        let current = self.generation().await?;
+        if slot.as_ref().is_none_or(|(g, _)| *g != current) {
+            let mut guard = self.session_for(entity).await?;
+            let generation = guard.generation();
+            let name = format!("controller-{}", uuid::Uuid::new_v4().simple());
+            let controller = fe2o3_amqp::transaction::Controller::attach(guard.session(), name)
+                .await
+                .map_err(|e| sender_attach_error(e, "$coordinator"))?;
+            *slot = Some((generation, controller));
+        }
+        Ok(slot)
     }
 
     /// Whether the connection of `generation` is still the live one.

@@ -28,7 +28,10 @@ use tokio::sync::Mutex;
 
 use crate::client::{Dialect, ServiceBusClient, receiver_attach_error};
 use crate::error::{Error, Result};
-use crate::message::{ReceivedMessage, system_time};
+use crate::message::{Message, ReceivedMessage, system_time};
+
+/// How long `receive` holds the link while it waits for messages, at a time.
+const RECEIVE_SLICE: Duration = Duration::from_millis(50);
 
 /// How messages are taken from the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,55 +131,73 @@ impl Receiver {
     }
 
     async fn receive_once(&self, max: usize, deadline: tokio::time::Instant) -> Result<Vec<ReceivedMessage>> {
-        let mut slot = self.link.lock().await;
-        self.dispose_pending(slot.as_ref()).await;
-        let link = self.ensure_link(&mut slot).await?;
-        if self.options.prefetch == 0
-            && let Err(e) = link.receiver.set_credit(max as u32).await
         {
-            *slot = None;
-            return Err(Error::connection(&self.entity, format!("granting credit failed: {e}")));
+            let mut slot = self.link.lock().await;
+            self.dispose_pending(slot.as_ref()).await;
+            let link = self.ensure_link(&mut slot).await?;
+            if self.options.prefetch == 0
+                && let Err(e) = link.receiver.set_credit(max as u32).await
+            {
+                *slot = None;
+                return Err(Error::connection(&self.entity, format!("granting credit failed: {e}")));
+            }
         }
         let mut got = Vec::new();
-        while got.len() < max {
-            // Wait for the first message until the deadline; after that, only take what is there.
-            let wait = if got.is_empty() {
-                deadline.saturating_duration_since(tokio::time::Instant::now())
-            } else {
-                Duration::ZERO
+        // Wait in short slices, letting go of the link in between: settlements and
+        // transactions need it too, and must not wait for a whole receive timeout.
+        loop {
+            let mut slot = self.link.lock().await;
+            self.dispose_pending(slot.as_ref()).await;
+            let Some(link) = slot.as_mut() else {
+                return if got.is_empty() {
+                    Err(Error::connection(&self.entity, "the receive link was lost"))
+                } else {
+                    Ok(got)
+                };
             };
-            let delivery = match tokio::time::timeout(wait, link.receiver.recv::<Body<Value>>()).await {
-                Err(_) => break,
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    let generation = link.connection_generation;
-                    *slot = None;
-                    self.client.invalidate_if_broken(generation).await;
-                    if got.is_empty() {
-                        return Err(Error::connection(&self.entity, format!("the receive link stopped: {e}")));
+            while got.len() < max {
+                let wait = if got.is_empty() {
+                    deadline.saturating_duration_since(tokio::time::Instant::now()).min(RECEIVE_SLICE)
+                } else {
+                    Duration::ZERO
+                };
+                let delivery = match tokio::time::timeout(wait, link.receiver.recv::<Body<Value>>()).await {
+                    Err(_) => break,
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => {
+                        let generation = link.connection_generation;
+                        *slot = None;
+                        drop(slot);
+                        self.client.invalidate_if_broken(generation).await;
+                        if got.is_empty() {
+                            return Err(Error::connection(&self.entity, format!("the receive link stopped: {e}")));
+                        }
+                        return Ok(got);
                     }
-                    return Ok(got);
+                };
+                let tag = delivery.delivery_tag().to_vec();
+                let info = DeliveryInfo::from(&delivery);
+                // In receive-and-delete mode the tag is not a lock token.
+                let tag = (self.options.mode == ReceiveMode::PeekLock).then_some(tag);
+                let message = ReceivedMessage::from_amqp(
+                    delivery.into_message(),
+                    tag.as_deref(),
+                    None,
+                    &self.entity,
+                    link.generation,
+                );
+                if self.options.mode == ReceiveMode::PeekLock
+                    && let Some(token) = message.lock_token
+                {
+                    self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).insert(token, (link.generation, info));
                 }
-            };
-            let tag = delivery.delivery_tag().to_vec();
-            let info = DeliveryInfo::from(&delivery);
-            // In receive-and-delete mode the tag is not a lock token.
-            let tag = (self.options.mode == ReceiveMode::PeekLock).then_some(tag);
-            let message = ReceivedMessage::from_amqp(
-                delivery.into_message(),
-                tag.as_deref(),
-                None,
-                &self.entity,
-                link.generation,
-            );
-            if self.options.mode == ReceiveMode::PeekLock
-                && let Some(token) = message.lock_token
-            {
-                self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).insert(token, (link.generation, info));
+                got.push(message);
             }
-            got.push(message);
+            drop(slot);
+            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
         }
-        Ok(got)
     }
 
     /// A stream of messages, one at a time, waiting as long as it takes.
@@ -326,6 +347,69 @@ impl Receiver {
             Disposition::DeadLetter { .. } => link.receiver.dispose(info, Rejected { error: None }).await,
         };
         result.map_err(|e| Error::connection(&self.entity, format!("settling on the link failed: {e}")))
+    }
+
+    /// Sends `message` through `to` and completes `received`, atomically: both happen in one
+    /// broker transaction, or neither does. A lost lock fails the whole transaction with
+    /// [`Error::LockLost`], and nothing is sent.
+    pub async fn complete_and_send(
+        &self,
+        received: &ReceivedMessage,
+        to: &crate::Sender,
+        message: Message,
+    ) -> Result<()> {
+        use fe2o3_amqp::transaction::{Transaction, TransactionDischarge as _, TransactionRetirement as _};
+        if self.client.inner.options.dialect == Dialect::GenericAmqp {
+            return Err(Error::NotSupported { operation: "complete_and_send" });
+        }
+        let token = self.lock_token(received).await?;
+        if received.generation == 0 {
+            return Err(Error::NotSupported {
+                operation: "complete_and_send of a message received by sequence number",
+            });
+        }
+        let (generation, info) =
+            self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).get(&token).cloned().ok_or_else(|| {
+                Error::LockLost { entity: self.entity.clone(), description: "the message was already settled".into() }
+            })?;
+        let controller = self.client.controller(&self.entity).await?;
+        let (_, ctl) = controller.as_ref().expect("controller() attaches one");
+        let mut txn = Transaction::declare(ctl, None)
+            .await
+            .map_err(|e| Error::connection(&self.entity, format!("declaring a transaction failed: {e}")))?;
+        if let Err(e) = to.post_in(&txn, &message).await {
+            let _ = txn.discharge(true).await;
+            return Err(e);
+        }
+        {
+            let mut slot = self.link.lock().await;
+            let Some(link) = slot.as_mut().filter(|l| l.generation == generation) else {
+                let _ = txn.discharge(true).await;
+                return Err(Error::LockLost {
+                    entity: self.entity.clone(),
+                    description: "the receive link that delivered the message was lost".into(),
+                });
+            };
+            if let Err(e) = txn.accept(&mut link.receiver, info).await {
+                drop(slot);
+                let _ = txn.discharge(true).await;
+                return Err(Error::connection(&self.entity, format!("completing in the transaction failed: {e}")));
+            }
+        }
+        match txn.commit().await {
+            Ok(()) => {
+                self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+                Ok(())
+            }
+            Err(fe2o3_amqp::transaction::ControllerSendError::Rejected(r)) => Err(match r.error {
+                Some(e) if crate::error::condition_text(&e) == "amqp:transaction:rollback" => {
+                    Error::LockLost { entity: self.entity.clone(), description: e.description.unwrap_or_default() }
+                }
+                Some(e) => Error::from_amqp(&e, &self.entity),
+                None => Error::protocol(&self.entity, "the commit was rejected"),
+            }),
+            Err(e) => Err(Error::connection(&self.entity, format!("committing failed: {e}"))),
+        }
     }
 
     /// Extends a message's lock; returns the new expiry.

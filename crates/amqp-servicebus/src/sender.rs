@@ -157,6 +157,30 @@ impl Sender {
         Ok(())
     }
 
+    /// Sends `message` as part of `txn` (it is enqueued only if the transaction commits).
+    pub(crate) async fn post_in(
+        &self,
+        txn: &fe2o3_amqp::transaction::Transaction<'_>,
+        message: &Message,
+    ) -> Result<()> {
+        use fe2o3_amqp::transaction::TransactionPosting as _;
+        let mut slot = self.link.lock().await;
+        let link = self.ensure_link(&mut slot).await.map_err(|e| e.in_entity(&self.entity))?;
+        let sendable = Sendable::builder().message(message.to_amqp()).build();
+        match txn.post(&mut link.sender, sendable).await {
+            Ok(Outcome::Accepted(_)) => Ok(()),
+            Ok(Outcome::Rejected(r)) => Err(match r.error {
+                Some(e) => Error::from_amqp(&e, &self.entity),
+                None => Error::protocol(&self.entity, "the transactional send was rejected"),
+            }),
+            Ok(other) => Err(Error::protocol(&self.entity, format!("the transactional send ended {other:?}"))),
+            Err(e) => {
+                *slot = None;
+                Err(Error::connection(&self.entity, format!("the transactional send failed: {e}")))
+            }
+        }
+    }
+
     /// The largest message the broker accepts on this link (attaching it if needed).
     pub async fn max_message_size(&self) -> Result<usize> {
         self.with_retry(|link| {

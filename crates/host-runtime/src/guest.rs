@@ -307,11 +307,8 @@ pub(crate) async fn apply(shared: &Shared, d: &Delivery, op: SettleOp) -> Result
         }
         SettleOp::Defer => r.defer(m).await.map(|_| Outcome::Deferred),
         SettleOp::Redirect(to) => {
-            // Send, then complete: if the completion fails, the original is redelivered and may be
-            // redirected again (at most one extra copy per failed completion); nothing is lost.
             let sender = shared.sender("default", &to).expect("the default connection exists");
-            sender.send(copy_of(m)).await?;
-            r.complete(m).await.map(|_| Outcome::Redirected)
+            forward(r, m, &sender, copy_of(m)).await.map(|_| Outcome::Redirected)
         }
         SettleOp::AbandonWithDelay(delay) => {
             let sender = shared.sender("default", &d.channel).expect("the default connection exists");
@@ -323,8 +320,8 @@ pub(crate) async fn apply(shared: &Shared, d: &Delivery, op: SettleOp) -> Result
                 _ => 1,
             };
             copy.application_properties.insert("delayed-retry-count".into(), SimpleValue::Long(retries));
-            sender.schedule(copy, SystemTime::now() + delay).await?;
-            r.complete(m).await.map(|_| Outcome::DelayedRetry)
+            copy.scheduled_enqueue_time = Some(SystemTime::now() + delay);
+            forward(r, m, &sender, copy).await.map(|_| Outcome::DelayedRetry)
         }
     };
     match outcome {
@@ -342,6 +339,25 @@ pub(crate) async fn apply(shared: &Shared, d: &Delivery, op: SettleOp) -> Result
             }
             Err(e)
         }
+    }
+}
+
+/// Sends `copy` and completes `m` in one broker transaction. Where there are no transactions
+/// (a generic AMQP broker, or a message received by sequence number), sends and then completes:
+/// a failed completion leaves the original to be redelivered, so at most one extra copy per failed
+/// completion, and nothing is lost.
+async fn forward(
+    r: &Receiver,
+    m: &ReceivedMessage,
+    sender: &Sender,
+    copy: amqp_servicebus::Message,
+) -> Result<(), SbError> {
+    match r.complete_and_send(m, sender, copy.clone()).await {
+        Err(SbError::NotSupported { .. }) => {
+            sender.send(copy).await?;
+            r.complete(m).await
+        }
+        other => other,
     }
 }
 

@@ -1034,6 +1034,8 @@ impl Engine {
                     return rejected("amqp:transaction:unknown-id", "the transaction is not open on this connection");
                 }
                 if u.queue.check_lock(u.token).is_err() {
+                    // The transaction cannot do what it was asked: it must not commit the rest.
+                    self.txns.doom(&ts.txn_id);
                     return lock_lost_outcome();
                 }
                 self.txns.stage(&ts.txn_id, Staged::Settle(u.queue.clone(), u.token, settlement));

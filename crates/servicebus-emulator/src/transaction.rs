@@ -33,6 +33,8 @@ pub(crate) enum DischargeError {
 pub(crate) struct Transactions {
     next_id: u64,
     open: HashMap<Vec<u8>, Vec<Staged>>,
+    /// Transactions an operation failed in: their discharge rolls back.
+    doomed: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Transactions {
@@ -55,6 +57,13 @@ impl Transactions {
         }
     }
 
+    /// Marks a transaction rollback-only: one of its operations failed (a lost lock).
+    pub(crate) fn doom(&mut self, txn_id: &[u8]) {
+        if self.open.contains_key(txn_id) {
+            self.doomed.insert(txn_id.to_vec());
+        }
+    }
+
     pub(crate) fn is_open(&self, txn_id: &[u8]) -> bool {
         self.open.contains_key(txn_id)
     }
@@ -62,8 +71,12 @@ impl Transactions {
     /// Ends a transaction: commits (`fail == false`) or rolls back.
     pub(crate) fn discharge(&mut self, txn_id: &[u8], fail: bool) -> Result<(), DischargeError> {
         let ops = self.open.remove(txn_id).ok_or(DischargeError::Unknown)?;
+        let doomed = self.doomed.remove(txn_id);
         if fail {
             return Ok(());
+        }
+        if doomed {
+            return Err(DischargeError::LockLost);
         }
         // Refuse the whole transaction if any lock it settles is gone.
         for op in &ops {

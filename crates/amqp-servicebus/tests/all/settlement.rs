@@ -129,3 +129,41 @@ async fn settling_twice_or_after_expiry_is_lock_lost() -> anyhow::Result<()> {
     emu.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn complete_and_send_moves_a_message_atomically() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("in"), queue("out")]).await;
+    let c = client(&emu);
+    c.sender("in").send(Message::new("order")).await?;
+    let r = c.receiver("in");
+    let out = c.sender("out");
+    let m = r.receive(1, WAIT).await?.remove(0);
+    r.complete_and_send(&m, &out, Message::new("forwarded")).await?;
+    assert_eq!(emu.queue_counts("in").unwrap(), Default::default());
+    assert_eq!(emu.queue_counts("out").unwrap().active, 1);
+    let got = c.receiver("out").receive(1, WAIT).await?;
+    assert_eq!(&got[0].body[..], b"forwarded");
+    // Settled: a second attempt is refused and sends nothing.
+    let err = r.complete_and_send(&m, &out, Message::new("again")).await.unwrap_err();
+    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert_eq!(emu.queue_counts("out").unwrap().locked, 1, "only the first copy exists");
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn complete_and_send_with_a_lost_lock_sends_nothing() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue_with_lock("in", Duration::from_secs(1)), queue("out")]).await;
+    let c = client(&emu);
+    c.sender("in").send(Message::new("slow")).await?;
+    let r = c.receiver("in");
+    let m = r.receive(1, WAIT).await?.remove(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = r.complete_and_send(&m, &c.sender("out"), Message::new("copy")).await.unwrap_err();
+    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert_eq!(emu.queue_counts("out").unwrap(), Default::default(), "the transaction sent nothing");
+    // The original is still there, for redelivery.
+    assert_eq!(r.receive(1, WAIT).await?.len(), 1);
+    emu.shutdown().await;
+    Ok(())
+}

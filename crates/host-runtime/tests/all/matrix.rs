@@ -33,7 +33,9 @@ async fn every_row_of_the_settlement_matrix() -> anyhow::Result<()> {
     queues.push(queue("elsewhere"));
     let emu = emulator(queues).await;
     let channels = CASES.iter().map(|(q, _)| *q).collect::<Vec<_>>().join(",");
-    let host = test_host(&emu, &channels, "[defaults]\nhandler-timeout = \"1s\"\n").await;
+    // Only the timeout rows get a short deadline.
+    let timeouts = "[channels.\"complete-timeout\"]\nhandler-timeout = \"1s\"\n[channels.\"nothing-timeout\"]\nhandler-timeout = \"1s\"\n";
+    let host = test_host(&emu, &channels, timeouts).await;
     let c = client(&emu);
     let reports = Reports::new(&c);
     for (q, script) in CASES {
@@ -101,6 +103,39 @@ async fn settling_after_the_lock_was_lost_is_lock_lost() -> anyhow::Result<()> {
     send_script(&c, "slow", "slow-1", "sleep:2500;complete;ok").await;
     let lines = reports.get("slow-1").await;
     assert!(lines[1].starts_with("complete => err ErrorKind::LockLost"), "{lines:?}");
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_after_the_lock_was_lost_sends_nothing() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue_with("slow", Duration::from_secs(1), 5), queue("reports"), queue("elsewhere")]).await;
+    let host = test_host(&emu, "slow", "[defaults]\nmax-auto-lock-renewal = \"0s\"\n").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    send_script(&c, "slow", "r-1", "sleep:2500;redirect:elsewhere;ok").await;
+    let lines = reports.get("r-1").await;
+    assert!(lines[1].starts_with("redirect:elsewhere => err ErrorKind::LockLost"), "{lines:?}");
+    // The redirect was one transaction: the failed completion took the send with it.
+    assert_eq!(emu.queue_counts("elsewhere").unwrap(), QueueCounts::default());
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_with_delay_schedules_a_copy_and_completes_the_original() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("later"), queue("reports")]).await;
+    let host = test_host(&emu, "later", "").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    send_script(&c, "later", "d-1", "abandon-delay:600000").await;
+    assert_eq!(reports.get("d-1").await, ["abandon-delay:600000 => ok"]);
+    assert_eq!(emu.queue_counts("later").unwrap(), QueueCounts { scheduled: 1, ..Default::default() });
+    let copy = c.receiver("later").peek(1, 10).await?;
+    assert_eq!(copy.len(), 1);
+    assert_eq!(copy[0].application_properties.get("delayed-retry-count"), Some(&amqp_servicebus::SimpleValue::Long(1)));
     host.shutdown(Duration::from_secs(5)).await;
     emu.shutdown().await;
     Ok(())
