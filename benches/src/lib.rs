@@ -4,5 +4,7 @@
 //!
 //! # Layout
 //! - `benches/emulator.rs`: the emulator's send + receive + complete throughput.
+//! - `benches/host.rs`: one handler call on a fresh instance vs a reused one; message ↔ WIT record.
+//! - `benches/client.rs`: AMQP message encoding and decoding; SAS tokens.
 //!
 //! This library is empty on purpose: the package exists to hold the benches.

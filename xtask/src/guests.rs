@@ -177,7 +177,9 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// The cargo that runs us, or `cargo` from `PATH`.
+/// The cargo that runs us, or `cargo` from `PATH`, without the parent's target settings
+/// (callers set the target directory they mean: `--target-dir` for guests, `CARGO_TARGET_DIR`
+/// = [`paths::target_dir`] for the workspace).
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // A parent cargo's target settings must not redirect the guest build.

@@ -11,6 +11,7 @@
 //! - [`procs`]: the emulator and host as processes, and the host's metrics.
 //! - [`demo`]: `cargo xtask run`.
 //! - [`e2e`]: `cargo xtask test-e2e`.
+//! - [`bench`]: `cargo xtask bench`.
 //!
 //! # Example
 //! ```no_run
@@ -23,6 +24,7 @@
 // A command-line tool: talking on stdout and stderr is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod bench;
 pub mod demo;
 pub mod e2e;
 pub mod guests;

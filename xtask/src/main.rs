@@ -18,6 +18,7 @@ commands:
                  (--follow: keep running until Ctrl-C)
   test           build the guests, then run every test: unit, integration, interop, and end-to-end
   test-e2e       the end-to-end scenarios, with the emulator and host binaries
+  bench          end-to-end numbers (release builds): start-up, idle memory, host vs native vs Python SDK
   help           show this message
 ";
 
@@ -46,6 +47,10 @@ fn run(args: &[String]) -> Result<()> {
         "test" => {
             no_arguments(command, rest)?;
             test()
+        }
+        "bench" => {
+            no_arguments(command, rest)?;
+            xtask::bench::run()
         }
         "test-e2e" => {
             no_arguments(command, rest)?;
@@ -79,6 +84,8 @@ fn test() -> Result<()> {
     guests::ensure_built()?;
     let status = guests::cargo()
         .current_dir(paths::repo_root())
+        // One target directory for the build, the tests it runs, and what they build.
+        .env("CARGO_TARGET_DIR", paths::target_dir())
         .args(["test", "--workspace", "--locked"])
         .status()
         .context("running cargo test")?;

@@ -15,6 +15,7 @@ pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
     let status = guests::cargo()
         .current_dir(paths::repo_root())
         .args(["build", "--quiet", "--locked", "-p", "servicebus-emulator", "-p", "host-runtime", "--bins"])
+        .env("CARGO_TARGET_DIR", paths::target_dir())
         .status()
         .context("running cargo build")?;
     if !status.success() {
@@ -119,6 +120,11 @@ impl HostProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(host)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The host's log so far.

@@ -90,8 +90,8 @@ impl Message {
         }
     }
 
-    /// The encoded message, for batches and `$management` requests.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The message in AMQP 1.0 encoding (as it goes on the wire).
+    pub fn encode(&self) -> Vec<u8> {
         serde_amqp::to_vec(&fe2o3_amqp_types::messaging::message::__private::Serializable(self.to_amqp()))
             .expect("a message of strings and bytes always encodes")
     }
@@ -231,6 +231,11 @@ impl ReceivedMessage {
             entity: entity.to_string(),
             generation,
         }
+    }
+
+    /// Reads a message from its AMQP 1.0 encoding (as a peek or a deferred receive returns it).
+    pub fn from_encoded(bytes: &[u8], entity: &str) -> Result<Self, serde_amqp::Error> {
+        Self::decode(bytes, None, entity, u64::MAX)
     }
 
     /// Reads an encoded message (from `$management`).

@@ -33,6 +33,9 @@ use crate::message::{Message, ReceivedMessage, system_time};
 /// How long `receive` holds the link while it waits for messages, at a time.
 const RECEIVE_SLICE: Duration = Duration::from_millis(50);
 
+/// How long a multi-message `receive` waits for more once it has one.
+const BATCH_LINGER: Duration = Duration::from_millis(5);
+
 /// How messages are taken from the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReceiveMode {
@@ -159,7 +162,8 @@ impl Receiver {
                 let wait = if got.is_empty() {
                     deadline.saturating_duration_since(tokio::time::Instant::now()).min(RECEIVE_SLICE)
                 } else {
-                    Duration::ZERO
+                    // A batch: give messages already on their way a moment to arrive.
+                    BATCH_LINGER
                 };
                 let delivery = match tokio::time::timeout(wait, link.receiver.recv::<Body<Value>>()).await {
                     Err(_) => break,

@@ -37,6 +37,8 @@
 //! # Ok(()) }
 //! ```
 
+#[doc(hidden)]
+pub mod bench;
 pub mod config;
 pub mod convert;
 mod dispatch;

@@ -33,6 +33,8 @@ pub struct ChannelCounters {
     pub delayed: AtomicU64,
     /// Messages the guest sent.
     pub sent: AtomicU64,
+    /// Handler calls (a call gets up to max-batch-size messages).
+    pub calls: AtomicU64,
     /// Handler calls that returned an error.
     pub handler_errors: AtomicU64,
     /// Handler calls that trapped.
@@ -98,6 +100,7 @@ impl Metrics {
 
     pub(crate) fn call_started(&self, channel: &str) {
         let c = self.channel(channel);
+        c.calls.fetch_add(1, Ordering::Relaxed);
         let now = c.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         c.in_flight_peak.fetch_max(now, Ordering::AcqRel);
     }
@@ -127,7 +130,8 @@ impl Metrics {
             .collect();
         let mut out = String::new();
         type Read = fn(&ChannelCounters) -> i64;
-        let counters: [(&str, &str, Read); 15] = [
+        let counters: [(&str, &str, Read); 16] = [
+            ("messaging_handler_calls_total", "Handler calls.", |c| c.calls.load(Ordering::Relaxed) as i64),
             ("messaging_received_total", "Messages received.", |c| c.received.load(Ordering::Relaxed) as i64),
             ("messaging_completed_total", "Messages completed.", |c| c.completed.load(Ordering::Relaxed) as i64),
             ("messaging_abandoned_total", "Messages abandoned.", |c| c.abandoned.load(Ordering::Relaxed) as i64),

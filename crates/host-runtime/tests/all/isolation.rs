@@ -80,3 +80,28 @@ async fn lock_renewal_keeps_a_long_handler_from_being_redelivered() -> anyhow::R
     emu.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_messages_goes_to_one_handler_call() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("batched"), queue("reports")]).await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    // Queue them before the host starts, so the first receive finds all four.
+    for i in 0..4 {
+        send_script(&c, "batched", &format!("b{i}"), if i == 2 { "err" } else { "complete" }).await;
+    }
+    let host = test_host(&emu, "batched", "[channels.batched]\nmax-batch-size = 4\nprefetch = 4\n").await;
+    for i in [0, 1, 3] {
+        assert_eq!(reports.get(&format!("b{i}")).await, ["complete => ok"]);
+    }
+    assert_eq!(reports.get("b2").await, ["err => returned error"]);
+    let m = host.metrics().channel("batched");
+    // The call returned an error (for b2): b2, which nobody settled, was abandoned; the rest had completed.
+    eventually("b2 abandoned", Duration::from_secs(5), || m.abandoned.load(Ordering::Relaxed) >= 1).await;
+    let calls = m.calls.load(Ordering::Relaxed);
+    assert!(calls < 4, "four messages came in {calls} calls: at least one call got several");
+    assert_eq!(m.completed.load(Ordering::Relaxed), 3);
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}

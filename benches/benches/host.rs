@@ -1,0 +1,60 @@
+//! The host's per-message costs: a handler call on a fresh instance (`InstancePre` +
+//! pooling: instantiate, call `handler` with one 1 KiB message, drop) versus a call on a
+//! reused instance; and converting a message to and from the WIT record.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use host_runtime::bench::Bench;
+use wit_interface::{FormatSpec, Message};
+
+/// One 1 KiB message for the scripted test guest: `ok` returns at once; the rest is padding.
+fn message() -> Message {
+    let mut data = b"ok;note:".to_vec();
+    data.resize(1024, b'x');
+    let metadata = [
+        ("delivery-id", "d1-0123456789abcdef"),
+        ("lock-token", "5a3c2f0e-1111-2222-3333-444455556666"),
+        ("channel", "orders"),
+        ("delivery-count", "1"),
+        ("enqueued-time", "2026-11-21T17:30:05.123Z"),
+        ("sequence-number", "42"),
+        ("locked-until", "2026-11-21T17:31:05.123Z"),
+        ("message-id", "m-42"),
+        ("content-type", "application/json"),
+        ("order-id", "o-42"),
+    ];
+    Message {
+        data,
+        format: FormatSpec::Raw,
+        metadata: Some(metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+    }
+}
+
+fn dispatch(c: &mut Criterion) {
+    let component = xtask::guests::ensure_built().unwrap().path("test-guest").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let bench = runtime.block_on(async { Bench::new(&component) }).unwrap();
+    let messages = vec![message()];
+    let mut group = c.benchmark_group("dispatch_1KiB");
+    group.bench_function(BenchmarkId::new("instance", "fresh"), |b| {
+        b.iter(|| runtime.block_on(bench.fresh_call(&messages)).unwrap())
+    });
+    let mut reused = runtime.block_on(bench.reused()).unwrap();
+    group.bench_function(BenchmarkId::new("instance", "reused"), |b| {
+        b.iter(|| runtime.block_on(reused.call(&messages)).unwrap())
+    });
+    group.finish();
+}
+
+fn conversion(c: &mut Criterion) {
+    let guest_message = message();
+    let sb = host_runtime::convert::from_guest(&guest_message).unwrap();
+    let encoded = sb.encode();
+    let received = amqp_servicebus::ReceivedMessage::from_encoded(&encoded, "orders").unwrap();
+    let mut group = c.benchmark_group("convert_1KiB");
+    group.bench_function("received_to_wit", |b| b.iter(|| host_runtime::convert::to_guest(&received, "orders", "d1")));
+    group.bench_function("wit_to_message", |b| b.iter(|| host_runtime::convert::from_guest(&guest_message).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, dispatch, conversion);
+criterion_main!(benches);
