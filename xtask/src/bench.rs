@@ -170,33 +170,24 @@ fn throughput_host(
 }
 
 fn throughput_native(runtime: &tokio::runtime::Runtime, emulator: &Path, cfg: &Path) -> Result<f64> {
+    // A release build of the client's `drain` example: the host's strategy without the Wasm.
+    let status = guests::cargo()
+        .current_dir(paths::repo_root())
+        .args(["build", "--release", "--locked", "-p", "amqp-servicebus", "--example", "drain"])
+        .env("CARGO_TARGET_DIR", paths::target_dir())
+        .status()?;
+    if !status.success() {
+        bail!("building the drain example failed");
+    }
     let emu = EmulatorProcess::start(emulator, Some(cfg), 0)?;
-    let client = fill(runtime, &emu.connection_string(), "native")?;
-    runtime.block_on(async {
-        let receiver = std::sync::Arc::new(client.receiver("work"));
-        receiver.peek(1, 1).await?; // Connect before timing, as the host does before it is ready.
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let started = Instant::now();
-        let workers: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let receiver = receiver.clone();
-                let done = done.clone();
-                tokio::spawn(async move {
-                    while done.load(std::sync::atomic::Ordering::Relaxed) < MESSAGES {
-                        for m in receiver.receive(1, Duration::from_millis(200)).await? {
-                            receiver.complete(&m).await?;
-                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        for w in workers {
-            w.await??;
-        }
-        Ok(MESSAGES as f64 / started.elapsed().as_secs_f64())
-    })
+    let _client = fill(runtime, &emu.connection_string(), "native")?;
+    let out = Command::new(paths::target_dir().join("release/examples/drain"))
+        .args([emu.connection_string(), "work".into(), MESSAGES.to_string(), CONCURRENCY.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!("the native drain failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
 fn throughput_python(runtime: &tokio::runtime::Runtime, emulator: &Path, cfg: &Path) -> Result<f64> {

@@ -190,12 +190,11 @@ async fn run(
                     .application_properties(props)
                     .value(call.body)
                     .build();
-                match sender.send(message).await {
-                    Ok(outcome) if outcome.is_accepted() => {
+                // Requests are pipelined: the response, matched by correlation-id, is the answer,
+                // so the transfer's own outcome is not awaited before the next request goes out.
+                match sender.send_batchable(message).await {
+                    Ok(_outcome) => {
                         pending.insert(id, call.reply);
-                    }
-                    Ok(outcome) => {
-                        let _ = call.reply.send(Err(Error::protocol(&entity, format!("the request was not accepted: {outcome:?}"))));
                     }
                     Err(e) => {
                         let err = match e {

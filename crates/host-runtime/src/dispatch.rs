@@ -42,6 +42,9 @@ impl CallEnd {
 }
 
 /// Runs one channel's worker until `stop` turns true, then waits for its calls.
+///
+/// A worker takes concurrency permits *before* it receives, so it never holds a locked
+/// message it cannot start a call for.
 pub(crate) async fn run_worker(
     rt: Arc<Runtime>,
     channel: String,
@@ -59,31 +62,42 @@ pub(crate) async fn run_worker(
         if *stop.borrow() {
             break;
         }
-        let permit = tokio::select! {
+        // Take a permit (waiting), then every other free one: one receive asks for as many
+        // messages as there are calls that may start now, and each call keeps its permit.
+        let first = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = stop.changed() => break,
         };
+        let mut free = vec![first];
+        while let Ok(p) = permits.clone().try_acquire_owned() {
+            free.push(p);
+        }
         let received = tokio::select! {
-            r = receiver.receive(options.max_batch_size, Duration::from_secs(1)) => r,
+            r = receiver.receive(free.len() * options.max_batch_size, Duration::from_secs(1)) => r,
             _ = stop.changed() => break,
         };
         while calls.try_join_next().is_some() {}
         match received {
             Ok(messages) if messages.is_empty() => failures = 0,
-            Ok(messages) => {
+            Ok(mut messages) => {
                 failures = 0;
-                let call = dispatch(
-                    rt.clone(),
-                    channel.clone(),
-                    receiver.clone(),
-                    messages,
-                    options.clone(),
-                    hard_stop.clone(),
-                );
-                calls.spawn(async move {
-                    call.await;
-                    drop(permit);
-                });
+                while !messages.is_empty() {
+                    let rest = messages.split_off(messages.len().min(options.max_batch_size));
+                    let batch = std::mem::replace(&mut messages, rest);
+                    let permit = free.pop().expect("one permit per batch: the receive asked for no more");
+                    let call = dispatch(
+                        rt.clone(),
+                        channel.clone(),
+                        receiver.clone(),
+                        batch,
+                        options.clone(),
+                        hard_stop.clone(),
+                    );
+                    calls.spawn(async move {
+                        call.await;
+                        drop(permit);
+                    });
+                }
             }
             Err(e) => {
                 // The client already retried transient failures; back off before trying again.
