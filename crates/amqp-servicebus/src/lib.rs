@@ -10,8 +10,10 @@
 //!   after a connection loss without the caller rebuilding anything.
 //! - [`Sender`]: send, batches split to the broker's size limit, schedule, cancel.
 //! - [`Receiver`]: peek-lock or receive-and-delete, prefetch, `receive(max, timeout)`,
-//!   a stream; complete, abandon, dead-letter, defer with confirmed answers; deferred
-//!   receive, renew-lock, peek.
+//!   a stream; complete, abandon, dead-letter, defer with confirmed answers (through
+//!   `$management`, so a lost lock is always reported); `complete_and_send` (forward and
+//!   complete in one transaction); deferred receive, renew-lock, peek. Receive from one
+//!   task and hand messages to workers, as `examples/drain.rs` does.
 //! - Typed errors ([`Error`]) and retries with exponential backoff and jitter ([`RetryPolicy`]).
 //!
 //! # Layout
