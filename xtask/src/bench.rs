@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::procs::{EmulatorProcess, HostProcess, metric, scrape};
 use crate::{guests, paths, python};
 
-const MESSAGES: usize = 2000;
+const MESSAGES: usize = 5000;
 const CONCURRENCY: usize = 16;
 
 fn build_release() -> Result<(PathBuf, PathBuf)> {
@@ -99,6 +99,7 @@ pub fn run() -> Result<()> {
     let host = throughput_host(&runtime, &emulator_bin, &host_bin, &test_guest, &cfg, &dir)?;
     let native = throughput_native(&runtime, &emulator_bin, &cfg)?;
     let python = throughput_python(&runtime, &emulator_bin, &cfg)?;
+    let brokers = broker_comparison(&runtime, &emulator_bin, &cfg, &dir)?;
 
     println!("| Measure | Result |");
     println!("|---|---|");
@@ -110,6 +111,16 @@ pub fn run() -> Result<()> {
     println!("| (c) Python SDK (azure-servicebus 7.15), receive + complete | {python:.0} msgs/s |");
     println!("| (a) ÷ (b) | {:.2} |", host / native);
     println!("| (a) ÷ (c) | {:.1}× |", host / python);
+    match brokers {
+        Some((emulator, rabbit)) => {
+            println!("| emulator, generic AMQP mode (SASL PLAIN, link settlement) | {emulator:.0} msgs/s |");
+            println!("| RabbitMQ AMQP 1.0 plugin, same client and settings | {rabbit:.0} msgs/s |");
+            println!("| emulator ÷ RabbitMQ | {:.1}× |", emulator / rabbit);
+        }
+        None => println!(
+            "| emulator ÷ RabbitMQ | not measured: rabbitmq-server is not installed (apt-get install rabbitmq-server) |"
+        ),
+    }
     Ok(())
 }
 
@@ -214,4 +225,117 @@ with ServiceBusClient.from_connection_string(sys.argv[1]) as c:
         bail!("the Python benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// A RabbitMQ node with the AMQP 1.0 plugin, on loopback, with its state in `dir`.
+struct RabbitMq {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RabbitMq {
+    /// Starts RabbitMQ if `rabbitmq-server` is installed (Debian package); `None` otherwise.
+    fn start(dir: &Path) -> Result<Option<Self>> {
+        if Command::new("sh").args(["-c", "command -v rabbitmq-server"]).output()?.stdout.is_empty() {
+            return Ok(None);
+        }
+        let dir = dir.join("rabbitmq");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnesia"))?;
+        std::fs::create_dir_all(dir.join("log"))?;
+        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_amqp1_0].\n")?;
+        // Started as root, the server drops to the rabbitmq user: it must own its directories.
+        let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();
+        let port = crate::procs::free_port()?;
+        let child = Command::new("rabbitmq-server")
+            .envs(Self::env(&dir, port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting rabbitmq-server")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("RabbitMQ did not listen within 60 s; its logs are in {}", dir.join("log").display());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(Some(Self { child, port, dir }))
+    }
+
+    fn env(dir: &Path, port: u16) -> Vec<(&'static str, String)> {
+        let d = dir.display();
+        vec![
+            ("HOME", d.to_string()),
+            ("ERL_EPMD_ADDRESS", "127.0.0.1".into()),
+            ("RABBITMQ_NODENAME", "xtask-bench@localhost".into()),
+            ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
+            ("RABBITMQ_NODE_PORT", port.to_string()),
+            ("RABBITMQ_DIST_PORT", (port + 1).to_string()),
+            ("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}".into()),
+            ("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia")),
+            ("RABBITMQ_LOG_BASE", format!("{d}/log")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{d}/enabled_plugins")),
+            ("RABBITMQ_FEATURE_FLAGS_FILE", format!("{d}/feature_flags")),
+        ]
+    }
+
+    fn connection_string(&self) -> String {
+        format!(
+            "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName=guest;SharedAccessKey=guest;UseDevelopmentEmulator=true",
+            self.port
+        )
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", "xtask-bench@localhost", "stop"])
+            .envs(Self::env(&self.dir, self.port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fills `queue` with 1 KiB messages and drains it with the release `drain` example, in the
+/// generic AMQP 1.0 dialect (SASL PLAIN, link settlement).
+fn generic_throughput(runtime: &tokio::runtime::Runtime, cs: &str, queue: &str) -> Result<f64> {
+    let options = ClientOptions { dialect: amqp_servicebus::Dialect::GenericAmqp, ..ClientOptions::default() };
+    let client = ServiceBusClient::new(cs, options)?;
+    runtime.block_on(async {
+        let sender = client.sender(queue);
+        for _ in 0..MESSAGES {
+            sender.send(Message::new(vec![b'x'; 1024])).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let out = Command::new(paths::target_dir().join("release/examples/drain"))
+        .args([cs.to_string(), queue.to_string(), MESSAGES.to_string(), CONCURRENCY.to_string(), "generic".into()])
+        .output()?;
+    if !out.status.success() {
+        bail!("drain against {queue} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// The emulator against RabbitMQ's AMQP 1.0 plugin, same client in generic mode.
+fn broker_comparison(
+    runtime: &tokio::runtime::Runtime,
+    emulator: &Path,
+    cfg: &Path,
+    dir: &Path,
+) -> Result<Option<(f64, f64)>> {
+    let Some(rabbit) = RabbitMq::start(dir)? else {
+        return Ok(None);
+    };
+    let rabbit_rate = generic_throughput(runtime, &rabbit.connection_string(), "/queue/work")?;
+    drop(rabbit);
+    let emu = EmulatorProcess::start(emulator, Some(cfg), 0)?;
+    let emulator_rate = generic_throughput(runtime, &emu.connection_string(), "work")?;
+    Ok(Some((emulator_rate, rabbit_rate)))
 }

@@ -4,8 +4,10 @@
 //! native baseline.
 //!
 //! ```text
-//! cargo run --release -p amqp-servicebus --example drain -- '<connection string>' <queue> <count> <concurrency>
+//! cargo run --release -p amqp-servicebus --example drain -- '<connection string>' <queue> <count> <concurrency> [generic]
 //! ```
+//! `generic` uses the generic AMQP 1.0 dialect (SASL PLAIN, addresses as given, settlement on the
+//! link), for brokers such as RabbitMQ.
 
 #![allow(clippy::print_stdout)] // An example program.
 
@@ -18,13 +20,16 @@ use amqp_servicebus::{ClientOptions, ServiceBusClient};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [cs, queue, count, concurrency] = args.as_slice() else {
-        anyhow::bail!("usage: drain <connection string> <queue> <count> <concurrency>");
+    let (cs, queue, count, concurrency, generic) = match args.as_slice() {
+        [cs, q, n, c] => (cs, q, n, c, false),
+        [cs, q, n, c, g] if g == "generic" => (cs, q, n, c, true),
+        _ => anyhow::bail!("usage: drain <connection string> <queue> <count> <concurrency> [generic]"),
     };
     let (count, concurrency): (usize, usize) = (count.parse()?, concurrency.parse()?);
-    let client = ServiceBusClient::new(cs, ClientOptions::default())?;
+    let dialect = if generic { amqp_servicebus::Dialect::GenericAmqp } else { amqp_servicebus::Dialect::ServiceBus };
+    let client = ServiceBusClient::new(cs, ClientOptions { dialect, ..ClientOptions::default() })?;
     let receiver = Arc::new(client.receiver(queue));
-    receiver.peek(1, 1).await?; // Connect before timing.
+    client.connect().await?; // Connect before timing.
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

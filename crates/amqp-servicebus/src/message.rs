@@ -153,6 +153,9 @@ pub struct ReceivedMessage {
     pub entity: String,
     /// The receiver link generation it came on; locks die with their link.
     pub(crate) generation: u64,
+    /// The key of its link delivery record (the lock token, or a generated id when the broker's
+    /// delivery tags are not lock tokens, as on generic AMQP brokers).
+    pub(crate) delivery_key: Option<uuid::Uuid>,
 }
 
 impl ReceivedMessage {
@@ -230,6 +233,7 @@ impl ReceivedMessage {
             enqueued_time: time_annotation(&annotations, "x-opt-enqueued-time"),
             entity: entity.to_string(),
             generation,
+            delivery_key: token,
         }
     }
 

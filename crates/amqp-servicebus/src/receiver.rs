@@ -34,7 +34,7 @@ use crate::message::{Message, ReceivedMessage, system_time};
 const RECEIVE_SLICE: Duration = Duration::from_millis(50);
 
 /// How long a multi-message `receive` waits for more once it has one.
-const BATCH_LINGER: Duration = Duration::from_millis(5);
+const BATCH_LINGER: Duration = Duration::from_millis(1);
 
 /// How messages are taken from the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,8 +97,8 @@ enum Disposition {
 impl Receiver {
     pub(crate) fn new(client: ServiceBusClient, entity: &str, options: ReceiverOptions) -> Self {
         Self {
+            entity: crate::sender::entity_address(&client, entity),
             client,
-            entity: entity.trim_matches('/').to_string(),
             options,
             link: Mutex::new(None),
             current_generation: AtomicU64::new(0),
@@ -183,17 +183,22 @@ impl Receiver {
                 let info = DeliveryInfo::from(&delivery);
                 // In receive-and-delete mode the tag is not a lock token.
                 let tag = (self.options.mode == ReceiveMode::PeekLock).then_some(tag);
-                let message = ReceivedMessage::from_amqp(
+                let mut message = ReceivedMessage::from_amqp(
                     delivery.into_message(),
                     tag.as_deref(),
                     None,
                     &self.entity,
                     link.generation,
                 );
-                if self.options.mode == ReceiveMode::PeekLock
-                    && let Some(token) = message.lock_token
-                {
-                    self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).insert(token, (link.generation, info));
+                if self.options.mode == ReceiveMode::PeekLock {
+                    if self.client.inner.options.dialect == Dialect::GenericAmqp {
+                        // Generic brokers' tags are not lock tokens: key the record by an id of our own.
+                        message.lock_token = None;
+                        message.delivery_key = Some(uuid::Uuid::new_v4());
+                    }
+                    if let Some(key) = message.delivery_key {
+                        self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (link.generation, info));
+                    }
                 }
                 got.push(message);
             }
@@ -276,10 +281,13 @@ impl Receiver {
     }
 
     async fn settle(&self, message: &ReceivedMessage, disposition: Disposition) -> Result<()> {
-        let token = self.lock_token(message).await?;
         if self.client.inner.options.dialect == Dialect::GenericAmqp {
-            return self.settle_on_link(token, disposition).await;
+            let key = message
+                .delivery_key
+                .ok_or_else(|| Error::protocol(&self.entity, "the message was not received in peek-lock mode"))?;
+            return self.settle_on_link(key, disposition).await;
         }
+        let token = self.lock_token(message).await?;
         let (status, mut body) = match &disposition {
             Disposition::Complete => ("completed", vec![]),
             Disposition::Abandon(props) => ("abandoned", vec![("properties-to-modify", properties(props))]),

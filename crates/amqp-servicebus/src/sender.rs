@@ -46,12 +46,7 @@ impl std::fmt::Debug for Sender {
 
 impl Sender {
     pub(crate) fn new(client: ServiceBusClient, entity: &str) -> Self {
-        Self {
-            client,
-            entity: entity.trim_matches('/').to_string(),
-            link: Mutex::new(None),
-            attached: Default::default(),
-        }
+        Self { entity: entity_address(&client, entity), client, link: Mutex::new(None), attached: Default::default() }
     }
 
     /// The entity this sender sends to.
@@ -262,6 +257,15 @@ impl Sender {
             self.attached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(slot.as_mut().expect("set just above"))
+    }
+}
+
+/// The address links use: Service Bus entity paths lose surrounding slashes; in generic AMQP
+/// mode the address is used exactly as given (RabbitMQ's `/queue/name`, for instance).
+pub(crate) fn entity_address(client: &ServiceBusClient, entity: &str) -> String {
+    match client.inner.options.dialect {
+        crate::Dialect::ServiceBus => entity.trim_matches('/').to_string(),
+        crate::Dialect::GenericAmqp => entity.to_string(),
     }
 }
 
