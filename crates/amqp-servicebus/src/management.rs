@@ -55,18 +55,7 @@ impl ServiceBusClient {
             return Err(Error::NotSupported { operation });
         }
         let body = Value::Map(body.into_iter().map(|(k, v)| (Value::String(k.into()), v)).collect());
-        let mut attempt = 0;
-        loop {
-            let result = self.call_once(entity, operation, body.clone()).await;
-            match result {
-                Err(e) if e.is_transient() && attempt < self.inner.options.retry.max_retries => {
-                    attempt += 1;
-                    tracing::debug!(entity, operation, attempt, "management call failed, retrying: {e}");
-                    tokio::time::sleep(self.inner.options.retry.backoff(attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        self.inner.options.retry.run(operation, entity, || self.call_once(entity, operation, body.clone())).await
     }
 
     async fn call_once(&self, entity: &str, operation: &'static str, body: Value) -> Result<Response> {
@@ -118,16 +107,7 @@ impl ServiceBusClient {
             return Ok(());
         }
         let entity = entity.trim_matches('/');
-        let mut attempt = 0;
-        loop {
-            match self.probe_management(entity).await {
-                Err(e) if e.is_transient() && attempt < self.inner.options.retry.max_retries => {
-                    attempt += 1;
-                    tokio::time::sleep(self.inner.options.retry.backoff(attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        self.inner.options.retry.run("checking the entity", entity, || self.probe_management(entity)).await
     }
 
     async fn management_link(&self, entity: &str) -> Result<ManagementLink> {

@@ -119,18 +119,7 @@ impl Receiver {
     pub async fn receive(&self, max: usize, timeout: Duration) -> Result<Vec<ReceivedMessage>> {
         let max = max.max(1);
         let deadline = tokio::time::Instant::now() + timeout;
-        let retry = self.client.inner.options.retry.clone();
-        let mut attempt = 0;
-        loop {
-            match self.receive_once(max, deadline).await {
-                Err(e) if e.is_transient() && attempt < retry.max_retries => {
-                    attempt += 1;
-                    tracing::debug!(entity = %self.entity, attempt, "receive failed, retrying: {e}");
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        self.client.inner.options.retry.run("receive", &self.entity, || self.receive_once(max, deadline)).await
     }
 
     async fn receive_once(&self, max: usize, deadline: tokio::time::Instant) -> Result<Vec<ReceivedMessage>> {

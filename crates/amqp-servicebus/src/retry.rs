@@ -34,6 +34,25 @@ impl RetryPolicy {
         Self { max_retries: 0, ..Self::default() }
     }
 
+    /// Runs `attempt` until it succeeds, fails for good, or the retries run out, sleeping
+    /// [`RetryPolicy::backoff`] between tries. Only transient errors are retried.
+    pub(crate) async fn run<T, F>(&self, what: &str, entity: &str, mut attempt: impl FnMut() -> F) -> crate::Result<T>
+    where
+        F: std::future::Future<Output = crate::Result<T>>,
+    {
+        let mut retries = 0;
+        loop {
+            match attempt().await {
+                Err(e) if e.is_transient() && retries < self.max_retries => {
+                    retries += 1;
+                    tracing::debug!(entity, retries, "{what} failed, retrying: {e}");
+                    tokio::time::sleep(self.backoff(retries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The wait before retry number `attempt` (1-based): `initial * 2^(attempt-1)`, capped, plus jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exp = self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));

@@ -194,47 +194,32 @@ impl Sender {
 
     async fn with_retry<T>(
         &self,
-        mut op: impl for<'a> FnMut(
-            &'a mut Link,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>,
+        op: impl for<'a> Fn(&'a mut Link) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>,
     ) -> Result<T> {
-        let retry = self.client.inner.options.retry.clone();
-        let mut attempt = 0;
-        loop {
-            let mut slot = self.link.lock().await;
-            let result = match self.ensure_link(&mut slot).await {
-                Ok(link) => {
-                    let generation = link.generation;
-                    let r = tokio::time::timeout(self.client.inner.options.operation_timeout, op(link))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Error::Timeout {
-                                entity: self.entity.clone(),
-                                description: "the send got no answer".into(),
-                            })
-                        });
-                    if let Err(e) = &r
-                        && e.is_transient()
-                    {
-                        // Drop the link; if the connection is gone too, the client reconnects.
-                        *slot = None;
-                        self.client.invalidate_if_broken(generation).await;
-                    }
-                    r
-                }
-                Err(e) => Err(e),
-            };
-            drop(slot);
-            let result = result.map_err(|e| e.in_entity(&self.entity));
-            match result {
-                Err(e) if e.is_transient() && attempt < retry.max_retries => {
-                    attempt += 1;
-                    tracing::debug!(entity = %self.entity, attempt, "send failed, retrying: {e}");
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                }
-                other => return other,
-            }
+        let op = &op;
+        self.client.inner.options.retry.run("send", &self.entity, || self.attempt(op)).await
+    }
+
+    /// One try of `op` on the link (attached if needed). A transient failure drops the link,
+    /// and the connection too if it is gone, so the next try starts afresh.
+    async fn attempt<T>(
+        &self,
+        op: &impl for<'a> Fn(&'a mut Link) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>,
+    ) -> Result<T> {
+        let mut slot = self.link.lock().await;
+        let link = self.ensure_link(&mut slot).await.map_err(|e| e.in_entity(&self.entity))?;
+        let generation = link.generation;
+        let result =
+            tokio::time::timeout(self.client.inner.options.operation_timeout, op(link)).await.unwrap_or_else(|_| {
+                Err(Error::Timeout { entity: self.entity.clone(), description: "the send got no answer".into() })
+            });
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            *slot = None;
+            self.client.invalidate_if_broken(generation).await;
         }
+        result.map_err(|e| e.in_entity(&self.entity))
     }
 
     async fn ensure_link<'a>(&self, slot: &'a mut Option<Link>) -> Result<&'a mut Link> {

@@ -226,9 +226,7 @@ fn check_world(engine: &Engine, component: &Component, path: &str) -> Result<boo
     let provided = |i: &str| {
         names::DRAFT_IMPORTS.contains(&i)
             || i == names::SETTLEMENT
-            || ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/", "wasi:sockets/"]
-                .iter()
-                .any(|p| i.starts_with(p))
+            || names::WASI_IMPORT_PREFIXES.iter().any(|p| i.starts_with(p))
     };
     let unknown: Vec<&String> = imports.iter().filter(|i| !provided(i)).collect();
     if !unknown.is_empty() {

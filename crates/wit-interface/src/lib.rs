@@ -101,4 +101,7 @@ pub mod names {
     pub const SETTLEMENT: &str = "servicebus:messaging/settlement@0.1.0";
     /// The draft world's imports.
     pub const DRAFT_IMPORTS: [&str; 3] = [MESSAGING_TYPES, PRODUCER, CONSUMER];
+    /// The WASI 0.2 packages a guest may import besides messaging (a Rust guest's std imports some).
+    pub const WASI_IMPORT_PREFIXES: [&str; 6] =
+        ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/", "wasi:sockets/"];
 }

@@ -103,15 +103,7 @@ fn every_guest_imports_and_exports_what_its_world_says() -> Result<()> {
 
         let foreign: Vec<&String> = imports
             .iter()
-            .filter(|i| {
-                !world_imports.contains(*i)
-                    && !i.starts_with("wasi:cli/")
-                    && !i.starts_with("wasi:io/")
-                    && !i.starts_with("wasi:clocks/")
-                    && !i.starts_with("wasi:random/")
-                    && !i.starts_with("wasi:filesystem/")
-                    && !i.starts_with("wasi:sockets/")
-            })
+            .filter(|i| !world_imports.contains(*i) && !names::WASI_IMPORT_PREFIXES.iter().any(|p| i.starts_with(p)))
             .collect();
         assert!(foreign.is_empty(), "{guest} imports {foreign:?}, which {world} does not have");
         assert!(imports.contains(names::MESSAGING_TYPES), "{guest} should import messaging-types: {imports:?}");
