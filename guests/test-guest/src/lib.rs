@@ -17,6 +17,8 @@
 //! | `update:<a,b>` | `update-guest-configuration` with these channels |
 //! | `pull:<channel>` | `subscribe-try-receive` for 1 s, then completes what it got |
 //! | `sleep:<ms>` | sleeps (a blocking WASI clock wait) |
+//! | `fresh` | fails if this instance ran a handler before or its memory is not zeroed; then dirties 256 KiB |
+//! | `latency` | prints `latency-us <n>` to stderr: wall clock now minus the `sent-at-us` property |
 //! | `note:<text>` | nothing (makes scripts unique, e.g. to count duplicates) |
 //! | `ok` | returns `ok` now, skipping the remaining steps |
 //! | `err` | returns an error now (`settlement.new-error`) |
@@ -110,6 +112,8 @@ fn run_script(m: &Message) -> Result<(), Error> {
                 std::thread::sleep(std::time::Duration::from_millis(arg.parse().unwrap_or(0)));
                 Ok(())
             }
+            "fresh" => fresh(),
+            "latency" => latency(m),
             "note" => Ok(()),
             "ok" => break,
             "err" => {
@@ -149,6 +153,39 @@ fn pull(channel: &str) -> Result<(), Error> {
     for m in pulled.unwrap_or_default() {
         consumer::complete_message(&m)?;
     }
+    Ok(())
+}
+
+/// Handlers run so far in this instance; a fresh instance starts at 0.
+static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Checks that nothing of an earlier instance is visible: the globals start from the data
+/// segments, and fresh heap pages read as zero (the allocator trusts memory it grows to be zero,
+/// so a slot reused without a reset would show the previous instance's bytes here). Then leaves
+/// its own marks behind for the next instance in the same slot to not see.
+fn fresh() -> Result<(), Error> {
+    let before = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if before != 0 {
+        return Err(settlement::new_error(&format!("instance state leaked: {before} earlier handler calls")));
+    }
+    let mut heap = std::hint::black_box(vec![0u8; 256 << 10]);
+    if let Some(at) = heap.iter().position(|b| *b != 0) {
+        return Err(settlement::new_error(&format!("memory leaked: heap byte {at} is {:#x}", heap[at])));
+    }
+    heap.fill(0xAB);
+    std::hint::black_box(&heap);
+    std::mem::forget(heap);
+    Ok(())
+}
+
+/// Enqueue→handler latency of a message whose sender stamped `sent-at-us` (microseconds since
+/// the Unix epoch), printed for `cargo xtask bench` to collect.
+fn latency(m: &Message) -> Result<(), Error> {
+    let sent: u64 = meta(m, "sent-at-us")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| settlement::new_error("the message has no sent-at-us property"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    eprintln!("latency-us {}", (now.as_micros() as u64).saturating_sub(sent));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Misbehaving guests (trap, endless loop, memory bomb, stack overflow) stop neither other
-//! messages nor other channels; concurrency is bounded; locks are renewed.
+//! messages nor other channels; concurrency is bounded; locks are renewed; every call gets a
+//! fresh instance.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -101,6 +102,26 @@ async fn a_batch_of_messages_goes_to_one_handler_call() -> anyhow::Result<()> {
     let calls = m.calls.load(Ordering::Relaxed);
     assert!(calls < 4, "four messages came in {calls} calls: at least one call got several");
     assert_eq!(m.completed.load(Ordering::Relaxed), 3);
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+/// Pooled slots are reset in place between instances (engine.rs): no instance may see the
+/// globals or heap bytes of the one before it in the same slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_gets_a_fresh_instance_with_clean_memory() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("fresh"), queue("reports")]).await;
+    let host = test_host(&emu, "fresh", "[channels.fresh]\nmax-concurrent-calls = 4\n").await;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    for i in 0..40 {
+        send_script(&c, "fresh", &format!("f{i}"), "fresh;complete").await;
+    }
+    for i in 0..40 {
+        assert_eq!(reports.get(&format!("f{i}")).await, ["fresh => ok", "complete => ok"], "message f{i}");
+    }
+    assert_eq!(host.metrics().channel("fresh").calls.load(Ordering::Relaxed), 40);
     host.shutdown(Duration::from_secs(5)).await;
     emu.shutdown().await;
     Ok(())
