@@ -3,40 +3,150 @@
 //! - start-up: the emulator until it listens; the host until it serves, with its compiled
 //!   guest already cached;
 //! - the host's resident memory, idle, consuming 10 channels;
-//! - drain throughput of 1 KiB messages from a pre-filled queue, each received in peek-lock
-//!   and completed, by (a) the host with a guest that completes every message, (b) a native
-//!   Rust handler on amqp-servicebus with the same settings (16 concurrent, batch 1, no
-//!   prefetch), (c) the official Python SDK.
+//! - for 1 and 4 queues × concurrency 1 and 16 (per queue), three consumers of 1 KiB messages
+//!   in peek-lock that complete every message: (a) the host with a guest that completes every
+//!   message, (b) a native Rust handler on amqp-servicebus with the same strategy and settings
+//!   (the client's `drain` example), (c) the official Python SDK (`bench_consumer.py`). Each
+//!   is measured twice:
+//!   - throughput: draining a pre-filled backlog; msgs/s and the CPU time the consumer and
+//!     the broker spent per message;
+//!   - latency: at a fixed offered load, enqueue→handler per message (the sender stamps
+//!     `sent-at-us` just before it sends; the handler subtracts it from the wall clock);
+//! - the emulator against RabbitMQ's AMQP 1.0 plugin, with the same client in generic mode.
 //!
-//! Each measurement uses a fresh emulator process.
+//! Every measurement uses a fresh emulator process, is repeated, and is reported as the median
+//! with the range of the repeats.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amqp_servicebus::{ClientOptions, Message, ServiceBusClient};
+use amqp_servicebus::{ClientOptions, Dialect, Message, ServiceBusClient};
 use anyhow::{Context as _, Result, bail};
 
 use crate::procs::{EmulatorProcess, HostProcess, metric, scrape};
 use crate::{guests, paths, python};
 
-const MESSAGES: usize = 5000;
-const CONCURRENCY: usize = 16;
+/// Messages drained per throughput run (over all queues).
+const THROUGHPUT_MESSAGES: usize = 4000;
+/// Messages per latency run, sent at [`LATENCY_RATE`].
+const LATENCY_MESSAGES: usize = 1500;
+/// The offered load of a latency run, msgs/s over all queues: well below every consumer's
+/// throughput, so that the latency is the path's, not a queue's backlog.
+const LATENCY_RATE: f64 = 250.0;
+/// Latency samples dropped at the start of a run (connections and links warming up).
+const LATENCY_WARMUP: usize = 100;
+/// (queues, concurrency per queue).
+const CELLS: [(usize, usize); 4] = [(1, 1), (1, 16), (4, 1), (4, 16)];
+/// The Python consumer.
+const PYTHON_CONSUMER: &str = include_str!("bench_consumer.py");
 
-fn build_release() -> Result<(PathBuf, PathBuf)> {
+/// What `cargo xtask bench` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Runs of each measurement; the median is reported.
+    pub repeats: usize,
+    /// The (queues, concurrency) cells to measure.
+    pub cells: Vec<(usize, usize)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { repeats: 3, cells: CELLS.to_vec() }
+    }
+}
+
+impl Options {
+    /// Parses `cargo xtask bench`'s arguments: `[--repeats N] [--cells QxC,QxC]`.
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut options = Self::default();
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let value = args.next().with_context(|| format!("'{flag}' needs a value"))?;
+            match flag.as_str() {
+                "--repeats" => {
+                    options.repeats = value.parse().ok().filter(|r| *r > 0).with_context(|| {
+                        format!("'--repeats' takes a number of runs of at least 1, but got '{value}'")
+                    })?;
+                }
+                "--cells" => {
+                    options.cells = value
+                        .split(',')
+                        .map(|cell| {
+                            cell.split_once('x')
+                                .and_then(|(q, c)| Some((q.parse().ok()?, c.parse().ok()?)))
+                                .filter(|&(q, c): &(usize, usize)| q > 0 && c > 0)
+                                .with_context(|| {
+                                    format!(
+                                        "'--cells' takes <queues>x<concurrency>,… such as 1x16,4x1, but got '{cell}'"
+                                    )
+                                })
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                other => bail!("'bench' takes --repeats <n> and --cells <QxC,…>, but got '{other}'"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consumer {
+    Host,
+    Native,
+    Python,
+}
+
+impl Consumer {
+    const ALL: [Consumer; 3] = [Consumer::Host, Consumer::Native, Consumer::Python];
+
+    fn label(self) -> &'static str {
+        match self {
+            Consumer::Host => "(a) host + guest",
+            Consumer::Native => "(b) native Rust",
+            Consumer::Python => "(c) Python SDK",
+        }
+    }
+}
+
+/// One throughput run.
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    rate: f64,
+    consumer_cpu_us: f64,
+    broker_cpu_us: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+/// Everything one bench run needs: binaries, the guest, the Python venv, a runtime for the
+/// Rust client that fills queues.
+struct Bench {
+    runtime: tokio::runtime::Runtime,
+    emulator: PathBuf,
+    host: PathBuf,
+    drain: PathBuf,
+    guest: PathBuf,
+    python: PathBuf,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+fn build_release() -> Result<PathBuf> {
     let status = guests::cargo()
         .current_dir(paths::repo_root())
         .args(["build", "--release", "--locked", "-p", "servicebus-emulator", "-p", "host-runtime", "--bins"])
+        .args(["-p", "amqp-servicebus", "--example", "drain"])
         .env("CARGO_TARGET_DIR", paths::target_dir())
         .status()?;
     if !status.success() {
         bail!("the release build failed");
     }
-    let dir = paths::target_dir().join("release");
-    Ok((dir.join("servicebus-emulator"), dir.join("messaging-host")))
+    Ok(paths::target_dir().join("release"))
 }
 
-fn config(dir: &Path, queues: &[&str]) -> Result<PathBuf> {
+fn config(dir: &Path, queues: &[String]) -> Result<PathBuf> {
     let queues: Vec<_> = queues
         .iter()
         .map(|q| serde_json::json!({"Name": q, "Properties": {"LockDuration": "PT1M", "MaxDeliveryCount": 10}}))
@@ -47,189 +157,461 @@ fn config(dir: &Path, queues: &[&str]) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// The median and the range of `v`.
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// Runs the benchmarks and prints a Markdown table for BENCHMARKS.md.
-pub fn run() -> Result<()> {
+/// `p`-th percentile (0–100) of sorted samples.
+fn percentile(sorted: &[u64], p: usize) -> f64 {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)] as f64
+}
+
+fn queue_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("q{i}")).collect()
+}
+
+/// Runs the benchmarks and prints Markdown tables for BENCHMARKS.md.
+pub fn run(options: Options) -> Result<()> {
     let components = guests::ensure_built()?;
-    let test_guest = components.path("test-guest")?;
-    let (emulator_bin, host_bin) = build_release()?;
+    let release = build_release()?;
     let dir = paths::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let channels: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
-    let mut queues: Vec<&str> = channels.iter().map(String::as_str).collect();
-    queues.push("work");
-    let cfg = config(&dir, &queues)?;
+    let consumer = dir.join("bench_consumer.py");
+    std::fs::write(&consumer, PYTHON_CONSUMER)?;
+    let bench = Bench {
+        runtime: tokio::runtime::Runtime::new()?,
+        emulator: release.join("servicebus-emulator"),
+        host: release.join("messaging-host"),
+        drain: release.join("examples/drain"),
+        guest: components.path("test-guest")?,
+        python: python::ensure_venv()?,
+        config: config(&dir, &queue_names(10))?,
+        dir,
+    };
+    let repeats = options.repeats.max(1);
 
-    // Start-up of the emulator.
-    let mut ready = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        let e = EmulatorProcess::start(&emulator_bin, Some(&cfg), 0)?;
-        ready.push(started.elapsed());
-        e.stop()?;
-    }
-    let emulator_ready = median(ready);
-
-    // Host start-up with the compiled guest cached, and its idle memory on 10 channels.
-    let emu = EmulatorProcess::start(&emulator_bin, Some(&cfg), 0)?;
-    let toml = dir.join("idle.host.toml");
-    std::fs::write(&toml, format!("[guest]\nenv = {{ TEST_GUEST_CHANNELS = \"{}\" }}\n", channels.join(",")))?;
-    let mut host_ready = Vec::new();
-    let mut rss_kib = 0;
-    for i in 0..4 {
-        let started = Instant::now();
-        let mut host =
-            HostProcess::start(&host_bin, &test_guest, &toml, &emu.connection_string(), &dir.join("idle.log"))?;
-        if i > 0 {
-            host_ready.push(started.elapsed()); // The first start compiled and cached the guest.
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        rss_kib = rss_of(&host)?;
-        host.signal("TERM")?;
-        host.wait()?;
-    }
-    drop(emu);
-    let host_ready = median(host_ready);
-
-    let host = throughput_host(&runtime, &emulator_bin, &host_bin, &test_guest, &cfg, &dir)?;
-    let native = throughput_native(&runtime, &emulator_bin, &cfg)?;
-    let python = throughput_python(&runtime, &emulator_bin, &cfg)?;
-    let brokers = broker_comparison(&runtime, &emulator_bin, &cfg, &dir)?;
-
+    let (emulator_ready, host_ready, idle_rss) = bench.start_up()?;
     println!("| Measure | Result |");
     println!("|---|---|");
     println!("| emulator ready (median of 5) | {:.1} ms |", emulator_ready.as_secs_f64() * 1e3);
     println!("| host ready, cached compiled guest (median of 3) | {:.0} ms |", host_ready.as_secs_f64() * 1e3);
-    println!("| host idle RSS, 10 channels | {:.1} MB |", rss_kib as f64 / 1024.0);
-    println!("| (a) host + completing guest, 1 queue, 16 concurrent | {host:.0} msgs/s |");
-    println!("| (b) native Rust handler, same settings | {native:.0} msgs/s |");
-    println!("| (c) Python SDK (azure-servicebus 7.15), receive + complete | {python:.0} msgs/s |");
-    println!("| (a) ÷ (b) | {:.2} |", host / native);
-    println!("| (a) ÷ (c) | {:.1}× |", host / python);
-    match brokers {
-        Some((emulator, rabbit)) => {
-            println!("| emulator, generic AMQP mode (SASL PLAIN, link settlement) | {emulator:.0} msgs/s |");
-            println!("| RabbitMQ AMQP 1.0 plugin, same client and settings | {rabbit:.0} msgs/s |");
-            println!("| emulator ÷ RabbitMQ | {:.1}× |", emulator / rabbit);
-        }
-        None => println!(
-            "| emulator ÷ RabbitMQ | not measured: rabbitmq-server is not installed (apt-get install rabbitmq-server) |"
-        ),
-    }
-    Ok(())
-}
+    println!("| host idle RSS, 10 channels | {:.1} MB |", idle_rss / 1024.0);
+    println!();
 
-fn rss_of(host: &HostProcess) -> Result<u64> {
-    let pid = host.pid().context("the host is running")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
-}
-
-fn fill(runtime: &tokio::runtime::Runtime, cs: &str, script: &str) -> Result<ServiceBusClient> {
-    let client = ServiceBusClient::new(cs, ClientOptions::default())?;
-    runtime.block_on(async {
-        let sender = client.sender("work");
-        let mut body = script.as_bytes().to_vec();
-        body.resize(1024, b' ');
-        for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(100) {
-            sender.send_batch(chunk.iter().map(|_| Message::new(body.clone())).collect()).await?;
-        }
-        anyhow::Ok(())
-    })?;
-    Ok(client)
-}
-
-fn throughput_host(
-    runtime: &tokio::runtime::Runtime,
-    emulator: &Path,
-    host_bin: &Path,
-    guest: &Path,
-    cfg: &Path,
-    dir: &Path,
-) -> Result<f64> {
-    let emu = EmulatorProcess::start(emulator, Some(cfg), 0)?;
-    let _client = fill(runtime, &emu.connection_string(), "ok;note:")?;
-    let toml = dir.join("work.host.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[guest]\nenv = {{ TEST_GUEST_CHANNELS = \"work\" }}\n[defaults]\nmax-concurrent-calls = {CONCURRENCY}\n"
-        ),
-    )?;
-    let mut host = HostProcess::start(host_bin, guest, &toml, &emu.connection_string(), &dir.join("work.log"))?;
-    let started = Instant::now();
-    loop {
-        let done = metric(&scrape(host.metrics)?, "messaging_completed_total", "work") as usize;
-        if done >= MESSAGES {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!("the host completed {done} of {MESSAGES} in 5 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let rate = MESSAGES as f64 / started.elapsed().as_secs_f64();
-    host.signal("TERM")?;
-    host.wait()?;
-    Ok(rate)
-}
-
-fn throughput_native(runtime: &tokio::runtime::Runtime, emulator: &Path, cfg: &Path) -> Result<f64> {
-    // A release build of the client's `drain` example: the host's strategy without the Wasm.
-    let status = guests::cargo()
-        .current_dir(paths::repo_root())
-        .args(["build", "--release", "--locked", "-p", "amqp-servicebus", "--example", "drain"])
-        .env("CARGO_TARGET_DIR", paths::target_dir())
-        .status()?;
-    if !status.success() {
-        bail!("building the drain example failed");
-    }
-    let emu = EmulatorProcess::start(emulator, Some(cfg), 0)?;
-    let _client = fill(runtime, &emu.connection_string(), "native")?;
-    let out = Command::new(paths::target_dir().join("release/examples/drain"))
-        .args([emu.connection_string(), "work".into(), MESSAGES.to_string(), CONCURRENCY.to_string()])
-        .output()?;
-    if !out.status.success() {
-        bail!("the native drain failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-fn throughput_python(runtime: &tokio::runtime::Runtime, emulator: &Path, cfg: &Path) -> Result<f64> {
-    let python = python::ensure_venv()?;
-    let emu = EmulatorProcess::start(emulator, Some(cfg), 0)?;
-    let _client = fill(runtime, &emu.connection_string(), "python")?;
-    let script = format!(
-        r#"
-import sys, time
-from azure.servicebus import ServiceBusClient
-with ServiceBusClient.from_connection_string(sys.argv[1]) as c:
-    with c.get_queue_receiver("work", max_wait_time=5) as r:
-        r.peek_messages(max_message_count=1)
-        done, start = 0, time.time()
-        while done < {MESSAGES}:
-            for m in r.receive_messages(max_message_count=100, max_wait_time=5):
-                r.complete_message(m)
-                done += 1
-        print({MESSAGES} / (time.time() - start))
-"#
+    println!(
+        "| queues × concurrency | consumer | msgs/s (median, range of {repeats}) | consumer CPU µs/msg | broker CPU µs/msg | latency p50 | latency p99 | consumer peak RSS |"
     );
-    let out = Command::new(python).args(["-c", &script, &emu.connection_string()]).output()?;
-    if !out.status.success() {
-        bail!("the Python benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for &(queues, concurrency) in &options.cells {
+        let mut rates = Vec::new();
+        for consumer in Consumer::ALL {
+            let mut runs = Vec::new();
+            let mut p50 = Vec::new();
+            let mut p99 = Vec::new();
+            for _ in 0..repeats {
+                runs.push(bench.throughput(consumer, queues, concurrency)?);
+                let mut samples = bench.latency(consumer, queues, concurrency)?;
+                samples.sort_unstable();
+                p50.push(percentile(&samples, 50));
+                p99.push(percentile(&samples, 99));
+            }
+            let (rate, lo, hi) = summary(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
+            let consumer_cpu = summary(&runs.iter().map(|r| r.consumer_cpu_us).collect::<Vec<_>>()).0;
+            let broker_cpu = summary(&runs.iter().map(|r| r.broker_cpu_us).collect::<Vec<_>>()).0;
+            let rss = runs
+                .iter()
+                .filter_map(|r| r.peak_rss_mib)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            println!(
+                "| {queues} × {concurrency} | {} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {consumer_cpu:.0} | {broker_cpu:.0} | {:.2} ms | {:.2} ms | {} |",
+                consumer.label(),
+                summary(&p50).0 / 1e3,
+                summary(&p99).0 / 1e3,
+                rss.map_or("–".to_string(), |r| format!("{r:.1} MB")),
+            );
+            rates.push(rate);
+        }
+        ratios.push((queues, concurrency, rates[0] / rates[1], rates[0] / rates[2]));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    println!();
+    println!("| queues × concurrency | (a) ÷ (b) | (a) ÷ (c) |");
+    println!("|---|---|---|");
+    for (queues, concurrency, native, python) in ratios {
+        println!("| {queues} × {concurrency} | {native:.2} | {python:.1}× |");
+    }
+    println!();
+    bench.broker_comparison(repeats, &options.cells)
+}
+
+impl Bench {
+    /// Emulator ready, host ready with the compiled guest cached, and the host's idle RSS (KiB)
+    /// on 10 channels.
+    fn start_up(&self) -> Result<(Duration, Duration, f64)> {
+        let mut ready = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let e = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
+            ready.push(started.elapsed().as_secs_f64());
+            e.stop()?;
+        }
+        let emulator_ready = Duration::from_secs_f64(summary(&ready).0);
+
+        let emu = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
+        let toml = self.dir.join("idle.host.toml");
+        std::fs::write(
+            &toml,
+            format!("[guest]\nenv = {{ TEST_GUEST_CHANNELS = \"{}\" }}\n", queue_names(10).join(",")),
+        )?;
+        let mut host_ready = Vec::new();
+        let mut rss_kib = 0.0;
+        for i in 0..4 {
+            let started = Instant::now();
+            let mut host = HostProcess::start(
+                &self.host,
+                &self.guest,
+                &toml,
+                &emu.connection_string(),
+                &self.dir.join("idle.log"),
+            )?;
+            if i > 0 {
+                host_ready.push(started.elapsed().as_secs_f64()); // The first start compiled and cached the guest.
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            rss_kib = status_kib(host.pid().context("the host is running")?, "VmRSS")?;
+            host.signal("TERM")?;
+            host.wait()?;
+        }
+        Ok((emulator_ready, Duration::from_secs_f64(summary(&host_ready).0), rss_kib))
+    }
+
+    /// Sends `total` 1 KiB messages, spread over `queues`, whose data is the test guest's `script`.
+    fn fill(&self, client: &ServiceBusClient, queues: &[String], total: usize, script: &str) -> Result<()> {
+        self.runtime.block_on(async {
+            for (i, queue) in queues.iter().enumerate() {
+                let sender = client.sender(queue);
+                let share = total / queues.len() + usize::from(i < total % queues.len());
+                for chunk in (0..share).collect::<Vec<_>>().chunks(100) {
+                    sender.send_batch(chunk.iter().map(|_| Message::new(body(script))).collect()).await?;
+                }
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// Sends `total` messages round-robin over `queues` at [`LATENCY_RATE`], each stamped with
+    /// `sent-at-us` just before it goes.
+    fn paced_send(&self, client: &ServiceBusClient, queues: &[String], total: usize) -> Result<()> {
+        self.runtime.block_on(async {
+            let senders: Vec<_> = queues.iter().map(|q| client.sender(q)).collect();
+            let start = tokio::time::Instant::now();
+            for i in 0..total {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / LATENCY_RATE)).await;
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
+                let message = Message::new(body("latency")).with_property("sent-at-us", now);
+                senders[i % senders.len()].send(message).await?;
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    fn host_toml(&self, queues: &[String], concurrency: usize) -> Result<PathBuf> {
+        let toml = self.dir.join("work.host.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "[guest]\nenv = {{ TEST_GUEST_CHANNELS = \"{}\" }}\n[defaults]\nmax-concurrent-calls = {concurrency}\n",
+                queues.join(",")
+            ),
+        )?;
+        Ok(toml)
+    }
+
+    /// Starts the native or Python consumer and waits until it says it is ready.
+    fn start_consumer(
+        &self,
+        consumer: Consumer,
+        cs: &str,
+        queues: &[String],
+        count: usize,
+        concurrency: usize,
+        latency: bool,
+    ) -> Result<(Child, std::io::Lines<BufReader<std::process::ChildStdout>>)> {
+        let mut cmd = match consumer {
+            Consumer::Native => Command::new(&self.drain),
+            Consumer::Python => {
+                let mut c = Command::new(&self.python);
+                c.arg(self.dir.join("bench_consumer.py"));
+                c
+            }
+            Consumer::Host => unreachable!("the host runs as a HostProcess"),
+        };
+        cmd.args([cs.to_string(), queues.join(","), count.to_string(), concurrency.to_string()]);
+        if latency {
+            cmd.arg("latency");
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
+        match lines.next().transpose()? {
+            Some(l) if l == "ready" => Ok((child, lines)),
+            other => {
+                let status = child.wait()?;
+                bail!("the {consumer:?} consumer did not start ({status}): {other:?}")
+            }
+        }
+    }
+
+    fn throughput(&self, consumer: Consumer, queues: usize, concurrency: usize) -> Result<Throughput> {
+        let queues = queue_names(queues);
+        let emu = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
+        let broker_pid = emu.pid();
+        let client = ServiceBusClient::new(&emu.connection_string(), ClientOptions::default())?;
+        self.fill(&client, &queues, THROUGHPUT_MESSAGES, "ok")?;
+        match consumer {
+            Consumer::Host => {
+                let toml = self.host_toml(&queues, concurrency)?;
+                let mut host = HostProcess::start(
+                    &self.host,
+                    &self.guest,
+                    &toml,
+                    &emu.connection_string(),
+                    &self.dir.join("work.log"),
+                )?;
+                let pid = host.pid().context("the host is running")?;
+                let completed = |host: &HostProcess| -> Result<usize> {
+                    let m = scrape(host.metrics)?;
+                    Ok(queues.iter().map(|q| metric(&m, "messaging_completed_total", q) as usize).sum())
+                };
+                // The host consumes from the moment it is ready: time from the first reading.
+                let (t0, done0, cpu0, broker0) =
+                    (Instant::now(), completed(&host)?, cpu_seconds(pid)?, cpu_seconds(broker_pid)?);
+                loop {
+                    let done = completed(&host)?;
+                    if done >= THROUGHPUT_MESSAGES {
+                        break;
+                    }
+                    if t0.elapsed() > Duration::from_secs(300) {
+                        bail!("the host completed {done} of {THROUGHPUT_MESSAGES} in 5 minutes");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let (elapsed, cpu, broker) =
+                    (t0.elapsed(), cpu_seconds(pid)? - cpu0, cpu_seconds(broker_pid)? - broker0);
+                let peak = status_kib(pid, "VmHWM")? / 1024.0;
+                host.signal("TERM")?;
+                host.wait()?;
+                let n = (THROUGHPUT_MESSAGES - done0.min(THROUGHPUT_MESSAGES - 1)) as f64;
+                Ok(Throughput {
+                    rate: n / elapsed.as_secs_f64(),
+                    consumer_cpu_us: cpu * 1e6 / n,
+                    broker_cpu_us: broker * 1e6 / n,
+                    peak_rss_mib: Some(peak),
+                })
+            }
+            Consumer::Native | Consumer::Python => {
+                let cs = emu.connection_string();
+                let (mut child, lines) =
+                    self.start_consumer(consumer, &cs, &queues, THROUGHPUT_MESSAGES, concurrency, false)?;
+                let broker0 = cpu_seconds(broker_pid)?;
+                let last = lines.last().transpose()?.unwrap_or_default();
+                let broker = cpu_seconds(broker_pid)? - broker0;
+                let status = child.wait()?;
+                let (rate, cpu) =
+                    parse_result(&last).with_context(|| format!("the {consumer:?} consumer ({status})"))?;
+                let n = THROUGHPUT_MESSAGES as f64;
+                Ok(Throughput {
+                    rate,
+                    consumer_cpu_us: cpu * 1e6 / n,
+                    broker_cpu_us: broker * 1e6 / n,
+                    peak_rss_mib: None,
+                })
+            }
+        }
+    }
+
+    /// Enqueue→handler latencies in µs, in the order the handler saw them, after the warm-up.
+    fn latency(&self, consumer: Consumer, queues: usize, concurrency: usize) -> Result<Vec<u64>> {
+        let queues = queue_names(queues);
+        let emu = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
+        let cs = emu.connection_string();
+        let client = ServiceBusClient::new(&cs, ClientOptions::default())?;
+        self.runtime.block_on(client.connect())?;
+        let lines: Vec<String> = match consumer {
+            Consumer::Host => {
+                let toml = self.host_toml(&queues, concurrency)?;
+                let log = self.dir.join("latency.log");
+                let mut host = HostProcess::start(&self.host, &self.guest, &toml, &cs, &log)?;
+                self.paced_send(&client, &queues, LATENCY_MESSAGES)?;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let m = scrape(host.metrics)?;
+                    let done: f64 = queues.iter().map(|q| metric(&m, "messaging_completed_total", q)).sum();
+                    if done as usize >= LATENCY_MESSAGES {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("the host completed {done} of {LATENCY_MESSAGES} latency messages in 2 minutes");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                host.signal("TERM")?;
+                host.wait()?;
+                host.log_text().lines().map(String::from).collect()
+            }
+            Consumer::Native | Consumer::Python => {
+                let (mut child, lines) =
+                    self.start_consumer(consumer, &cs, &queues, LATENCY_MESSAGES, concurrency, true)?;
+                self.paced_send(&client, &queues, LATENCY_MESSAGES)?;
+                let lines = lines.collect::<Result<Vec<_>, _>>()?;
+                let status = child.wait()?;
+                if !status.success() {
+                    bail!("the {consumer:?} consumer failed ({status})");
+                }
+                lines
+            }
+        };
+        let samples: Vec<u64> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("latency-us "))
+            .map(|v| v.trim().parse::<u64>())
+            .collect::<Result<_, _>>()
+            .context("a latency line")?;
+        if samples.len() != LATENCY_MESSAGES {
+            bail!("the {consumer:?} consumer reported {} latencies for {LATENCY_MESSAGES} messages", samples.len());
+        }
+        Ok(samples[LATENCY_WARMUP..].to_vec())
+    }
+
+    /// The emulator against RabbitMQ's AMQP 1.0 plugin: the same release `drain` in the
+    /// generic dialect (SASL PLAIN, link settlement), in the cells asked for.
+    fn broker_comparison(&self, repeats: usize, cells: &[(usize, usize)]) -> Result<()> {
+        let rabbit = RabbitMq::start(&self.dir)?;
+        if rabbit.is_none() {
+            println!("RabbitMQ not measured: rabbitmq-server is not installed (apt-get install rabbitmq-server).");
+        }
+        println!(
+            "| queues × concurrency | broker | msgs/s (median, range of {repeats}) | broker CPU µs/msg | client CPU µs/msg |"
+        );
+        println!("|---|---|---|---|---|");
+        let mut run = 0;
+        for &(queues, concurrency) in cells {
+            let mut medians = Vec::new();
+            for broker in ["emulator", "RabbitMQ"] {
+                let mut rates = Vec::new();
+                let mut cpus = Vec::new();
+                let mut clients = Vec::new();
+                for _ in 0..repeats {
+                    run += 1;
+                    let (rate, cpu, client) = match (broker, &rabbit) {
+                        ("emulator", _) => {
+                            let emu = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
+                            self.generic_run(&emu.connection_string(), &queue_names(queues), concurrency, emu.pid())?
+                        }
+                        (_, Some(r)) => {
+                            let names: Vec<_> = (0..queues).map(|i| format!("/queue/bench-{run}-{i}")).collect();
+                            self.generic_run(&r.connection_string(), &names, concurrency, r.pid()?)?
+                        }
+                        (_, None) => continue,
+                    };
+                    rates.push(rate);
+                    cpus.push(cpu);
+                    clients.push(client);
+                }
+                if rates.is_empty() {
+                    continue;
+                }
+                let (rate, lo, hi) = summary(&rates);
+                println!(
+                    "| {queues} × {concurrency} | {broker} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {:.0} | {:.0} |",
+                    summary(&cpus).0,
+                    summary(&clients).0
+                );
+                medians.push(rate);
+            }
+            if let [emulator, rabbit] = medians[..] {
+                println!("| {queues} × {concurrency} | emulator ÷ RabbitMQ | **{:.2}×** | | |", emulator / rabbit);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills `queues` through the generic dialect and drains them with `drain … generic`:
+    /// msgs/s, and the broker's and the client's CPU µs per message while draining.
+    fn generic_run(&self, cs: &str, queues: &[String], concurrency: usize, broker_pid: u32) -> Result<(f64, f64, f64)> {
+        let options = ClientOptions { dialect: Dialect::GenericAmqp, ..ClientOptions::default() };
+        let client = ServiceBusClient::new(cs, options)?;
+        self.runtime.block_on(async {
+            for (i, queue) in queues.iter().enumerate() {
+                let sender = client.sender(queue);
+                let share = THROUGHPUT_MESSAGES / queues.len() + usize::from(i < THROUGHPUT_MESSAGES % queues.len());
+                for _ in 0..share {
+                    sender.send(Message::new(vec![b'x'; 1024])).await?;
+                }
+            }
+            anyhow::Ok(())
+        })?;
+        let mut child = Command::new(&self.drain)
+            .args([
+                cs.to_string(),
+                queues.join(","),
+                THROUGHPUT_MESSAGES.to_string(),
+                concurrency.to_string(),
+                "generic".into(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
+        let _ready = lines.next();
+        let broker0 = cpu_seconds(broker_pid)?;
+        let last = lines.last().transpose()?.unwrap_or_default();
+        let broker = cpu_seconds(broker_pid)? - broker0;
+        let status = child.wait()?;
+        let (rate, client) = parse_result(&last).with_context(|| format!("drain against {queues:?} ({status})"))?;
+        let n = THROUGHPUT_MESSAGES as f64;
+        Ok((rate, broker * 1e6 / n, client * 1e6 / n))
+    }
+}
+
+/// Parses a consumer's last line, `msgs/s <rate> cpu-s <seconds>`.
+fn parse_result(line: &str) -> Result<(f64, f64)> {
+    match line.split_whitespace().collect::<Vec<_>>()[..] {
+        ["msgs/s", rate, "cpu-s", cpu] => Ok((rate.parse()?, cpu.parse()?)),
+        _ => bail!("expected 'msgs/s <rate> cpu-s <seconds>' as the last line, got {line:?}"),
+    }
+}
+
+/// The 1 KiB body of a message for the test guest: the script, padded with spaces.
+fn body(script: &str) -> Vec<u8> {
+    let mut body = script.as_bytes().to_vec();
+    body.resize(1024, b' ');
+    body
+}
+
+/// User + system CPU seconds of process `pid` so far (its threads included).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading process {pid}"))?;
+    // After the parenthesised command name, utime and stime are the 12th and 13th fields, in ticks.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 =
+        fields.get(11..13).context("a short /proc/pid/stat")?.iter().map(|f| f.parse::<f64>()).sum::<Result<_, _>>()?;
+    Ok(ticks / 100.0) // USER_HZ is 100 on Linux.
+}
+
+/// A `kB` line of /proc/`pid`/status, such as `VmRSS` or `VmHWM`.
+fn status_kib(pid: u32, key: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with(&format!("{key}:"))).with_context(|| format!("no {key}"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
 /// A RabbitMQ node with the AMQP 1.0 plugin, on loopback, with its state in `dir`.
 struct RabbitMq {
-    child: std::process::Child,
+    child: Child,
     port: u16,
     dir: PathBuf,
 }
@@ -250,8 +632,8 @@ impl RabbitMq {
         let port = crate::procs::free_port()?;
         let child = Command::new("rabbitmq-server")
             .envs(Self::env(&dir, port))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .context("starting rabbitmq-server")?;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -287,6 +669,17 @@ impl RabbitMq {
             self.port
         )
     }
+
+    /// The process listening on its port (the Erlang VM, `beam.smp`, run as the rabbitmq user
+    /// by the `rabbitmq-server` script), for its CPU time.
+    fn pid(&self) -> Result<u32> {
+        let out = Command::new("ss").args(["-ltnpH", &format!("sport = :{}", self.port)]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("pid=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .with_context(|| format!("no process listens on RabbitMQ's port {} (ss printed {text:?})", self.port))
+    }
 }
 
 impl Drop for RabbitMq {
@@ -294,48 +687,50 @@ impl Drop for RabbitMq {
         let _ = Command::new("rabbitmqctl")
             .args(["-n", "xtask-bench@localhost", "stop"])
             .envs(Self::env(&self.dir, self.port))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Fills `queue` with 1 KiB messages and drains it with the release `drain` example, in the
-/// generic AMQP 1.0 dialect (SASL PLAIN, link settlement).
-fn generic_throughput(runtime: &tokio::runtime::Runtime, cs: &str, queue: &str) -> Result<f64> {
-    let options = ClientOptions { dialect: amqp_servicebus::Dialect::GenericAmqp, ..ClientOptions::default() };
-    let client = ServiceBusClient::new(cs, options)?;
-    runtime.block_on(async {
-        let sender = client.sender(queue);
-        for _ in 0..MESSAGES {
-            sender.send(Message::new(vec![b'x'; 1024])).await?;
-        }
-        anyhow::Ok(())
-    })?;
-    let out = Command::new(paths::target_dir().join("release/examples/drain"))
-        .args([cs.to_string(), queue.to_string(), MESSAGES.to_string(), CONCURRENCY.to_string(), "generic".into()])
-        .output()?;
-    if !out.status.success() {
-        bail!("drain against {queue} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The emulator against RabbitMQ's AMQP 1.0 plugin, same client in generic mode.
-fn broker_comparison(
-    runtime: &tokio::runtime::Runtime,
-    emulator: &Path,
-    cfg: &Path,
-    dir: &Path,
-) -> Result<Option<(f64, f64)>> {
-    let Some(rabbit) = RabbitMq::start(dir)? else {
-        return Ok(None);
-    };
-    let rabbit_rate = generic_throughput(runtime, &rabbit.connection_string(), "/queue/work")?;
-    drop(rabbit);
-    let emu = EmulatorProcess::start(emulator, Some(cfg), 0)?;
-    let emulator_rate = generic_throughput(runtime, &emu.connection_string(), "work")?;
-    Ok(Some((emulator_rate, rabbit_rate)))
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_default_to_three_runs_of_every_cell() {
+        let o = Options::parse(&[]).unwrap();
+        assert_eq!((o.repeats, o.cells), (3, CELLS.to_vec()));
+    }
+
+    #[test]
+    fn options_take_repeats_and_cells() {
+        let o = Options::parse(&args(&["--cells", "1x16,4x1", "--repeats", "5"])).unwrap();
+        assert_eq!((o.repeats, o.cells), (5, vec![(1, 16), (4, 1)]));
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong() {
+        let e = |a: &[&str]| Options::parse(&args(a)).unwrap_err().to_string();
+        assert!(e(&["--repeats", "0"]).contains("at least 1, but got '0'"));
+        assert!(e(&["--cells", "1x16,four"]).contains("but got 'four'"));
+        assert!(e(&["--cells", "0x16"]).contains("but got '0x16'"));
+        assert!(e(&["--repeats"]).contains("'--repeats' needs a value"));
+        assert!(e(&["--fast", "1"]).contains("but got '--fast'"));
+    }
+
+    #[test]
+    fn results_and_statistics() {
+        assert_eq!(parse_result("msgs/s 1234.5 cpu-s 0.25").unwrap(), (1234.5, 0.25));
+        assert!(parse_result("ready").is_err());
+        assert_eq!(summary(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        let sorted: Vec<u64> = (1..=100).collect();
+        assert_eq!((percentile(&sorted, 50), percentile(&sorted, 99)), (51.0, 100.0));
+    }
 }

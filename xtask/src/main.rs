@@ -18,7 +18,11 @@ commands:
                  (--follow: keep running until Ctrl-C)
   test           build the guests, then run every test: unit, integration, interop, and end-to-end
   test-e2e       the end-to-end scenarios, with the emulator and host binaries
-  bench          end-to-end numbers (release builds): start-up, idle memory, host vs native vs Python SDK
+  bench [--repeats N] [--cells QxC,…]
+                 end-to-end numbers (release builds): start-up, idle memory, throughput, CPU and
+                 latency of host vs native vs Python SDK, emulator vs RabbitMQ; N runs each
+                 (default 3) in each cell of Q queues × C concurrent calls (default
+                 1x1,1x16,4x1,4x16)
   help           show this message
 ";
 
@@ -48,10 +52,7 @@ fn run(args: &[String]) -> Result<()> {
             no_arguments(command, rest)?;
             test()
         }
-        "bench" => {
-            no_arguments(command, rest)?;
-            xtask::bench::run()
-        }
+        "bench" => xtask::bench::run(xtask::bench::Options::parse(rest)?),
         "test-e2e" => {
             no_arguments(command, rest)?;
             xtask::e2e::run()

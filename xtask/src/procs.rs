@@ -67,6 +67,11 @@ impl EmulatorProcess {
         )
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops it with SIGTERM and waits.
     pub fn stop(mut self) -> Result<()> {
         signal(&self.child, "TERM")?;

@@ -22,7 +22,7 @@ use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Accepted, Body};
 use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue};
-use futures_util::Stream;
+use futures_util::{FutureExt as _, Stream};
 use serde_amqp::Value;
 use tokio::sync::Mutex;
 
@@ -32,9 +32,6 @@ use crate::message::{Message, ReceivedMessage, system_time};
 
 /// How long `receive` holds the link while it waits for messages, at a time.
 const RECEIVE_SLICE: Duration = Duration::from_millis(50);
-
-/// How long a multi-message `receive` waits for more once it has one.
-const BATCH_LINGER: Duration = Duration::from_millis(1);
 
 /// How messages are taken from the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -148,16 +145,21 @@ impl Receiver {
                 };
             };
             while got.len() < max {
-                let wait = if got.is_empty() {
-                    deadline.saturating_duration_since(tokio::time::Instant::now()).min(RECEIVE_SLICE)
+                let next = if got.is_empty() {
+                    let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(RECEIVE_SLICE);
+                    tokio::time::timeout(wait, link.receiver.recv::<Body<Value>>()).await.ok()
                 } else {
-                    // A batch: give messages already on their way a moment to arrive.
-                    BATCH_LINGER
+                    // A batch takes what has already arrived and never waits for more: a wait
+                    // here would add to the latency of every message at low load (even a zero
+                    // timeout would, as timers fire on the next millisecond tick). One yield
+                    // lets the connection's tasks pass on deliveries they hold.
+                    tokio::task::yield_now().await;
+                    link.receiver.recv::<Body<Value>>().now_or_never()
                 };
-                let delivery = match tokio::time::timeout(wait, link.receiver.recv::<Body<Value>>()).await {
-                    Err(_) => break,
-                    Ok(Ok(d)) => d,
-                    Ok(Err(e)) => {
+                let delivery = match next {
+                    None => break,
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
                         let generation = link.connection_generation;
                         *slot = None;
                         drop(slot);

@@ -85,14 +85,16 @@ pub(crate) async fn run_worker(
                     let rest = messages.split_off(messages.len().min(options.max_batch_size));
                     let batch = std::mem::replace(&mut messages, rest);
                     let permit = free.pop().expect("one permit per batch: the receive asked for no more");
-                    let call = dispatch(
+                    // Boxed: the call's future is kilobytes (Wasmtime's instantiate and call
+                    // futures live in it), and spawning would otherwise copy it around.
+                    let call = Box::pin(dispatch(
                         rt.clone(),
                         channel.clone(),
                         receiver.clone(),
                         batch,
                         options.clone(),
                         hard_stop.clone(),
-                    );
+                    ));
                     calls.spawn(async move {
                         call.await;
                         drop(permit);

@@ -185,8 +185,10 @@ fn latency(m: &Message) -> Result<(), Error> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| settlement::new_error("the message has no sent-at-us property"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    eprintln!("latency-us {}", (now.as_micros() as u64).saturating_sub(sent));
-    Ok(())
+    // One write, so that lines of concurrent instances never interleave.
+    let line = format!("latency-us {}\n", (now.as_micros() as u64).saturating_sub(sent));
+    std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes())
+        .map_err(|e| settlement::new_error(&format!("writing to stderr: {e}")))
 }
 
 fn forged(m: &Message) -> Message {
