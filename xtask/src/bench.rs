@@ -270,13 +270,7 @@ impl Bench {
         let mut rss_kib = 0.0;
         for i in 0..4 {
             let started = Instant::now();
-            let mut host = HostProcess::start(
-                &self.host,
-                &self.guest,
-                &toml,
-                &emu.connection_string(),
-                &self.dir.join("idle.log"),
-            )?;
+            let mut host = self.start_host(&toml, &emu.connection_string(), "idle.log")?;
             if i > 0 {
                 host_ready.push(started.elapsed().as_secs_f64()); // The first start compiled and cached the guest.
             }
@@ -316,6 +310,11 @@ impl Bench {
             }
             anyhow::Ok(())
         })
+    }
+
+    /// Starts the release host on the test guest, logging to `log` in the bench directory.
+    fn start_host(&self, toml: &Path, cs: &str, log: &str) -> Result<HostProcess> {
+        HostProcess::start(&self.host, &self.guest, toml, cs, &self.dir.join(log))
     }
 
     fn host_toml(&self, queues: &[String], concurrency: usize) -> Result<PathBuf> {
@@ -373,13 +372,7 @@ impl Bench {
         match consumer {
             Consumer::Host => {
                 let toml = self.host_toml(&queues, concurrency)?;
-                let mut host = HostProcess::start(
-                    &self.host,
-                    &self.guest,
-                    &toml,
-                    &emu.connection_string(),
-                    &self.dir.join("work.log"),
-                )?;
+                let mut host = self.start_host(&toml, &emu.connection_string(), "work.log")?;
                 let pid = host.pid().context("the host is running")?;
                 let completed = |host: &HostProcess| -> Result<usize> {
                     let m = scrape(host.metrics)?;
@@ -442,8 +435,7 @@ impl Bench {
         let lines: Vec<String> = match consumer {
             Consumer::Host => {
                 let toml = self.host_toml(&queues, concurrency)?;
-                let log = self.dir.join("latency.log");
-                let mut host = HostProcess::start(&self.host, &self.guest, &toml, &cs, &log)?;
+                let mut host = self.start_host(&toml, &cs, "latency.log")?;
                 self.paced_send(&client, &queues, LATENCY_MESSAGES)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
