@@ -12,7 +12,8 @@
 //!     the broker spent per message;
 //!   - latency: at a fixed offered load, enqueue→handler per message (the sender stamps
 //!     `sent-at-us` just before it sends; the handler subtracts it from the wall clock);
-//! - the emulator against RabbitMQ's AMQP 1.0 plugin, with the same client in generic mode.
+//! - the emulator against RabbitMQ's AMQP 1.0 plugin, with the same client in generic mode, one
+//!   client process per queue.
 //!
 //! Every measurement uses a fresh emulator process, is repeated, and is reported as the median
 //! with the range of the repeats.
@@ -49,16 +50,27 @@ pub struct Options {
     pub repeats: usize,
     /// The (queues, concurrency) cells to measure.
     pub cells: Vec<(usize, usize)>,
+    /// Only the broker comparison (`--only brokers`), or only the rest (`--only consumers`).
+    pub only: Option<Part>,
+}
+
+/// A part of the benchmarks, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Start-up, idle memory, and the three consumers.
+    Consumers,
+    /// The emulator against RabbitMQ.
+    Brokers,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { repeats: 3, cells: CELLS.to_vec() }
+        Self { repeats: 3, cells: CELLS.to_vec(), only: None }
     }
 }
 
 impl Options {
-    /// Parses `cargo xtask bench`'s arguments: `[--repeats N] [--cells QxC,QxC]`.
+    /// Parses `cargo xtask bench`'s arguments: `[--repeats N] [--cells QxC,QxC] [--only consumers|brokers]`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self::default();
         let mut args = args.iter();
@@ -85,7 +97,14 @@ impl Options {
                         })
                         .collect::<Result<_>>()?;
                 }
-                other => bail!("'bench' takes --repeats <n> and --cells <QxC,…>, but got '{other}'"),
+                "--only" => {
+                    options.only = Some(match value.as_str() {
+                        "consumers" => Part::Consumers,
+                        "brokers" => Part::Brokers,
+                        _ => bail!("'--only' takes consumers or brokers, but got '{value}'"),
+                    });
+                }
+                other => bail!("'bench' takes --repeats <n>, --cells <QxC,…> and --only <part>, but got '{other}'"),
             }
         }
         Ok(options)
@@ -192,62 +211,72 @@ pub fn run(options: Options) -> Result<()> {
         dir,
     };
     let repeats = options.repeats.max(1);
-
-    let (emulator_ready, host_ready, idle_rss) = bench.start_up()?;
-    println!("| Measure | Result |");
-    println!("|---|---|");
-    println!("| emulator ready (median of 5) | {:.1} ms |", emulator_ready.as_secs_f64() * 1e3);
-    println!("| host ready, cached compiled guest (median of 3) | {:.0} ms |", host_ready.as_secs_f64() * 1e3);
-    println!("| host idle RSS, 10 channels | {:.1} MB |", idle_rss / 1024.0);
-    println!();
-
-    println!(
-        "| queues × concurrency | consumer | msgs/s (median, range of {repeats}) | consumer CPU µs/msg | broker CPU µs/msg | latency p50 | latency p99 | consumer peak RSS |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut ratios = Vec::new();
-    for &(queues, concurrency) in &options.cells {
-        let mut rates = Vec::new();
-        for consumer in Consumer::ALL {
-            let mut runs = Vec::new();
-            let mut p50 = Vec::new();
-            let mut p99 = Vec::new();
-            for _ in 0..repeats {
-                runs.push(bench.throughput(consumer, queues, concurrency)?);
-                let mut samples = bench.latency(consumer, queues, concurrency)?;
-                samples.sort_unstable();
-                p50.push(percentile(&samples, 50));
-                p99.push(percentile(&samples, 99));
-            }
-            let (rate, lo, hi) = summary(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
-            let consumer_cpu = summary(&runs.iter().map(|r| r.consumer_cpu_us).collect::<Vec<_>>()).0;
-            let broker_cpu = summary(&runs.iter().map(|r| r.broker_cpu_us).collect::<Vec<_>>()).0;
-            let rss = runs
-                .iter()
-                .filter_map(|r| r.peak_rss_mib)
-                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-            println!(
-                "| {queues} × {concurrency} | {} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {consumer_cpu:.0} | {broker_cpu:.0} | {:.2} ms | {:.2} ms | {} |",
-                consumer.label(),
-                summary(&p50).0 / 1e3,
-                summary(&p99).0 / 1e3,
-                rss.map_or("–".to_string(), |r| format!("{r:.1} MB")),
-            );
-            rates.push(rate);
-        }
-        ratios.push((queues, concurrency, rates[0] / rates[1], rates[0] / rates[2]));
+    if options.only != Some(Part::Brokers) {
+        bench.consumers(repeats, &options.cells)?;
     }
-    println!();
-    println!("| queues × concurrency | (a) ÷ (b) | (a) ÷ (c) |");
-    println!("|---|---|---|");
-    for (queues, concurrency, native, python) in ratios {
-        println!("| {queues} × {concurrency} | {native:.2} | {python:.1}× |");
+    if options.only != Some(Part::Consumers) {
+        bench.broker_comparison(repeats, &options.cells)?;
     }
-    println!();
-    bench.broker_comparison(repeats, &options.cells)
+    Ok(())
 }
 
 impl Bench {
+    /// Start-up, idle memory, and the three consumers in every cell.
+    fn consumers(&self, repeats: usize, cells: &[(usize, usize)]) -> Result<()> {
+        let (emulator_ready, host_ready, idle_rss) = self.start_up()?;
+        println!("| Measure | Result |");
+        println!("|---|---|");
+        println!("| emulator ready (median of 5) | {:.1} ms |", emulator_ready.as_secs_f64() * 1e3);
+        println!("| host ready, cached compiled guest (median of 3) | {:.0} ms |", host_ready.as_secs_f64() * 1e3);
+        println!("| host idle RSS, 10 channels | {:.1} MB |", idle_rss / 1024.0);
+        println!();
+
+        println!(
+            "| queues × concurrency | consumer | msgs/s (median, range of {repeats}) | consumer CPU µs/msg | broker CPU µs/msg | latency p50 | latency p99 | consumer peak RSS |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let mut ratios = Vec::new();
+        for &(queues, concurrency) in cells {
+            let mut rates = Vec::new();
+            for consumer in Consumer::ALL {
+                let mut runs = Vec::new();
+                let mut p50 = Vec::new();
+                let mut p99 = Vec::new();
+                for _ in 0..repeats {
+                    runs.push(self.throughput(consumer, queues, concurrency)?);
+                    let mut samples = self.latency(consumer, queues, concurrency)?;
+                    samples.sort_unstable();
+                    p50.push(percentile(&samples, 50));
+                    p99.push(percentile(&samples, 99));
+                }
+                let (rate, lo, hi) = summary(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
+                let consumer_cpu = summary(&runs.iter().map(|r| r.consumer_cpu_us).collect::<Vec<_>>()).0;
+                let broker_cpu = summary(&runs.iter().map(|r| r.broker_cpu_us).collect::<Vec<_>>()).0;
+                let rss = runs
+                    .iter()
+                    .filter_map(|r| r.peak_rss_mib)
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+                println!(
+                    "| {queues} × {concurrency} | {} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {consumer_cpu:.0} | {broker_cpu:.0} | {:.2} ms | {:.2} ms | {} |",
+                    consumer.label(),
+                    summary(&p50).0 / 1e3,
+                    summary(&p99).0 / 1e3,
+                    rss.map_or("–".to_string(), |r| format!("{r:.1} MB")),
+                );
+                rates.push(rate);
+            }
+            ratios.push((queues, concurrency, rates[0] / rates[1], rates[0] / rates[2]));
+        }
+        println!();
+        println!("| queues × concurrency | (a) ÷ (b) | (a) ÷ (c) |");
+        println!("|---|---|---|");
+        for (queues, concurrency, native, python) in ratios {
+            println!("| {queues} × {concurrency} | {native:.2} | {python:.1}× |");
+        }
+        println!();
+        Ok(())
+    }
+
     /// Emulator ready, host ready with the compiled guest cached, and the host's idle RSS (KiB)
     /// on 10 channels.
     fn start_up(&self) -> Result<(Duration, Duration, f64)> {
@@ -287,8 +316,7 @@ impl Bench {
         self.runtime.block_on(async {
             for (i, queue) in queues.iter().enumerate() {
                 let sender = client.sender(queue);
-                let share = total / queues.len() + usize::from(i < total % queues.len());
-                for chunk in (0..share).collect::<Vec<_>>().chunks(100) {
+                for chunk in (0..share(total, queues.len(), i)).collect::<Vec<_>>().chunks(100) {
                     sender.send_batch(chunk.iter().map(|_| Message::new(body(script))).collect()).await?;
                 }
             }
@@ -478,7 +506,7 @@ impl Bench {
     }
 
     /// The emulator against RabbitMQ's AMQP 1.0 plugin: the same release `drain` in the
-    /// generic dialect (SASL PLAIN, link settlement), in the cells asked for.
+    /// generic dialect (SASL PLAIN, link settlement), one process per queue, in the cells asked for.
     fn broker_comparison(&self, repeats: usize, cells: &[(usize, usize)]) -> Result<()> {
         let rabbit = RabbitMq::start(&self.dir)?;
         if rabbit.is_none() {
@@ -538,33 +566,45 @@ impl Bench {
         self.runtime.block_on(async {
             for (i, queue) in queues.iter().enumerate() {
                 let sender = client.sender(queue);
-                let share = THROUGHPUT_MESSAGES / queues.len() + usize::from(i < THROUGHPUT_MESSAGES % queues.len());
-                for _ in 0..share {
+                for _ in 0..share(THROUGHPUT_MESSAGES, queues.len(), i) {
                     sender.send(Message::new(vec![b'x'; 1024])).await?;
                 }
             }
             anyhow::Ok(())
         })?;
-        let mut child = Command::new(&self.drain)
-            .args([
-                cs.to_string(),
-                queues.join(","),
-                THROUGHPUT_MESSAGES.to_string(),
-                concurrency.to_string(),
-                "generic".into(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
-        let _ready = lines.next();
+        // One client process per queue: with one process for all queues, the client's own
+        // pipeline (fe2o3's connection, session and link tasks) is what bounds the run.
+        let mut drains = Vec::new();
+        for (i, queue) in queues.iter().enumerate() {
+            let share = share(THROUGHPUT_MESSAGES, queues.len(), i);
+            let mut child = Command::new(&self.drain)
+                .args([cs, queue, &share.to_string(), &concurrency.to_string(), "generic"])
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
+            match lines.next().transpose()? {
+                Some(l) if l == "ready" => drains.push((child, lines, share)),
+                other => bail!("drain against {queue} did not start ({}): {other:?}", child.wait()?),
+            }
+        }
         let broker0 = cpu_seconds(broker_pid)?;
-        let last = lines.last().transpose()?.unwrap_or_default();
+        let (mut longest, mut client) = (0f64, 0f64);
+        for (mut child, lines, share) in drains {
+            let last = lines.last().transpose()?.unwrap_or_default();
+            let status = child.wait()?;
+            let (rate, cpu) = parse_result(&last).with_context(|| format!("drain against {queues:?} ({status})"))?;
+            longest = longest.max(share as f64 / rate);
+            client += cpu;
+        }
         let broker = cpu_seconds(broker_pid)? - broker0;
-        let status = child.wait()?;
-        let (rate, client) = parse_result(&last).with_context(|| format!("drain against {queues:?} ({status})"))?;
         let n = THROUGHPUT_MESSAGES as f64;
-        Ok((rate, broker * 1e6 / n, client * 1e6 / n))
+        Ok((n / longest, broker * 1e6 / n, client * 1e6 / n))
     }
+}
+
+/// How many of `total` messages go to queue `i` of `queues`.
+fn share(total: usize, queues: usize, i: usize) -> usize {
+    total / queues + usize::from(i < total % queues)
 }
 
 /// Parses a consumer's last line, `msgs/s <rate> cpu-s <seconds>`.
@@ -698,13 +738,13 @@ mod tests {
     #[test]
     fn options_default_to_three_runs_of_every_cell() {
         let o = Options::parse(&[]).unwrap();
-        assert_eq!((o.repeats, o.cells), (3, CELLS.to_vec()));
+        assert_eq!((o.repeats, o.cells, o.only), (3, CELLS.to_vec(), None));
     }
 
     #[test]
     fn options_take_repeats_and_cells() {
-        let o = Options::parse(&args(&["--cells", "1x16,4x1", "--repeats", "5"])).unwrap();
-        assert_eq!((o.repeats, o.cells), (5, vec![(1, 16), (4, 1)]));
+        let o = Options::parse(&args(&["--cells", "1x16,4x1", "--repeats", "5", "--only", "brokers"])).unwrap();
+        assert_eq!((o.repeats, o.cells, o.only), (5, vec![(1, 16), (4, 1)], Some(Part::Brokers)));
     }
 
     #[test]
@@ -715,6 +755,7 @@ mod tests {
         assert!(e(&["--cells", "0x16"]).contains("but got '0x16'"));
         assert!(e(&["--repeats"]).contains("'--repeats' needs a value"));
         assert!(e(&["--fast", "1"]).contains("but got '--fast'"));
+        assert!(e(&["--only", "all"]).contains("consumers or brokers, but got 'all'"));
     }
 
     #[test]
@@ -722,6 +763,7 @@ mod tests {
         assert_eq!(parse_result("msgs/s 1234.5 cpu-s 0.25").unwrap(), (1234.5, 0.25));
         assert!(parse_result("ready").is_err());
         assert_eq!(summary(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!((0..4).map(|i| share(4002, 4, i)).collect::<Vec<_>>(), [1001, 1001, 1000, 1000]);
         let sorted: Vec<u64> = (1..=100).collect();
         assert_eq!((percentile(&sorted, 50), percentile(&sorted, 99)), (51.0, 100.0));
     }

@@ -18,9 +18,9 @@ use std::time::{Duration, SystemTime};
 
 use fe2o3_amqp::Receiver as AmqpReceiver;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::receiver::CreditMode;
+use fe2o3_amqp::link::receiver::{CreditMode, ReceiverDisposer};
 use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
-use fe2o3_amqp::types::messaging::{Accepted, Body};
+use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue};
 use futures_util::{FutureExt as _, Stream};
 use serde_amqp::Value;
@@ -73,8 +73,9 @@ pub struct Receiver {
     attached: AtomicU64,
     /// Link delivery records, by lock token, to settle on the link after `$management` confirms.
     deliveries: StdMutex<HashMap<uuid::Uuid, (u64, DeliveryInfo)>>,
-    /// Link settlements waiting for the link to be free (a `receive` may hold it while it waits).
-    to_dispose: StdMutex<Vec<(u64, DeliveryInfo)>>,
+    /// Settles deliveries of the current link (its generation first) without taking `link`,
+    /// which a `receive` holds while it waits for messages.
+    disposer: StdMutex<Option<(u64, ReceiverDisposer)>>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -102,7 +103,7 @@ impl Receiver {
             link_connection: AtomicU64::new(0),
             attached: AtomicU64::new(0),
             deliveries: StdMutex::new(HashMap::new()),
-            to_dispose: StdMutex::new(Vec::new()),
+            disposer: StdMutex::new(None),
         }
     }
 
@@ -114,15 +115,27 @@ impl Receiver {
     /// Receives up to `max` messages: waits up to `timeout` for the first, then takes what
     /// has already arrived. An empty result means nothing came in time.
     pub async fn receive(&self, max: usize, timeout: Duration) -> Result<Vec<ReceivedMessage>> {
-        let max = max.max(1);
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.client.inner.options.retry.run("receive", &self.entity, || self.receive_once(max, deadline)).await
+        self.receive_batch(max, timeout, Duration::ZERO).await
     }
 
-    async fn receive_once(&self, max: usize, deadline: tokio::time::Instant) -> Result<Vec<ReceivedMessage>> {
+    /// Like [`Receiver::receive`], but once the first message is in, waits up to `linger` more
+    /// for the batch to fill. Worth it only to form batches: the wait is added to the latency
+    /// of the first message whenever fewer than `max` are on their way.
+    pub async fn receive_batch(&self, max: usize, timeout: Duration, linger: Duration) -> Result<Vec<ReceivedMessage>> {
+        let max = max.max(1);
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.client.inner.options.retry.run("receive", &self.entity, || self.receive_once(max, deadline, linger)).await
+    }
+
+    async fn receive_once(
+        &self,
+        max: usize,
+        deadline: tokio::time::Instant,
+        linger: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let mut linger_until = None;
         {
             let mut slot = self.link.lock().await;
-            self.dispose_pending(slot.as_ref()).await;
             let link = self.ensure_link(&mut slot).await?;
             if self.options.prefetch == 0
                 && let Err(e) = link.receiver.set_credit(max as u32).await
@@ -136,7 +149,6 @@ impl Receiver {
         // transactions need it too, and must not wait for a whole receive timeout.
         loop {
             let mut slot = self.link.lock().await;
-            self.dispose_pending(slot.as_ref()).await;
             let Some(link) = slot.as_mut() else {
                 return if got.is_empty() {
                     Err(Error::connection(&self.entity, "the receive link was lost"))
@@ -148,6 +160,9 @@ impl Receiver {
                 let next = if got.is_empty() {
                     let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(RECEIVE_SLICE);
                     tokio::time::timeout(wait, link.receiver.recv::<Body<Value>>()).await.ok()
+                } else if !linger.is_zero() {
+                    let until = *linger_until.get_or_insert_with(|| tokio::time::Instant::now() + linger);
+                    tokio::time::timeout_at(until, link.receiver.recv::<Body<Value>>()).await.ok()
                 } else {
                     // A batch takes what has already arrived and never waits for more: a wait
                     // here would add to the latency of every message at low load (even a zero
@@ -294,27 +309,20 @@ impl Receiver {
         body.push(("disposition-status", Value::String(status.into())));
         body.push(("lock-tokens", Value::Array(Array(vec![Value::Uuid(token.into_bytes().into())]))));
         self.client.management(&self.entity, "com.microsoft:update-disposition", body).await?;
-        // Confirmed: also settle it on the link, so the link keeps no record of it. Never wait
-        // for the link here: a `receive` may hold it while it waits for messages.
+        // Confirmed: also settle it on the link, so the link keeps no record of it.
         let record = self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
-        if let Some(record) = record {
-            self.to_dispose.lock().unwrap_or_else(|p| p.into_inner()).push(record);
-            if let Ok(slot) = self.link.try_lock() {
-                self.dispose_pending(slot.as_ref()).await;
-            }
+        if let Some((generation, info)) = record
+            && let Some(disposer) = self.disposer_for(generation)
+        {
+            let _ = disposer.accept(info).await;
         }
         Ok(())
     }
 
-    /// Settles on the link what `$management` already settled (see [`Receiver::settle`]).
-    async fn dispose_pending(&self, link: Option<&Link>) {
-        let pending = std::mem::take(&mut *self.to_dispose.lock().unwrap_or_else(|p| p.into_inner()));
-        let Some(link) = link else { return };
-        for (generation, info) in pending {
-            if generation == link.generation {
-                let _ = link.receiver.dispose(info, Accepted {}).await;
-            }
-        }
+    /// The disposer of the link of `generation`, if that link is still the current one.
+    fn disposer_for(&self, generation: u64) -> Option<ReceiverDisposer> {
+        let slot = self.disposer.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().filter(|(g, _)| *g == generation).map(|(_, d)| d.clone())
     }
 
     /// Generic AMQP brokers have no `$management`: settle with the link's outcome.
@@ -324,13 +332,22 @@ impl Receiver {
             self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).remove(&token).ok_or_else(|| {
                 Error::LockLost { entity: self.entity.clone(), description: "already settled".into() }
             })?;
-        let slot = self.link.lock().await;
-        let link = slot.as_ref().filter(|l| l.generation == generation).ok_or_else(|| Error::LockLost {
+        let link_lost = || Error::LockLost {
             entity: self.entity.clone(),
             description: "the receive link that delivered the message was lost".into(),
-        })?;
+        };
+        if let Disposition::Complete = disposition {
+            // The common case settles without waiting for a `receive` to let go of the link.
+            let disposer = self.disposer_for(generation).ok_or_else(link_lost)?;
+            return disposer
+                .accept(info)
+                .await
+                .map_err(|e| Error::connection(&self.entity, format!("settling on the link failed: {e}")));
+        }
+        let slot = self.link.lock().await;
+        let link = slot.as_ref().filter(|l| l.generation == generation).ok_or_else(link_lost)?;
         let result = match disposition {
-            Disposition::Complete => link.receiver.accept(info).await,
+            Disposition::Complete => unreachable!("settled through the disposer above"),
             Disposition::Abandon(_) => {
                 link.receiver
                     .modify(
@@ -540,6 +557,7 @@ impl Receiver {
             self.current_generation.store(generation, Ordering::Release);
             self.link_connection.store(connection_generation, Ordering::Release);
             self.attached.fetch_add(1, Ordering::Relaxed);
+            *self.disposer.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, receiver.disposer()));
             *slot = Some(Link { receiver, generation, connection_generation });
         }
         Ok(slot.as_mut().expect("set just above"))

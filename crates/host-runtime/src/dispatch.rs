@@ -19,6 +19,10 @@ use crate::convert;
 use crate::engine::LoadedGuest;
 use crate::guest::{Delivery, SettleOp, Settlement, Shared, State, apply};
 
+/// How long a receive for a channel with `max-batch-size` > 1 waits, once it has a message,
+/// for more to fill the batch.
+const BATCH_LINGER: Duration = Duration::from_millis(1);
+
 /// What a worker needs.
 pub(crate) struct Runtime {
     pub(crate) guest: Arc<LoadedGuest>,
@@ -58,6 +62,8 @@ pub(crate) async fn run_worker(
     let permits = Arc::new(Semaphore::new(options.max_concurrent_calls));
     let mut calls = JoinSet::new();
     let mut failures = 0u32;
+    // Batches form from what has arrived, plus a short wait when calls take several messages.
+    let linger = if options.max_batch_size > 1 { BATCH_LINGER } else { Duration::ZERO };
     loop {
         if *stop.borrow() {
             break;
@@ -73,7 +79,7 @@ pub(crate) async fn run_worker(
             free.push(p);
         }
         let received = tokio::select! {
-            r = receiver.receive(free.len() * options.max_batch_size, Duration::from_secs(1)) => r,
+            r = receiver.receive_batch(free.len() * options.max_batch_size, Duration::from_secs(1), linger) => r,
             _ = stop.changed() => break,
         };
         while calls.try_join_next().is_some() {}
@@ -130,8 +136,6 @@ pub(crate) async fn dispatch(
     shared.metrics.received(&channel, messages.len() as u64);
     let deliveries: Vec<Arc<Delivery>> =
         messages.into_iter().map(|m| shared.delivery(&channel, m, receiver.clone())).collect();
-    let renewal = (options.receive_mode == ReceiveMode::PeekLock)
-        .then(|| tokio::spawn(renew_locks(deliveries.clone(), options.max_auto_lock_renewal, shared.clone())));
     let guest_messages: Vec<_> = deliveries.iter().map(|d| convert::to_guest(&d.message, &channel, &d.id)).collect();
 
     let mut store =
@@ -147,6 +151,14 @@ pub(crate) async fn dispatch(
         let instance = rt.guest.pre.instantiate_async(&mut store).await?;
         instance.wasi_messaging_messaging_guest().call_handler(&mut store, &guest_messages).await
     };
+    // Lock renewal runs beside the call, in this task (a task of its own per call cost a spawn
+    // and an abort per message); running wasm yields every epoch tick, so it is never starved.
+    let renewal = async {
+        if options.receive_mode == ReceiveMode::PeekLock {
+            renew_locks(deliveries.clone(), options.max_auto_lock_renewal, shared.clone()).await;
+        }
+        std::future::pending::<()>().await
+    };
     let end = tokio::select! {
         r = tokio::time::timeout(options.handler_timeout, call) => match r {
             Err(_) => CallEnd::Timeout(options.handler_timeout),
@@ -155,14 +167,12 @@ pub(crate) async fn dispatch(
             Ok(Err(trap)) => CallEnd::Trap(format!("{trap:#}")),
         },
         _ = hard_stop.wait_for(|stop| *stop) => CallEnd::Cancelled,
+        () = renewal => unreachable!("renewal never ends before the call"),
     };
     shared.metrics.call_ended(&channel, started.elapsed());
     // Pulled messages belong to the call too.
     let all: Vec<Arc<Delivery>> = store.data().deliveries.values().cloned().collect();
     drop(store);
-    if let Some(r) = renewal {
-        r.abort();
-    }
     let counters = shared.metrics.channel(&channel);
     match &end {
         CallEnd::Ok => {}
