@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use fe2o3_amqp::Receiver as AmqpReceiver;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::receiver::{CreditMode, ReceiverDisposer};
+use fe2o3_amqp::link::receiver::{CreditMode, ReceiverDisposer, TerminalDeliveryState};
 use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue};
@@ -140,7 +140,7 @@ impl Receiver {
             if self.options.prefetch == 0
                 && let Err(e) = link.receiver.set_credit(max as u32).await
             {
-                *slot = None;
+                self.discard_link(&mut slot);
                 return Err(Error::connection(&self.entity, format!("granting credit failed: {e}")));
             }
         }
@@ -176,7 +176,7 @@ impl Receiver {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => {
                         let generation = link.connection_generation;
-                        *slot = None;
+                        self.discard_link(&mut slot);
                         drop(slot);
                         self.client.invalidate_if_broken(generation).await;
                         if got.is_empty() {
@@ -336,37 +336,29 @@ impl Receiver {
             entity: self.entity.clone(),
             description: "the receive link that delivered the message was lost".into(),
         };
-        if let Disposition::Complete = disposition {
-            // The common case settles without waiting for a `receive` to let go of the link.
-            let disposer = self.disposer_for(generation).ok_or_else(link_lost)?;
-            return disposer
-                .accept(info)
-                .await
-                .map_err(|e| Error::connection(&self.entity, format!("settling on the link failed: {e}")));
-        }
-        let slot = self.link.lock().await;
-        let link = slot.as_ref().filter(|l| l.generation == generation).ok_or_else(link_lost)?;
-        let result = match disposition {
-            Disposition::Complete => unreachable!("settled through the disposer above"),
-            Disposition::Abandon(_) => {
-                link.receiver
-                    .modify(
-                        info,
-                        Modified { delivery_failed: Some(true), undeliverable_here: None, message_annotations: None },
-                    )
+        let state: TerminalDeliveryState = match disposition {
+            Disposition::Complete => {
+                // The common case settles without waiting for a `receive` to let go of the link.
+                let disposer = self.disposer_for(generation).ok_or_else(link_lost)?;
+                return disposer
+                    .accept(info)
                     .await
+                    .map_err(|e| Error::connection(&self.entity, format!("settling on the link failed: {e}")));
+            }
+            Disposition::Abandon(_) => {
+                Modified { delivery_failed: Some(true), undeliverable_here: None, message_annotations: None }.into()
             }
             Disposition::Defer => {
-                link.receiver
-                    .modify(
-                        info,
-                        Modified { delivery_failed: None, undeliverable_here: Some(true), message_annotations: None },
-                    )
-                    .await
+                Modified { delivery_failed: None, undeliverable_here: Some(true), message_annotations: None }.into()
             }
-            Disposition::DeadLetter { .. } => link.receiver.dispose(info, Rejected { error: None }).await,
+            Disposition::DeadLetter { .. } => Rejected { error: None }.into(),
         };
-        result.map_err(|e| Error::connection(&self.entity, format!("settling on the link failed: {e}")))
+        let slot = self.link.lock().await;
+        let link = slot.as_ref().filter(|l| l.generation == generation).ok_or_else(link_lost)?;
+        link.receiver
+            .dispose(info, state)
+            .await
+            .map_err(|e| Error::connection(&self.entity, format!("settling on the link failed: {e}")))
     }
 
     /// Sends `message` through `to` and completes `received`, atomically: both happen in one
@@ -516,15 +508,22 @@ impl Receiver {
 
     /// Closes the link. Messages still locked stay locked until they expire (or are settled).
     pub async fn close(&self) {
-        if let Some(link) = self.link.lock().await.take() {
+        if let Some(link) = self.discard_link(&mut *self.link.lock().await) {
             let _ = link.receiver.close().await;
         }
+    }
+
+    /// Takes the receive link out of use. Its deliveries can no longer be settled, neither
+    /// through the link nor through its disposer.
+    fn discard_link(&self, slot: &mut Option<Link>) -> Option<Link> {
+        *self.disposer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        slot.take()
     }
 
     async fn ensure_link<'a>(&self, slot: &'a mut Option<Link>) -> Result<&'a mut Link> {
         let current = self.client.generation().await?;
         if slot.as_ref().is_some_and(|l| l.connection_generation != current) {
-            *slot = None;
+            self.discard_link(slot);
         }
         if slot.is_none() {
             let mut guard = self.client.session_for(&self.entity).await?;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use amqp_servicebus::{ClientOptions, Dialect, Error, Message, RetryPolicy, ServiceBusClient};
-use servicebus_emulator::{Config, Emulator};
+use servicebus_emulator::{Config, Emulator, QueueCounts};
 
 use super::support::{WAIT, options, queue};
 
@@ -57,6 +57,21 @@ async fn generic_amqp_mode_uses_sasl_plain_and_link_settlement() -> anyhow::Resu
     // The link settlement is not confirmed; give it a moment to land.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(emu.queue_counts("q").unwrap(), Default::default());
+    // The other outcomes go on the link too: abandon (modified, delivery failed), dead-letter (rejected).
+    c.sender("q").send(Message::new("twice")).await?;
+    let m = r.receive(1, WAIT).await?.remove(0);
+    r.abandon(&m, Default::default()).await?;
+    let m = r.receive(1, WAIT).await?.remove(0);
+    assert_eq!((&m.body[..], m.delivery_count), (&b"twice"[..], 1), "redelivered after one failed delivery");
+    r.dead_letter(&m, "", "").await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(emu.queue_counts("q").unwrap(), QueueCounts { dead_lettered: 1, ..Default::default() });
+    // A message of a link that was taken out of use can no longer be settled.
+    c.sender("q").send(Message::new("orphan")).await?;
+    let m = r.receive(1, WAIT).await?.remove(0);
+    r.close().await;
+    let err = r.complete(&m).await.unwrap_err();
+    assert!(matches!(err, Error::LockLost { .. }), "{err}");
     // No $management in this mode.
     let err = r.peek(1, 1).await.unwrap_err();
     assert!(matches!(err, Error::NotSupported { .. }), "{err}");
