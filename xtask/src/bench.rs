@@ -402,15 +402,11 @@ impl Bench {
                 let toml = self.host_toml(&queues, concurrency)?;
                 let mut host = self.start_host(&toml, &emu.connection_string(), "work.log")?;
                 let pid = host.pid().context("the host is running")?;
-                let completed = |host: &HostProcess| -> Result<usize> {
-                    let m = scrape(host.metrics)?;
-                    Ok(queues.iter().map(|q| metric(&m, "messaging_completed_total", q) as usize).sum())
-                };
                 // The host consumes from the moment it is ready: time from the first reading.
                 let (t0, done0, cpu0, broker0) =
-                    (Instant::now(), completed(&host)?, cpu_seconds(pid)?, cpu_seconds(broker_pid)?);
+                    (Instant::now(), completed(&host, &queues)?, cpu_seconds(pid)?, cpu_seconds(broker_pid)?);
                 loop {
-                    let done = completed(&host)?;
+                    let done = completed(&host, &queues)?;
                     if done >= THROUGHPUT_MESSAGES {
                         break;
                     }
@@ -467,9 +463,8 @@ impl Bench {
                 self.paced_send(&client, &queues, LATENCY_MESSAGES)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
-                    let m = scrape(host.metrics)?;
-                    let done: f64 = queues.iter().map(|q| metric(&m, "messaging_completed_total", q)).sum();
-                    if done as usize >= LATENCY_MESSAGES {
+                    let done = completed(&host, &queues)?;
+                    if done >= LATENCY_MESSAGES {
                         break;
                     }
                     if Instant::now() > deadline {
@@ -605,6 +600,12 @@ impl Bench {
 /// How many of `total` messages go to queue `i` of `queues`.
 fn share(total: usize, queues: usize, i: usize) -> usize {
     total / queues + usize::from(i < total % queues)
+}
+
+/// Messages the host has completed, over `queues`, from its metrics.
+fn completed(host: &HostProcess, queues: &[String]) -> Result<usize> {
+    let m = scrape(host.metrics)?;
+    Ok(queues.iter().map(|q| metric(&m, "messaging_completed_total", q) as usize).sum())
 }
 
 /// Parses a consumer's last line, `msgs/s <rate> cpu-s <seconds>`.
