@@ -59,6 +59,7 @@ pub fn run() -> Result<()> {
             Err(e) => {
                 failed += 1;
                 println!("FAIL  {name} ({:.1}s): {e:#}", started.elapsed().as_secs_f64());
+                print_logs_since(&env.dir, started);
             }
         }
     }
@@ -67,6 +68,29 @@ pub fn run() -> Result<()> {
         bail!("{failed} end-to-end scenario(s) failed; logs are in {}", env.dir.display());
     }
     Ok(())
+}
+
+/// Prints the end of every log in `dir` written since `since`: a CI log then shows why a
+/// scenario failed, not only that it did.
+fn print_logs_since(dir: &Path, since: Instant) {
+    const TAIL: usize = 25;
+    let since = std::time::SystemTime::now() - since.elapsed();
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since))
+        .map(|e| e.path())
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        println!("      --- last {} lines of {}", TAIL.min(lines.len()), log.display());
+        for line in &lines[lines.len().saturating_sub(TAIL)..] {
+            println!("      {line}");
+        }
+    }
 }
 
 /// A `Config.json` (Microsoft's schema) with these queues: (name, lock duration, max delivery count).
