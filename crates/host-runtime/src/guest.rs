@@ -91,6 +91,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_updates: mpsc::UnboundedSender<GuestConfiguration>,
     next_delivery: AtomicU64,
+    /// Random, drawn once: delivery ids are a counter plus this, so they differ between host
+    /// processes without a random draw (a syscall) per message.
+    process_tag: String,
     pub(crate) env: Vec<(String, String)>,
 }
 
@@ -110,6 +113,7 @@ impl Shared {
             metrics,
             config_updates,
             next_delivery: AtomicU64::new(0),
+            process_tag: uuid::Uuid::new_v4().simple().to_string(),
             env,
         }
     }
@@ -147,7 +151,7 @@ impl Shared {
     pub(crate) fn delivery(&self, channel: &str, message: ReceivedMessage, receiver: Arc<Receiver>) -> Arc<Delivery> {
         let n = self.next_delivery.fetch_add(1, Ordering::Relaxed) + 1;
         Arc::new(Delivery {
-            id: format!("d{n}-{}", uuid::Uuid::new_v4().simple()),
+            id: format!("d{n}-{}", self.process_tag),
             channel: channel.to_string(),
             message,
             receiver,

@@ -61,7 +61,12 @@ pub struct Metrics {
 impl Metrics {
     /// The counters of `channel`.
     pub fn channel(&self, channel: &str) -> Arc<ChannelCounters> {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).entry(channel.to_string()).or_default().clone()
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up per message: allocate the key only the first time.
+        if let Some(c) = channels.get(channel) {
+            return c.clone();
+        }
+        channels.entry(channel.to_string()).or_default().clone()
     }
 
     /// The channels with counters.

@@ -24,7 +24,7 @@
 //! | `err` | returns an error now (`settlement.new-error`) |
 //! | `trap` | traps (`unreachable`) |
 //! | `loop` | spins forever |
-//! | `alloc` | allocates memory without bound |
+//! | `alloc` | allocates 1 MiB chunks until memory cannot grow, then traps |
 //! | `stack` | recurses without bound |
 //!
 //! A step that fails does not stop the script: its error is recorded and the next
@@ -51,11 +51,17 @@ use wasi::messaging::producer;
 
 struct TestGuest;
 
+/// Traps with Wasm's `unreachable`: no panic message on stderr, so expected traps do not
+/// look like failures in test logs.
+fn trap() -> ! {
+    core::arch::wasm32::unreachable()
+}
+
 impl Guest for TestGuest {
     fn configure() -> Result<GuestConfiguration, Error> {
         match std::env::var("TEST_GUEST_CONFIGURE").as_deref() {
             Ok("error") => return Err(settlement::new_error("configure was told to fail")),
-            Ok("trap") => unreachable!("configure was told to trap"),
+            Ok("trap") => trap(),
             _ => {}
         }
         let channels = std::env::var("TEST_GUEST_CHANNELS").unwrap_or_else(|_| "test-in".into());
@@ -121,7 +127,7 @@ fn run_script(m: &Message) -> Result<(), Error> {
                 report.push(format!("{step} => returned error"));
                 break;
             }
-            "trap" => unreachable!("script {script:?} traps"),
+            "trap" => trap(),
             "loop" => spin_forever(),
             "alloc" => allocate_forever(),
             "stack" => {
@@ -216,11 +222,16 @@ fn spin_forever() -> ! {
     }
 }
 
+/// Allocates 1 MiB chunks until the host's memory cap refuses to grow memory, then traps
+/// (quietly: std's out-of-memory handler would print a message before aborting).
 fn allocate_forever() -> ! {
     let mut hoard: Vec<Vec<u8>> = Vec::new();
     loop {
-        let mut chunk = vec![0u8; 1 << 20];
-        chunk[0] = 1;
+        let mut chunk = Vec::new();
+        if chunk.try_reserve_exact(1 << 20).is_err() || hoard.try_reserve(1).is_err() {
+            trap();
+        }
+        chunk.resize(1 << 20, 1u8);
         hoard.push(std::hint::black_box(chunk));
     }
 }
