@@ -52,6 +52,9 @@ pub struct Options {
     pub cells: Vec<(usize, usize)>,
     /// Only the broker comparison (`--only brokers`), or only the rest (`--only consumers`).
     pub only: Option<Part>,
+    /// Messages per handler call of the host (`--batch B`, its `max-batch-size`). With B > 1 the
+    /// host runs C ÷ B calls of B messages, so as many messages are in flight as for the others.
+    pub batch: usize,
 }
 
 /// A part of the benchmarks, for `--only`.
@@ -65,12 +68,13 @@ pub enum Part {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { repeats: 3, cells: CELLS.to_vec(), only: None }
+        Self { repeats: 3, cells: CELLS.to_vec(), only: None, batch: 1 }
     }
 }
 
 impl Options {
-    /// Parses `cargo xtask bench`'s arguments: `[--repeats N] [--cells QxC,QxC] [--only consumers|brokers]`.
+    /// Parses `cargo xtask bench`'s arguments: `[--repeats N] [--cells QxC,QxC] [--only consumers|brokers]
+    /// [--batch B]`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self::default();
         let mut args = args.iter();
@@ -104,7 +108,14 @@ impl Options {
                         _ => bail!("'--only' takes consumers or brokers, but got '{value}'"),
                     });
                 }
-                other => bail!("'bench' takes --repeats <n>, --cells <QxC,…> and --only <part>, but got '{other}'"),
+                "--batch" => {
+                    options.batch = value.parse().ok().filter(|b| *b > 0).with_context(|| {
+                        format!("'--batch' takes a number of messages per call of at least 1, but got '{value}'")
+                    })?;
+                }
+                other => bail!(
+                    "'bench' takes --repeats <n>, --cells <QxC,…>, --only <part> and --batch <b>, but got '{other}'"
+                ),
             }
         }
         Ok(options)
@@ -150,6 +161,8 @@ struct Bench {
     python: PathBuf,
     dir: PathBuf,
     config: PathBuf,
+    /// The host's `max-batch-size` (see [`Options::batch`]).
+    batch: usize,
 }
 
 fn build_release() -> Result<PathBuf> {
@@ -209,6 +222,7 @@ pub fn run(options: Options) -> Result<()> {
         python: python::ensure_venv()?,
         config: config(&dir, &queue_names(10))?,
         dir,
+        batch: options.batch,
     };
     let repeats = options.repeats.max(1);
     if options.only != Some(Part::Brokers) {
@@ -258,7 +272,7 @@ impl Bench {
                     .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
                 println!(
                     "| {queues} × {concurrency} | {} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {consumer_cpu:.0} | {broker_cpu:.0} | {:.2} ms | {:.2} ms | {} |",
-                    consumer.label(),
+                    self.label(consumer),
                     summary(&p50).0 / 1e3,
                     summary(&p99).0 / 1e3,
                     rss.map_or("–".to_string(), |r| format!("{r:.1} MB")),
@@ -345,13 +359,25 @@ impl Bench {
         HostProcess::start(&self.host, &self.guest, toml, cs, &self.dir.join(log))
     }
 
+    /// A consumer's name in the tables, with the host's batch size when it is not 1.
+    fn label(&self, consumer: Consumer) -> String {
+        match consumer {
+            Consumer::Host if self.batch > 1 => format!("{}, {} messages per call", consumer.label(), self.batch),
+            _ => consumer.label().to_string(),
+        }
+    }
+
+    /// The host's configuration: `concurrency` messages in flight per queue, in calls of
+    /// `self.batch` messages.
     fn host_toml(&self, queues: &[String], concurrency: usize) -> Result<PathBuf> {
         let toml = self.dir.join("work.host.toml");
+        let calls = concurrency.div_ceil(self.batch).max(1);
         std::fs::write(
             &toml,
             format!(
-                "[guest]\nenv = {{ TEST_GUEST_CHANNELS = \"{}\" }}\n[defaults]\nmax-concurrent-calls = {concurrency}\n",
-                queues.join(",")
+                "[guest]\nenv = {{ TEST_GUEST_CHANNELS = \"{}\" }}\n[defaults]\nmax-concurrent-calls = {calls}\nmax-batch-size = {}\n",
+                queues.join(","),
+                self.batch
             ),
         )?;
         Ok(toml)
@@ -744,8 +770,9 @@ mod tests {
 
     #[test]
     fn options_take_repeats_and_cells() {
-        let o = Options::parse(&args(&["--cells", "1x16,4x1", "--repeats", "5", "--only", "brokers"])).unwrap();
-        assert_eq!((o.repeats, o.cells, o.only), (5, vec![(1, 16), (4, 1)], Some(Part::Brokers)));
+        let o = Options::parse(&args(&["--cells", "1x16,4x1", "--repeats", "5", "--only", "brokers", "--batch", "8"]))
+            .unwrap();
+        assert_eq!((o.repeats, o.cells, o.only, o.batch), (5, vec![(1, 16), (4, 1)], Some(Part::Brokers), 8));
     }
 
     #[test]
@@ -755,6 +782,7 @@ mod tests {
         assert!(e(&["--cells", "1x16,four"]).contains("but got 'four'"));
         assert!(e(&["--cells", "0x16"]).contains("but got '0x16'"));
         assert!(e(&["--repeats"]).contains("'--repeats' needs a value"));
+        assert!(e(&["--batch", "0"]).contains("'--batch' takes a number of messages per call of at least 1"));
         assert!(e(&["--fast", "1"]).contains("but got '--fast'"));
         assert!(e(&["--only", "all"]).contains("consumers or brokers, but got 'all'"));
     }

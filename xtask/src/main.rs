@@ -18,11 +18,11 @@ commands:
                  (--follow: keep running until Ctrl-C)
   test           build the guests, then run every test: unit, integration, interop, and end-to-end
   test-e2e       the end-to-end scenarios, with the emulator and host binaries
-  bench [--repeats N] [--cells QxC,…] [--only consumers|brokers]
+  bench [--repeats N] [--cells QxC,…] [--only consumers|brokers] [--batch B]
                  end-to-end numbers (release builds): start-up, idle memory, throughput, CPU and
                  latency of host vs native vs Python SDK, emulator vs RabbitMQ; N runs each
                  (default 3) in each cell of Q queues × C concurrent calls (default
-                 1x1,1x16,4x1,4x16)
+                 1x1,1x16,4x1,4x16); --batch B: the host takes B messages per call
   help           show this message
 ";
 

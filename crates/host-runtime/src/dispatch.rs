@@ -194,19 +194,23 @@ pub(crate) async fn dispatch(
 }
 
 /// The matrix's last row: ok → complete, anything else → abandon, for what is still unsettled.
+/// A batch's leftovers are settled concurrently: one round trip for the batch, not one each.
 async fn settle_leftovers(shared: &Shared, deliveries: &[Arc<Delivery>], end: &CallEnd) {
-    for d in deliveries {
-        if d.settlement() != Settlement::Unsettled || d.message.lock_token.is_none() {
-            continue;
-        }
-        let op = if end.succeeded() { SettleOp::Complete } else { SettleOp::Abandon };
-        let what = if end.succeeded() { "complete" } else { "abandon" };
-        if let Err(e) = apply(shared, d, op).await {
-            tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "could not {what} after the handler: {e}");
-        } else if !end.succeeded() {
-            tracing::debug!(channel = %d.channel, seq = d.message.sequence_number, "abandoned after {end:?}");
-        }
-    }
+    let what = if end.succeeded() { "complete" } else { "abandon" };
+    let leftovers = deliveries
+        .iter()
+        .filter(|d| d.settlement() == Settlement::Unsettled && d.message.lock_token.is_some())
+        .map(|d| {
+            let op = if end.succeeded() { SettleOp::Complete } else { SettleOp::Abandon };
+            async move {
+                if let Err(e) = apply(shared, d, op).await {
+                    tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "could not {what} after the handler: {e}");
+                } else if !end.succeeded() {
+                    tracing::debug!(channel = %d.channel, seq = d.message.sequence_number, "abandoned after {end:?}");
+                }
+            }
+        });
+    futures_util::future::join_all(leftovers).await;
 }
 
 /// Renews the locks of unsettled deliveries at half their remaining time, until

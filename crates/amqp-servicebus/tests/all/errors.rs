@@ -49,3 +49,44 @@ async fn a_bad_connection_string_is_rejected_up_front() {
     let err = ServiceBusClient::new("Endpoint=sb://h/", ClientOptions::default()).unwrap_err();
     assert!(matches!(err, Error::InvalidConnectionString(_)), "{err}");
 }
+
+/// Sends racing to a missing entity on one sender each fail as not found, promptly: none of them
+/// waits on a link attach that the other's failure left behind. The connection stays usable:
+/// messages received before the failures are settled after them.
+///
+/// Known to fail about one run in ten: now and then fe2o3's attach answers the emulator's
+/// attach-with-null-terminus + detach (the service's way of refusing a link) with "Illegal link
+/// state", its session ends, and every link of the connection goes with it (held locks are then
+/// lost). Kept as the reproducer: `cargo test -p amqp-servicebus --test all -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces a session-ending race in fe2o3's link attach; see the comment above"]
+async fn concurrent_sends_to_an_unknown_entity_all_fail_promptly() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("q")]).await;
+    let c = client(&emu);
+    for i in 0..8 {
+        c.sender("q").send(Message::new(format!("m{i}"))).await?;
+    }
+    let receiver = c.receiver("q");
+    let mut held = Vec::new();
+    while held.len() < 8 {
+        held.extend(receiver.receive(8 - held.len(), WAIT).await?);
+    }
+    let sender = std::sync::Arc::new(c.sender("nope"));
+    for round in 0..5 {
+        let sends = (0..8).map(|i| {
+            let sender = sender.clone();
+            tokio::spawn(async move { sender.send(Message::new(format!("{round}-{i}"))).await })
+        });
+        for send in sends {
+            let result = tokio::time::timeout(std::time::Duration::from_secs(10), send).await;
+            let err = result.expect("a send to a missing entity hung")?.unwrap_err();
+            assert!(matches!(&err, Error::EntityNotFound { entity, .. } if entity == "nope"), "{err}");
+        }
+    }
+    let completions = held.iter().map(|m| receiver.complete(m));
+    tokio::time::timeout(std::time::Duration::from_secs(10), futures_util::future::try_join_all(completions))
+        .await
+        .expect("completions after the failed sends hung")?;
+    emu.shutdown().await;
+    Ok(())
+}

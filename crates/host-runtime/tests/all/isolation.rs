@@ -109,6 +109,45 @@ async fn a_batch_of_messages_goes_to_one_handler_call() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a batch's call leaves unsettled is settled by the matrix, every message of it: all
+/// completed when the call returns ok, all abandoned when it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_left_unsettled_is_settled_whole_by_the_matrix() -> anyhow::Result<()> {
+    let emu = emulator(vec![
+        queue_with("ok-batch", Duration::from_secs(30), 1),
+        queue_with("bad-batch", Duration::from_secs(30), 1),
+        queue("reports"),
+    ])
+    .await;
+    let c = client(&emu);
+    for i in 0..8 {
+        send_script(&c, "ok-batch", &format!("o{i}"), "ok").await;
+        send_script(&c, "bad-batch", &format!("e{i}"), "err").await;
+    }
+    let host = test_host(
+        &emu,
+        "ok-batch,bad-batch",
+        "[defaults]\nmax-batch-size = 8\nprefetch = 8\nmax-concurrent-calls = 1\n",
+    )
+    .await;
+    let m = host.metrics();
+    eventually("both batches settled", Duration::from_secs(10), || {
+        m.channel("ok-batch").completed.load(Ordering::Relaxed) == 8
+            && m.channel("bad-batch").abandoned.load(Ordering::Relaxed) == 8
+    })
+    .await;
+    assert!(m.channel("ok-batch").calls.load(Ordering::Relaxed) < 8, "the eight messages came in batches");
+    // MaxDeliveryCount 1: the abandoned ones are dead-lettered; nothing stays locked or active.
+    eventually("the queues settled", Duration::from_secs(5), || {
+        emu.queue_counts("ok-batch").unwrap() == QueueCounts::default()
+            && emu.queue_counts("bad-batch").unwrap() == QueueCounts { dead_lettered: 8, ..Default::default() }
+    })
+    .await;
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}
+
 /// Pooled slots are reset in place between instances (engine.rs): no instance may see the
 /// globals or heap bytes of the one before it in the same slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
