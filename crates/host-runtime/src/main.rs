@@ -64,6 +64,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // Listen for signals before anything else: a SIGTERM sent as soon as the process says it
+    // is ready must shut it down gracefully, not kill it with the default action.
+    let mut signals = Signals::install()?;
     let grace = parse_duration(&args.grace_period).map_err(|e| anyhow::anyhow!("--grace-period: {e}"))?;
     let config = match &args.config {
         Some(path) => HostConfig::from_file(path)?,
@@ -83,15 +86,21 @@ async fn run(args: Args) -> Result<()> {
     let cache_dir = args.cache_dir.clone().or_else(default_cache_dir);
     let engine = EngineSettings { max_memory: (max_memory_mib as usize) << 20, cache_dir, ..EngineSettings::default() };
     let started = std::time::Instant::now();
-    let host = Host::start(HostOptions {
+    let start = Host::start(HostOptions {
         component: args.component.clone(),
         connection,
         config,
         engine,
         client: ClientOptions::default(),
-    })
-    .await
-    .with_context(|| format!("starting {}", args.component.display()))?;
+    });
+    let host = tokio::select! {
+        host = start => host.with_context(|| format!("starting {}", args.component.display()))?,
+        // Nothing was received yet, so there is nothing to settle.
+        () = signals.recv() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     tracing::info!(
         ready_in = ?started.elapsed(),
         compiled_from_cache = host.from_cache,
@@ -108,7 +117,7 @@ async fn run(args: Args) -> Result<()> {
         }
         None => None,
     };
-    wait_for_signal().await?;
+    signals.recv().await;
     tracing::info!("stopping: no new messages; in-flight handlers have {grace:?} (a second signal exits at once)");
     let shutdown = host.shutdown(grace);
     tokio::pin!(shutdown);
@@ -117,8 +126,7 @@ async fn run(args: Args) -> Result<()> {
             tracing::info!(drained = report.drained, "stopped");
             Ok(())
         }
-        r = wait_for_signal() => {
-            r?;
+        () = signals.recv() => {
             eprintln!("second signal: exiting now; unsettled messages return to their queues when their locks expire");
             std::process::exit(130);
         }
@@ -132,12 +140,25 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("messaging-host"))
 }
 
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT (Ctrl-C), listened for from start-up.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(Self { term, int })
     }
-    Ok(())
+
+    /// Waits for the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

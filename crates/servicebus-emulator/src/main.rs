@@ -75,6 +75,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // Listen for signals before anything else: a SIGTERM sent as soon as the process says it
+    // is ready must shut it down gracefully, not kill it with the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -103,18 +108,11 @@ async fn run(args: Args) -> Result<()> {
         println!("servicebus-emulator listening on amqps://{tls}");
     }
     println!("connection string: {}", emulator.connection_string());
-    wait_for_signal().await?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     eprintln!("shutting down");
     emulator.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }
