@@ -27,7 +27,7 @@ use amqp_servicebus::{ClientOptions, Dialect, Message, ServiceBusClient};
 use anyhow::{Context as _, Result, bail};
 
 use crate::procs::{EmulatorProcess, HostProcess, metric, scrape};
-use crate::{guests, paths, python};
+use crate::{guests, paths, procs, python};
 
 /// Messages drained per throughput run (over all queues).
 const THROUGHPUT_MESSAGES: usize = 4000;
@@ -178,14 +178,11 @@ fn build_release() -> Result<PathBuf> {
     Ok(paths::target_dir().join("release"))
 }
 
+/// The emulator's configuration: `queues`, each with a one-minute lock.
 fn config(dir: &Path, queues: &[String]) -> Result<PathBuf> {
-    let queues: Vec<_> = queues
-        .iter()
-        .map(|q| serde_json::json!({"Name": q, "Properties": {"LockDuration": "PT1M", "MaxDeliveryCount": 10}}))
-        .collect();
-    let doc = serde_json::json!({"UserConfig": {"Namespaces": [{"Name": "bench", "Queues": queues, "Topics": []}], "Logging": {"Type": "Console"}}});
+    let queues: Vec<(&str, &str, u32)> = queues.iter().map(|q| (q.as_str(), "PT1M", 10)).collect();
     let path = dir.join("bench.Config.json");
-    std::fs::write(&path, serde_json::to_string(&doc)?)?;
+    procs::write_emulator_config(&path, "bench", &queues)?;
     Ok(path)
 }
 

@@ -95,15 +95,8 @@ fn print_logs_since(dir: &Path, since: Instant) {
 
 /// A `Config.json` (Microsoft's schema) with these queues: (name, lock duration, max delivery count).
 fn config_json(env: &Env, name: &str, queues: &[(&str, &str, u32)]) -> Result<PathBuf> {
-    let queues: Vec<serde_json::Value> = queues
-        .iter()
-        .map(|(q, lock, mdc)| {
-            serde_json::json!({ "Name": q, "Properties": { "LockDuration": lock, "MaxDeliveryCount": mdc } })
-        })
-        .collect();
-    let doc = serde_json::json!({ "UserConfig": { "Namespaces": [ { "Name": "e2e", "Queues": queues, "Topics": [] } ], "Logging": { "Type": "Console" } } });
     let path = env.dir.join(format!("{name}.Config.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    procs::write_emulator_config(&path, "e2e", queues)?;
     Ok(path)
 }
 

@@ -10,6 +10,19 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{guests, paths};
 
+/// Writes an emulator `Config.json` (Microsoft's schema) to `path`: one namespace with these
+/// queues, each (name, lock duration such as `PT30S`, max delivery count).
+pub fn write_emulator_config(path: &Path, namespace: &str, queues: &[(&str, &str, u32)]) -> Result<()> {
+    let queues: Vec<serde_json::Value> = queues
+        .iter()
+        .map(|(q, lock, mdc)| {
+            serde_json::json!({ "Name": q, "Properties": { "LockDuration": lock, "MaxDeliveryCount": mdc } })
+        })
+        .collect();
+    let doc = serde_json::json!({ "UserConfig": { "Namespaces": [ { "Name": namespace, "Queues": queues, "Topics": [] } ], "Logging": { "Type": "Console" } } });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Builds the emulator and host binaries (debug) and returns their paths.
 pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
     let status = guests::cargo()

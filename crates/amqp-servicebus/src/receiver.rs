@@ -338,7 +338,8 @@ impl Receiver {
         };
         let state: TerminalDeliveryState = match disposition {
             Disposition::Complete => {
-                // The common case settles without waiting for a `receive` to let go of the link.
+                // The common case settles without waiting for a `receive` to let go of the link
+                // (fe2o3's disposer can accept, but not modify or reject).
                 let disposer = self.disposer_for(generation).ok_or_else(link_lost)?;
                 return disposer
                     .accept(info)

@@ -196,18 +196,17 @@ pub(crate) async fn dispatch(
 /// The matrix's last row: ok → complete, anything else → abandon, for what is still unsettled.
 /// A batch's leftovers are settled concurrently: one round trip for the batch, not one each.
 async fn settle_leftovers(shared: &Shared, deliveries: &[Arc<Delivery>], end: &CallEnd) {
-    let what = if end.succeeded() { "complete" } else { "abandon" };
+    let ok = end.succeeded();
+    let what = if ok { "complete" } else { "abandon" };
     let leftovers = deliveries
         .iter()
         .filter(|d| d.settlement() == Settlement::Unsettled && d.message.lock_token.is_some())
-        .map(|d| {
-            let op = if end.succeeded() { SettleOp::Complete } else { SettleOp::Abandon };
-            async move {
-                if let Err(e) = apply(shared, d, op).await {
-                    tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "could not {what} after the handler: {e}");
-                } else if !end.succeeded() {
-                    tracing::debug!(channel = %d.channel, seq = d.message.sequence_number, "abandoned after {end:?}");
-                }
+        .map(|d| async move {
+            let op = if ok { SettleOp::Complete } else { SettleOp::Abandon };
+            if let Err(e) = apply(shared, d, op).await {
+                tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "could not {what} after the handler: {e}");
+            } else if !ok {
+                tracing::debug!(channel = %d.channel, seq = d.message.sequence_number, "abandoned after {end:?}");
             }
         });
     futures_util::future::join_all(leftovers).await;
