@@ -1,6 +1,7 @@
-//! The `messaging-host` binary: a clean exit on SIGTERM with messages in flight, and
-//! errors for bad arguments.
+//! The `messaging-host` binary: a clean exit on SIGTERM with messages in flight or during
+//! start-up, and errors for bad arguments.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -9,6 +10,21 @@ use servicebus_emulator::QueueCounts;
 use super::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_messaging-host");
+
+/// The host binary on the test guest with `config`, on `emu`, logging to a piped stderr.
+fn test_guest_host(emu: &servicebus_emulator::Emulator, config: &Path, cache: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg(guest("test-guest"))
+        .arg("--config")
+        .arg(config)
+        .arg("--cache-dir")
+        .arg(cache)
+        .env("SERVICEBUS_CONNECTION_STRING", emu.connection_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_messages_in_flight_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
@@ -20,17 +36,7 @@ async fn sigterm_with_messages_in_flight_exits_zero_and_loses_nothing() -> anyho
     for i in 0..3 {
         send_script(&c, "in", &format!("t{i}"), "sleep:1500;complete").await;
     }
-    let mut host = Command::new(BIN)
-        .arg(guest("test-guest"))
-        .args(["--config"])
-        .arg(&toml)
-        .args(["--grace-period", "10s", "--cache-dir"])
-        .arg(dir.path().join("cache"))
-        .env("SERVICEBUS_CONNECTION_STRING", emu.connection_string())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut host = test_guest_host(&emu, &toml, &dir.path().join("cache")).args(["--grace-period", "10s"]).spawn()?;
     eventually("three messages in flight", Duration::from_secs(30), || emu.queue_counts("in").unwrap().locked == 3)
         .await;
     assert!(Command::new("kill").args(["-TERM", &host.id().to_string()]).status()?.success());
@@ -38,6 +44,28 @@ async fn sigterm_with_messages_in_flight_exits_zero_and_loses_nothing() -> anyho
     assert!(status.success(), "{status}");
     // The handlers finished within the grace period: all three completed.
     assert_eq!(emu.queue_counts("in").unwrap(), QueueCounts::default());
+    emu.shutdown().await;
+    Ok(())
+}
+
+/// A signal while the host is still starting (compiling its guest, with an empty cache) stops
+/// it cleanly, exit 0, having taken no message; it is not killed by the signal's default action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_exits_zero_and_takes_nothing() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("in")]).await;
+    send_script(&client(&emu), "in", "early", "complete").await;
+    let dir = tempfile::tempdir()?;
+    let toml = dir.path().join("host.toml");
+    std::fs::write(&toml, "[guest]\nenv = { TEST_GUEST_CHANNELS = \"in\" }\n")?;
+    let host = test_guest_host(&emu, &toml, &dir.path().join("empty-cache")).spawn()?;
+    // Long enough to be past the first lines of `main`, well short of a debug-build compile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(Command::new("kill").args(["-TERM", &host.id().to_string()]).status()?.success());
+    let out = tokio::task::spawn_blocking(move || host.wait_with_output()).await??;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {log}", out.status);
+    assert!(log.contains("stopped during start-up"), "{log}");
+    assert_eq!(emu.queue_counts("in").unwrap(), QueueCounts { active: 1, ..Default::default() });
     emu.shutdown().await;
     Ok(())
 }
