@@ -58,8 +58,9 @@ async fn sigterm_during_start_up_exits_zero_and_takes_nothing() -> anyhow::Resul
     let toml = dir.path().join("host.toml");
     std::fs::write(&toml, "[guest]\nenv = { TEST_GUEST_CHANNELS = \"in\" }\n")?;
     let host = test_guest_host(&emu, &toml, &dir.path().join("empty-cache")).spawn()?;
-    // Long enough to be past the first lines of `main`, well short of a debug-build compile.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough to be past the first lines of `main` (a few ms), well short of compiling the
+    // guest in a debug build (over half a second here).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(Command::new("kill").args(["-TERM", &host.id().to_string()]).status()?.success());
     let out = tokio::task::spawn_blocking(move || host.wait_with_output()).await??;
     let log = String::from_utf8_lossy(&out.stderr);
