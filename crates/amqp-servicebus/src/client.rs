@@ -20,6 +20,8 @@ use fe2o3_amqp_cbs::client::CbsClient;
 use fe2o3_amqp_cbs::token::CbsToken;
 use fe2o3_amqp_types::primitives::Timestamp;
 use tokio::net::TcpStream;
+
+use crate::guard::Guarded;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::connection_string::{ConnectionString, Credential};
@@ -327,9 +329,9 @@ impl ServiceBusClient {
             .idle_time_out(60_000u32);
         let mut connection = if settings.uses_tls() {
             let tls = tls_connect(tcp, &host, options.extra_ca_pem.as_deref()).await?;
-            builder.open_with_stream(tls).await
+            builder.open_with_stream(Guarded::new(tls)).await
         } else {
-            builder.open_with_stream(tcp).await
+            builder.open_with_stream(Guarded::new(tcp)).await
         }
         .map_err(|e| Error::connection(entity, format!("opening the AMQP connection to {host}:{port} failed: {e}")))?;
         let mut session = Session::builder()
@@ -370,7 +372,7 @@ async fn put_token(
         Credential::SharedAccessSignature(t) => (t.clone(), sas::expiry_of(t).unwrap_or(u64::MAX)),
         Credential::Anonymous => return Ok(u64::MAX),
     };
-    let expiry = (expires != u64::MAX).then(|| Timestamp::from_milliseconds((expires * 1000) as i64));
+    let expiry = sas::expiry_millis(expires).map(Timestamp::from_milliseconds);
     let mut cbs = cbs.lock().await;
     let put = cbs.put_token(audience.to_string(), CbsToken::new(token, "servicebus.windows.net:sastoken", expiry));
     match tokio::time::timeout(options.operation_timeout, put).await {
@@ -409,7 +411,7 @@ async fn refresh_tokens(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, exp)| **exp != u64::MAX && **exp <= now + margin)
+            .filter(|(_, exp)| **exp != u64::MAX && **exp <= now.saturating_add(margin))
             .map(|(a, _)| a.clone())
             .collect();
         for audience in due {

@@ -90,6 +90,13 @@ impl ConnectionString {
         let endpoint = endpoint
             .ok_or_else(|| bad("the Endpoint is missing (Endpoint=sb://<namespace>.servicebus.windows.net/)".into()))?;
         let (host, port) = parse_endpoint(&endpoint)?;
+        if emulator && !is_loopback(&host) {
+            return Err(bad(format!(
+                "UseDevelopmentEmulator=true sends the key without TLS, so it is only accepted for a loopback \
+                 endpoint (localhost, 127.0.0.1, [::1]), not {host:?}: reach a remote emulator through a tunnel \
+                 to localhost, or connect to its TLS port without UseDevelopmentEmulator"
+            )));
+        }
         let credential = match (key_name, key, sas) {
             (Some(name), Some(key), None) => {
                 if name.is_empty() || key.is_empty() {
@@ -179,11 +186,13 @@ impl ConnectionString {
         !self.use_development_emulator
     }
 
-    /// The namespace as the SDKs name it in audiences: the host, with the port when one was given.
+    /// The namespace as the SDKs name it in audiences: the host, with the port when one was given
+    /// (an IPv6 address in brackets).
     pub fn fully_qualified_namespace(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         match self.port {
-            Some(p) => format!("{}:{p}", self.host),
-            None => self.host.clone(),
+            Some(p) => format!("{host}:{p}"),
+            None => host,
         }
     }
 }
@@ -203,17 +212,52 @@ fn parse_endpoint(endpoint: &str) -> Result<(String, Option<u16>), Error> {
     if authority.is_empty() {
         return Err(bad(format!("the Endpoint {endpoint:?} has no host")));
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() => {
-            let port =
+    // An IPv6 literal is bracketed: `[::1]` or `[::1]:5672`.
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (address, after) = bracketed.split_once(']').ok_or_else(|| {
+            bad(format!("the Endpoint {endpoint:?} opens an IPv6 address with '[' but never closes it"))
+        })?;
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad(format!("the Endpoint host [{address}] is not an IPv6 address")));
+        }
+        match after {
+            "" => (address, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (address, Some(port)),
+                None => return Err(bad(format!("the Endpoint {endpoint:?} has {after:?} after its IPv6 address"))),
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((_, rest)) if rest.contains(':') => {
+                return Err(bad(format!(
+                    "the Endpoint host {authority:?} looks like an IPv6 address: write it in brackets, e.g. sb://[::1]:5672"
+                )));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad(format!("the Endpoint {endpoint:?} has no host")));
+    }
+    let port = match port {
+        None => None,
+        Some(port) => {
+            let port: u16 =
                 port.parse().map_err(|_| bad(format!("the Endpoint port {port:?} is not a number from 1 to 65535")))?;
             if port == 0 {
                 return Err(bad("the Endpoint port must not be 0".into()));
             }
-            Ok((host.to_string(), Some(port)))
+            Some(port)
         }
-        _ => Ok((authority.to_string(), None)),
-    }
+    };
+    Ok((host.to_string(), port))
+}
+
+/// `localhost`, or an IPv4 or IPv6 loopback address: where a key may travel without TLS.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn truncate(s: &str) -> String {
@@ -254,6 +298,50 @@ mod tests {
         .unwrap();
         assert_eq!((cs.host.as_str(), cs.effective_port()), ("127.0.0.1", 6000));
         assert_eq!(cs.fully_qualified_namespace(), "127.0.0.1:6000");
+    }
+
+    #[test]
+    fn the_emulator_flag_is_refused_for_hosts_that_are_not_loopback() {
+        let with = |host: &str| {
+            ConnectionString::parse(&format!(
+                "Endpoint=sb://{host};SharedAccessKeyName=a;SharedAccessKey=SECRET;UseDevelopmentEmulator=true"
+            ))
+        };
+        for host in ["localhost", "LOCALHOST:5672", "127.0.0.1", "127.8.9.10:1", "[::1]", "[::1]:5672"] {
+            with(host).unwrap();
+        }
+        for host in ["contoso.servicebus.windows.net", "10.0.0.5:5672", "localhost.evil.example", "[2001:db8::1]:5672"]
+        {
+            let e = with(host).unwrap_err().to_string();
+            assert!(e.contains("only accepted for a loopback endpoint"), "{host}: {e}");
+            assert!(!e.contains("SECRET"));
+        }
+        // Without the flag, the same hosts are fine (TLS).
+        ConnectionString::parse("Endpoint=sb://10.0.0.5;SharedAccessKeyName=a;SharedAccessKey=b").unwrap();
+    }
+
+    #[test]
+    fn ipv6_literal_endpoints_parse_with_and_without_a_port() {
+        let cs = ConnectionString::parse(
+            "Endpoint=sb://[::1]:5672/;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true",
+        )
+        .unwrap();
+        assert_eq!((cs.host.as_str(), cs.port), ("::1", Some(5672)));
+        assert_eq!(cs.fully_qualified_namespace(), "[::1]:5672");
+        let cs = ConnectionString::parse("Endpoint=sb://[::1];SharedAccessKeyName=a;SharedAccessKey=b").unwrap();
+        assert_eq!((cs.host.as_str(), cs.port, cs.fully_qualified_namespace().as_str()), ("::1", None, "[::1]"));
+        for (endpoint, expected) in [
+            ("sb://[::1", "never closes it"),
+            ("sb://[nope]:1", "not an IPv6 address"),
+            ("sb://[::1]x", "after its IPv6 address"),
+            ("sb://::1:5672", "write it in brackets"),
+            ("sb://[::1]:0", "must not be 0"),
+        ] {
+            let e = ConnectionString::parse(&format!("Endpoint={endpoint};SharedAccessKeyName=a;SharedAccessKey=b"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{endpoint}: {e}");
+        }
     }
 
     #[test]

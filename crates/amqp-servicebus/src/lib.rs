@@ -48,6 +48,7 @@
 mod client;
 pub mod connection_string;
 pub mod error;
+mod guard;
 mod management;
 mod message;
 mod receiver;
@@ -60,6 +61,6 @@ pub use connection_string::{ConnectionString, Credential};
 pub use error::{Error, Result};
 pub use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue};
 pub use message::{BodyKind, Message, ReceivedMessage};
-pub use receiver::{ReceiveMode, Receiver, ReceiverOptions};
+pub use receiver::{ReceiveMode, Receiver, ReceiverOptions, UNDECODABLE_REASON};
 pub use retry::RetryPolicy;
 pub use sender::Sender;

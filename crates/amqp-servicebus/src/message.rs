@@ -249,6 +249,9 @@ impl ReceivedMessage {
         entity: &str,
         generation: u64,
     ) -> Result<Self, serde_amqp::Error> {
+        // Walked first: the decode below recurses once per nesting level, and these bytes
+        // come from a binary field the transport's own check does not look into.
+        amqp_wire::check_values(bytes, amqp_wire::MAX_DEPTH).map_err(|e| serde_amqp::Error::Message(e.to_string()))?;
         let m = serde_amqp::from_slice::<Deserializable<AmqpMessage<Body<Value>>>>(bytes)?.0;
         Ok(Self::from_amqp(m, None, lock_token, entity, generation))
     }

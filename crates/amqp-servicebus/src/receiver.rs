@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use fe2o3_amqp::Receiver as AmqpReceiver;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::link::receiver::{CreditMode, ReceiverDisposer, TerminalDeliveryState};
+use fe2o3_amqp::link::{MessageDecodeError, RecvError};
 use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue};
@@ -32,6 +33,9 @@ use crate::message::{Message, ReceivedMessage, system_time};
 
 /// How long `receive` holds the link while it waits for messages, at a time.
 const RECEIVE_SLICE: Duration = Duration::from_millis(50);
+
+/// The `DeadLetterReason` of a message the receiver could not decode.
+pub const UNDECODABLE_REASON: &str = "UndecodableMessage";
 
 /// How messages are taken from the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -174,6 +178,10 @@ impl Receiver {
                 let delivery = match next {
                     None => break,
                     Some(Ok(d)) => d,
+                    Some(Err(RecvError::MessageDecode(e))) => {
+                        self.dead_letter_undecodable(&link.receiver, e).await;
+                        continue;
+                    }
                     Some(Err(e)) => {
                         let generation = link.connection_generation;
                         self.discard_link(&mut slot);
@@ -212,6 +220,34 @@ impl Receiver {
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
             }
+        }
+    }
+
+    /// A delivery that cannot be decoded (malformed, or nested too deeply to decode
+    /// safely) can never be handed to anyone: it goes to the dead-letter queue on its own,
+    /// with the reason, and the link goes on. In receive-and-delete mode it is already
+    /// gone from the broker; the log says so.
+    async fn dead_letter_undecodable(&self, receiver: &AmqpReceiver, e: MessageDecodeError) {
+        use fe2o3_amqp::types::definitions::{Error as AmqpError, ErrorCondition};
+        use fe2o3_amqp::types::primitives::Symbol;
+        let description = format!("the message cannot be decoded: {}", e.source);
+        if self.options.mode == ReceiveMode::ReceiveAndDelete {
+            tracing::error!(entity = %self.entity, "dropping a message received in receive-and-delete mode: {description}");
+            return;
+        }
+        tracing::warn!(entity = %self.entity, "dead-lettering a message: {description}");
+        let mut info = OrderedMap::new();
+        info.insert(Symbol::from("DeadLetterReason"), Value::String(UNDECODABLE_REASON.into()));
+        info.insert(Symbol::from("DeadLetterErrorDescription"), Value::String(description.clone()));
+        let error = AmqpError::new(
+            ErrorCondition::Custom(Symbol::from("com.microsoft:dead-letter")),
+            Some(description),
+            Some(info),
+        );
+        if let Err(e) = receiver.reject(e.info, error).await {
+            // The lock expires and the broker redelivers it; it ends here again, or in the
+            // dead-letter queue once its delivery count runs out.
+            tracing::warn!(entity = %self.entity, "dead-lettering an undecodable message failed: {e}");
         }
     }
 

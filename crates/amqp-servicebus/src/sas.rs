@@ -33,8 +33,14 @@ pub fn token(audience: &str, key_name: &str, key: &str, expires_at: u64) -> Stri
 /// A SAS token for `audience` valid for `ttl` from now; returns it with its expiry (Unix seconds).
 pub fn token_for(audience: &str, key_name: &str, key: &str, ttl: Duration) -> (String, u64) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let expires_at = now + ttl.as_secs().max(1);
+    let expires_at = now.saturating_add(ttl.as_secs().max(1));
     (token(audience, key_name, key, expires_at), expires_at)
+}
+
+/// An expiry in Unix seconds as AMQP timestamp milliseconds; `None` when it is too far in
+/// the future to have one (the token then counts as never expiring).
+pub fn expiry_millis(expires_at: u64) -> Option<i64> {
+    expires_at.checked_mul(1000).and_then(|ms| i64::try_from(ms).ok())
 }
 
 /// The expiry (`se`, Unix seconds) of a token, if it has one.
@@ -62,6 +68,16 @@ mod tests {
             );
             assert_eq!(got, v["token"].as_str().unwrap(), "audience {}", v["audience"]);
         }
+    }
+
+    #[test]
+    fn expiries_beyond_what_a_timestamp_holds_do_not_overflow() {
+        // `se=18446744073709551614` in a connection string's token made the client panic.
+        assert_eq!(expiry_millis(18446744073709551614), None);
+        assert_eq!(expiry_millis(u64::MAX / 1000 + 1), None);
+        assert_eq!(expiry_millis(1_700_000_000), Some(1_700_000_000_000));
+        let (_, exp) = token_for("sb://h/q", "k", "v", Duration::MAX);
+        assert_eq!(exp, u64::MAX);
     }
 
     #[test]

@@ -225,6 +225,15 @@ impl HostConfig {
         for (k, v, at) in config.defaults.iter().chain(config.channels.values().flatten()) {
             scratch.set(k, v, at)?;
         }
+        if let Some(mib) = config.guest.max_memory_mib
+            && !MAX_MEMORY_MIB.contains(&mib)
+        {
+            return Err(ConfigError::Invalid {
+                at: format!("{origin} [guest]"),
+                key: "max-memory-mib".into(),
+                message: memory_range_message(mib),
+            });
+        }
         if config.connections.contains_key("default") {
             return Err(ConfigError::Invalid {
                 at: origin.into(),
@@ -234,6 +243,18 @@ impl HostConfig {
         }
         Ok(config)
     }
+}
+
+/// The memory caps a guest instance may have, in MiB: a 32-bit linear memory holds at most 4 GiB.
+pub const MAX_MEMORY_MIB: std::ops::RangeInclusive<u64> = 1..=4096;
+
+/// Says why `mib` is not a memory cap.
+pub fn memory_range_message(mib: u64) -> String {
+    format!(
+        "{mib} MiB is not a memory cap a guest can have: choose {} to {} (a 32-bit guest memory holds at most 4 GiB)",
+        MAX_MEMORY_MIB.start(),
+        MAX_MEMORY_MIB.end()
+    )
 }
 
 /// The guest's `extensions`, split into options for every channel and options for one.

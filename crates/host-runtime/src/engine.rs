@@ -1,22 +1,20 @@
 //! The Wasmtime engine, loading the guest (with a compiled-artifact cache), and
 //! the linker that gives the guest WASI and the messaging interfaces.
 //!
-//! The component is compiled once, then serialized to the cache directory under a
-//! key made of its content, the engine's compatibility hash and Wasmtime's
-//! version; a restart loads the artifact in microseconds instead of compiling.
+//! The component is compiled once and kept in the cache directory (`cache`); a
+//! restart loads the artifact in microseconds instead of compiling.
 //! Instances come from one `InstancePre` and the pooling allocator.
 
-use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wit_interface::{ServicebusGuest, ServicebusGuestPre, names};
 
+use crate::cache;
 use crate::guest::State;
 
 /// How often the epoch advances: the granularity of handler deadlines.
@@ -157,7 +155,8 @@ pub fn load(path: &Path, settings: EngineSettings) -> Result<LoadedGuest, LoadEr
     }
     let compile = |m: String| LoadError::Compile { path: shown.clone(), message: m };
     let engine = engine(&settings).map_err(compile)?;
-    let (component, from_cache) = compile_cached(&engine, &bytes, settings.cache_dir.as_deref()).map_err(compile)?;
+    let (component, from_cache) =
+        cache::compile_cached(&engine, &bytes, settings.cache_dir.as_deref()).map_err(compile)?;
     let imports_settlement = check_world(&engine, &component, &shown)?;
 
     let mut linker: Linker<State> = Linker::new(&engine);
@@ -183,44 +182,6 @@ pub fn load(path: &Path, settings: EngineSettings) -> Result<LoadedGuest, LoadEr
         })
         .map_err(|e| compile(format!("cannot start the epoch ticker: {e}")))?;
     Ok(LoadedGuest { engine, pre, settings, imports_settlement, from_cache, stop_ticker })
-}
-
-/// Compiles, or loads the artifact compiled earlier for the same content and engine.
-fn compile_cached(engine: &Engine, bytes: &[u8], cache_dir: Option<&Path>) -> Result<(Component, bool), String> {
-    let Some(dir) = cache_dir else {
-        return Component::new(engine, bytes).map(|c| (c, false)).map_err(|e| format!("{e:#}"));
-    };
-    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut engine_hash);
-    let mut key = Sha256::new();
-    key.update(bytes);
-    key.update(engine_hash.finish().to_le_bytes());
-    key.update(env!("CARGO_PKG_VERSION").as_bytes());
-    let file = dir.join(format!("{}.cwasm", hex::encode(key.finalize())));
-    if file.is_file() {
-        // SAFETY: the file is one this function wrote, named by the hash of the component and of
-        // the engine's compatibility settings, so it was produced by a compatible engine from the
-        // same bytes. A file that is not such an artifact fails to deserialize (wasmtime checks the
-        // header and engine settings) and is then recompiled below.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(engine, &file) };
-        match loaded {
-            Ok(c) => return Ok((c, true)),
-            Err(e) => tracing::warn!(file = %file.display(), "cached artifact unusable, recompiling: {e:#}"),
-        }
-    }
-    let component = Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
-    let serialized = component.serialize().map_err(|e| format!("{e:#}"))?;
-    // Write to a temporary file and rename, so a concurrent reader never sees half a file.
-    let written = std::fs::create_dir_all(dir).and_then(|_| {
-        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&tmp, &serialized)?;
-        std::fs::rename(&tmp, &file)
-    });
-    if let Err(e) = written {
-        tracing::warn!(dir = %dir.display(), "cannot cache the compiled component: {e}");
-    }
-    Ok((component, false))
 }
 
 /// Checks the component's imports and exports; returns whether it imports the extension.

@@ -39,6 +39,7 @@
 
 #[doc(hidden)]
 pub mod bench;
+mod cache;
 pub mod config;
 pub mod convert;
 mod dispatch;

@@ -35,11 +35,20 @@ struct Args {
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// Memory cap of one guest instance, in MiB (host.toml [guest] max-memory-mib wins).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = parse_memory_mib)]
     max_memory_mib: u64,
     /// How long in-flight handlers may run after SIGINT/SIGTERM before they are stopped.
     #[arg(long, default_value = "30s")]
     grace_period: String,
+}
+
+fn parse_memory_mib(text: &str) -> Result<u64, String> {
+    let mib: u64 = text.parse().map_err(|_| format!("{text:?} is not a whole number of MiB"))?;
+    if host_runtime::config::MAX_MEMORY_MIB.contains(&mib) {
+        Ok(mib)
+    } else {
+        Err(host_runtime::config::memory_range_message(mib))
+    }
 }
 
 fn main() -> ExitCode {

@@ -85,7 +85,7 @@ impl WireDecoder {
 
 /// Why the byte stream could not be split into frames.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum WireError {
+pub(crate) enum FramingError {
     #[error("frame of {size} bytes exceeds the negotiated max-frame-size of {max}")]
     FrameTooLarge { size: usize, max: usize },
     #[error("frame size {0} is smaller than the 8-byte frame header")]
@@ -96,9 +96,9 @@ pub(crate) enum WireError {
 
 impl Decoder for WireDecoder {
     type Item = Incoming;
-    type Error = WireError;
+    type Error = FramingError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, WireError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FramingError> {
         if self.expect_header {
             if src.len() < 8 {
                 return Ok(None);
@@ -113,10 +113,10 @@ impl Decoder for WireDecoder {
         }
         let size = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if size < 8 {
-            return Err(WireError::FrameTooSmall(size));
+            return Err(FramingError::FrameTooSmall(size));
         }
         if size > self.max_frame_size {
-            return Err(WireError::FrameTooLarge { size, max: self.max_frame_size });
+            return Err(FramingError::FrameTooLarge { size, max: self.max_frame_size });
         }
         if src.len() < size {
             src.reserve(size - src.len());
@@ -175,59 +175,37 @@ pub(crate) fn put_transfer(
     Ok(frames)
 }
 
-/// A malformed encoded AMQP value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed AMQP encoding at byte {at}: {what}")]
-pub(crate) struct Malformed {
-    pub(crate) at: usize,
-    pub(crate) what: &'static str,
-}
+pub(crate) use amqp_wire::WireError as EncodingError;
 
-fn need(buf: &[u8], at: usize, n: usize) -> Result<(), Malformed> {
+fn need(buf: &[u8], at: usize, n: usize) -> Result<(), EncodingError> {
     if buf.len() < at.saturating_add(n) {
-        Err(Malformed { at, what: "value runs past the end of the data" })
+        Err(EncodingError::Malformed { at: at as u64, what: "value runs past the end of the data" })
     } else {
         Ok(())
     }
 }
 
-/// Returns the offset just past the encoded value starting at `at`.
-pub(crate) fn skip_value(buf: &[u8], at: usize) -> Result<usize, Malformed> {
-    need(buf, at, 1)?;
-    let code = buf[at];
-    let body = at + 1;
-    let sized = |width: usize| -> Result<usize, Malformed> {
-        need(buf, body, width)?;
-        let size = if width == 1 {
-            buf[body] as usize
-        } else {
-            u32::from_be_bytes([buf[body], buf[body + 1], buf[body + 2], buf[body + 3]]) as usize
-        };
-        need(buf, body + width, size)?;
-        Ok(body + width + size)
-    };
-    match code {
-        0x00 => {
-            let after_descriptor = skip_value(buf, body)?;
-            skip_value(buf, after_descriptor)
-        }
-        0x40..=0x4f => Ok(body),
-        0x50..=0x5f => need(buf, body, 1).map(|_| body + 1),
-        0x60..=0x6f => need(buf, body, 2).map(|_| body + 2),
-        0x70..=0x7f => need(buf, body, 4).map(|_| body + 4),
-        0x80..=0x8f => need(buf, body, 8).map(|_| body + 8),
-        0x90..=0x9f => need(buf, body, 16).map(|_| body + 16),
-        0xa0..=0xaf | 0xc0..=0xcf | 0xe0..=0xef => sized(1),
-        0xb0..=0xbf | 0xd0..=0xdf | 0xf0..=0xff => sized(4),
-        _ => Err(Malformed { at, what: "unknown format code" }),
-    }
+/// Returns the offset just past the encoded value starting at `at`. The value is walked
+/// whole, without recursion: nesting deeper than [`amqp_wire::MAX_DEPTH`] is refused, and
+/// so is any structure a decoder could read differently (see `amqp_wire`).
+pub(crate) fn skip_value(buf: &[u8], at: usize) -> Result<usize, EncodingError> {
+    amqp_wire::value_end(buf, at, amqp_wire::MAX_DEPTH)
+}
+
+/// Checks the performative at the start of a frame (`frame` from its data offset byte on,
+/// as [`WireDecoder`] yields it) before it is decoded. A transfer's payload is checked
+/// when its delivery is whole.
+pub(crate) fn check_performative(frame: &[u8]) -> Result<(), EncodingError> {
+    let body_at = usize::from(frame.first().copied().unwrap_or(2)) * 4 - 4;
+    let body = frame.get(body_at..).unwrap_or_default();
+    amqp_wire::frame::performative(body, amqp_wire::MAX_DEPTH).map(|_| ())
 }
 
 /// The numeric descriptor of the described value at `at` (`0x00` then a ulong or smallulong).
-fn descriptor_code(buf: &[u8], at: usize) -> Result<u64, Malformed> {
+fn descriptor_code(buf: &[u8], at: usize) -> Result<u64, EncodingError> {
     need(buf, at, 2)?;
     if buf[at] != 0x00 {
-        return Err(Malformed { at, what: "a message section must be a described type" });
+        return Err(EncodingError::Malformed { at: at as u64, what: "a message section must be a described type" });
     }
     match buf[at + 1] {
         0x53 => need(buf, at + 2, 1).map(|_| u64::from(buf[at + 2])),
@@ -238,7 +216,7 @@ fn descriptor_code(buf: &[u8], at: usize) -> Result<u64, Malformed> {
             Ok(u64::from_be_bytes(b))
         }
         0x44 => Ok(0),
-        _ => Err(Malformed { at: at + 1, what: "section descriptors must be numeric" }),
+        _ => Err(EncodingError::Malformed { at: at as u64 + 1, what: "section descriptors must be numeric" }),
     }
 }
 
@@ -270,7 +248,7 @@ pub(crate) mod section {
 }
 
 /// Splits an encoded message into its sections without decoding their contents.
-pub(crate) fn split_sections(payload: &Bytes) -> Result<Sections, Malformed> {
+pub(crate) fn split_sections(payload: &Bytes) -> Result<Sections, EncodingError> {
     let buf = &payload[..];
     let mut sections = Sections::default();
     let mut at = 0;
@@ -291,7 +269,7 @@ pub(crate) fn split_sections(payload: &Bytes) -> Result<Sections, Malformed> {
                     sections.data.push(data_contents(payload, at, end)?);
                 }
             }
-            _ => return Err(Malformed { at, what: "unknown message section" }),
+            _ => return Err(EncodingError::Malformed { at: at as u64, what: "unknown message section" }),
         }
         at = end;
     }
@@ -317,13 +295,13 @@ pub(crate) fn amqp_value(payload: &Bytes) -> Option<Bytes> {
 }
 
 /// The binary inside a `data` section spanning `at..end`.
-fn data_contents(payload: &Bytes, at: usize, end: usize) -> Result<Bytes, Malformed> {
+fn data_contents(payload: &Bytes, at: usize, end: usize) -> Result<Bytes, EncodingError> {
     // 0x00 0x53 0x75, then vbin8 (0xa0 len) or vbin32 (0xb0 len32).
     let value = if payload[at + 1] == 0x53 { at + 3 } else { at + 10 };
     match payload.get(value) {
         Some(0xa0) => Ok(payload.slice(value + 2..end)),
         Some(0xb0) => Ok(payload.slice(value + 5..end)),
-        _ => Err(Malformed { at: value, what: "a data section must hold binary" }),
+        _ => Err(EncodingError::Malformed { at: value as u64, what: "a data section must hold binary" }),
     }
 }
 

@@ -299,6 +299,7 @@ impl Engine {
             self.flush();
             let init = match reader.next().await {
                 Some(Ok(Incoming::Frame(mut bytes))) => {
+                    codec::check_performative(&bytes).map_err(|e| format!("malformed SASL frame: {e}"))?;
                     let mut codec = fe2o3_amqp::frames::sasl::FrameCodec {};
                     match codec.decode(&mut bytes) {
                         Ok(Some(fe2o3_amqp::frames::sasl::Frame::Init(init))) => init,
@@ -403,6 +404,9 @@ impl Engine {
     }
 
     fn on_frame<R: AsyncRead + Unpin>(&mut self, mut bytes: BytesMut, reader: &mut FramedRead<R, WireDecoder>) -> Step {
+        // Walked before it is decoded: serde_amqp recurses once per nesting level.
+        codec::check_performative(&bytes)
+            .map_err(|e| violation("amqp:decode-error", format!("malformed frame: {e}")))?;
         let frame = match (FrameDecoder {}).decode(&mut bytes) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),

@@ -171,6 +171,20 @@ impl Emulator {
         conns.iter().filter(|tx| tx.send(Control::Kill).is_ok()).count()
     }
 
+    /// Test hook: puts a message on `queue` whose body sections are `body`, stored and
+    /// delivered byte for byte without the checks every sent message passes, as a broker
+    /// that relays what it does not understand would. Receivers must survive what it
+    /// delivers. Returns false if there is no such queue.
+    pub fn enqueue_unchecked(&self, queue: &str, body: &[u8]) -> bool {
+        match self.shared.namespace.resolve(queue) {
+            Ok((namespace::Node::Queue(q), _)) => {
+                q.enqueue(vec![message::StoredMessage::unchecked(bytes::Bytes::copy_from_slice(body))]);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Stops accepting, sends `close` to every connection, and waits (up to 5 s) for them to end.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -324,6 +338,9 @@ async fn accept_loop(
         let connections = connections.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            // Leaves the registry however the connection ends, a panic included: shutdown
+            // waits for the registry to empty.
+            let _registered = Registered { id, connections };
             let peer = peer.to_string();
             match tls {
                 None => connection::serve(stream, shared, rx, peer).await,
@@ -332,9 +349,20 @@ async fn accept_loop(
                     Err(e) => tracing::info!(%peer, "TLS handshake failed: {e}"),
                 },
             }
-            if let Ok(mut c) = connections.lock() {
-                c.remove(&id);
-            }
         });
+    }
+}
+
+/// A connection's entry in the registry, removed when dropped.
+struct Registered {
+    id: u64,
+    connections: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Control>>>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.connections.lock() {
+            c.remove(&self.id);
+        }
     }
 }

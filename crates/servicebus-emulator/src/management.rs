@@ -27,6 +27,15 @@ pub(crate) fn error(symbol: &str, description: impl Into<String>) -> AmqpError {
     AmqpError::new(condition(symbol), Some(description.into()), None)
 }
 
+/// Why a request message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error(transparent)]
+    Structure(#[from] amqp_wire::WireError),
+    #[error(transparent)]
+    Decode(#[from] serde_amqp::Error),
+}
+
 /// A decoded request: its id, reply address, application properties and body.
 pub(crate) struct Request {
     pub(crate) message_id: Option<MessageId>,
@@ -36,7 +45,9 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    pub(crate) fn parse(payload: &[u8]) -> Result<Self, serde_amqp::Error> {
+    pub(crate) fn parse(payload: &[u8]) -> Result<Self, RequestError> {
+        // Walked first: the decode below recurses once per nesting level.
+        amqp_wire::check_values(payload, amqp_wire::MAX_DEPTH)?;
         let m: Message<Body<Value>> = serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(payload)?.0;
         let body = match m.body {
             Body::Value(v) => v.0,

@@ -12,7 +12,7 @@ use fe2o3_amqp_types::messaging::{Annotations, ApplicationProperties, MessageAnn
 use fe2o3_amqp_types::primitives::{SimpleValue, Symbol, Timestamp, Uuid};
 use serde_amqp::Value;
 
-use crate::codec::{HeaderFields, Malformed, split_sections};
+use crate::codec::{EncodingError, HeaderFields, split_sections};
 
 /// The Service Bus batch message format: the body is `data` sections, each a whole message.
 pub(crate) const BATCH_FORMAT: u32 = 0x8001_3700;
@@ -34,7 +34,7 @@ pub(crate) const DEAD_LETTER_DESCRIPTION: &str = "DeadLetterErrorDescription";
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MessageError {
     #[error(transparent)]
-    Malformed(#[from] Malformed),
+    Malformed(#[from] EncodingError),
     #[error("malformed {section} section: {source}")]
     Section { section: &'static str, source: serde_amqp::Error },
     #[error("a batch message (format 0x80013700) must have only data sections, each a whole message")]
@@ -138,6 +138,23 @@ impl StoredMessage {
             }
         }
         Ok(msg)
+    }
+
+    /// A message with these body sections and nothing else, unchecked (a test hook).
+    pub(crate) fn unchecked(body: Bytes) -> Self {
+        Self {
+            header: HeaderFields::default(),
+            annotations: Annotations::new(),
+            properties: None,
+            application_properties: None,
+            size: body.len(),
+            body,
+            message_id: None,
+            session_id: None,
+            scheduled_enqueue_ms: None,
+            sequence_number: 0,
+            enqueued_ms: 0,
+        }
     }
 
     /// Parses a transfer's payload: one message, or the messages of a batch.

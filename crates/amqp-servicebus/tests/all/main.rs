@@ -2,6 +2,7 @@
 //! token refresh, TLS, and generic AMQP mode.
 
 mod errors;
+mod hostile;
 mod recovery;
 mod send_receive;
 mod settlement;

@@ -99,3 +99,26 @@ fn a_partial_set_of_service_bus_variables_names_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SERVICE_BUS_POLICY_NAME and SERVICE_BUS_POLICY_KEY must be set too"), "{err}");
 }
+
+/// Finding 9: `--max-memory-mib 17592186044480` silently became a 64 MiB cap (the shift wrapped).
+#[test]
+fn a_memory_cap_out_of_range_is_refused_not_wrapped() {
+    for value in ["17592186044480", "0", "4097"] {
+        let out = Command::new(BIN).args(["guest.wasm", "--max-memory-mib", value]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not a memory cap a guest can have: choose 1 to 4096"), "{value}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("host.toml");
+    std::fs::write(&toml, "[guest]\nmax-memory-mib = 17592186044480\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["guest.wasm", "--connection-string", "Endpoint=sb://h/;SharedAccessKeyName=a;SharedAccessKey=b"])
+        .arg("--config")
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[guest]: max-memory-mib: 17592186044480 MiB is not a memory cap"), "{err}");
+}

@@ -1,7 +1,9 @@
 //! The host against the in-process emulator, with the guests from `guests/`.
 
 mod bad_input;
+mod cache;
 mod cli;
+mod hostile;
 mod isolation;
 mod lifecycle;
 mod matrix;

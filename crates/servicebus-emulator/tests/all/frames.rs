@@ -19,10 +19,10 @@ use tokio_util::codec::Decoder as _;
 use super::support::{queue, start};
 use super::transactions::connect;
 
-const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
-const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
+pub(crate) const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
+pub(crate) const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 
-fn frame<T: Serialize>(out: &mut BytesMut, frame_type: u8, channel: u16, body: &T) {
+pub(crate) fn frame<T: Serialize>(out: &mut BytesMut, frame_type: u8, channel: u16, body: &T) {
     let encoded = serde_amqp::to_vec(body).unwrap();
     out.put_u32(8 + encoded.len() as u32);
     out.put_slice(&[2, frame_type]);
@@ -31,19 +31,19 @@ fn frame<T: Serialize>(out: &mut BytesMut, frame_type: u8, channel: u16, body: &
 }
 
 /// A raw client: writes bytes, reads headers and frames.
-struct Raw {
+pub(crate) struct Raw {
     stream: TcpStream,
     buf: BytesMut,
 }
 
 #[derive(Debug)]
-enum Got {
+pub(crate) enum Got {
     Sasl(BytesMut),
     Amqp(Box<FrameBody>),
 }
 
 impl Raw {
-    async fn connect(addr: std::net::SocketAddr) -> Self {
+    pub(crate) async fn connect(addr: std::net::SocketAddr) -> Self {
         Self { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
     }
 
@@ -58,7 +58,7 @@ impl Raw {
         true
     }
 
-    async fn header(&mut self) -> [u8; 8] {
+    pub(crate) async fn header(&mut self) -> [u8; 8] {
         assert!(self.fill(8).await, "no protocol header");
         let mut h = [0u8; 8];
         self.buf.copy_to_slice(&mut h);
@@ -66,7 +66,7 @@ impl Raw {
     }
 
     /// The next frame, or `None` when the socket closes.
-    async fn next(&mut self) -> Option<Got> {
+    pub(crate) async fn next(&mut self) -> Option<Got> {
         if !self.fill(4).await {
             return None;
         }
@@ -83,19 +83,19 @@ impl Raw {
         Some(Got::Amqp(Box::new(f.body)))
     }
 
-    async fn next_amqp(&mut self) -> FrameBody {
+    pub(crate) async fn next_amqp(&mut self) -> FrameBody {
         match self.next().await {
             Some(Got::Amqp(b)) => *b,
             other => panic!("expected an AMQP frame, got {other:?}"),
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }
 }
 
-fn open(idle_ms: Option<u32>) -> Open {
+pub(crate) fn open(idle_ms: Option<u32>) -> Open {
     Open {
         container_id: "raw".into(),
         hostname: None,
@@ -110,7 +110,7 @@ fn open(idle_ms: Option<u32>) -> Open {
     }
 }
 
-fn begin() -> Begin {
+pub(crate) fn begin() -> Begin {
     Begin {
         remote_channel: None,
         next_outgoing_id: 0,
@@ -123,7 +123,7 @@ fn begin() -> Begin {
     }
 }
 
-fn receiver_attach(address: &str) -> Attach {
+pub(crate) fn receiver_attach(address: &str) -> Attach {
     Attach {
         name: "raw-receiver".into(),
         handle: Handle(0),
@@ -143,7 +143,7 @@ fn receiver_attach(address: &str) -> Attach {
 }
 
 /// SASL ANONYMOUS, AMQP header, open, begin and attach, all written before reading anything.
-fn pipelined(attach: &Attach, idle_ms: Option<u32>) -> BytesMut {
+pub(crate) fn pipelined(attach: &Attach, idle_ms: Option<u32>) -> BytesMut {
     let mut out = BytesMut::new();
     out.put_slice(&SASL_HEADER);
     let init = SaslInit { mechanism: "ANONYMOUS".into(), initial_response: Some(Binary::from(vec![])), hostname: None };
@@ -156,7 +156,7 @@ fn pipelined(attach: &Attach, idle_ms: Option<u32>) -> BytesMut {
 }
 
 /// Reads the handshake replies: SASL header, mechanisms, outcome, AMQP header, open, begin.
-async fn read_handshake(raw: &mut Raw) {
+pub(crate) async fn read_handshake(raw: &mut Raw) {
     assert_eq!(raw.header().await, SASL_HEADER);
     assert!(matches!(raw.next().await, Some(Got::Sasl(_))), "sasl-mechanisms");
     match raw.next().await {
@@ -326,6 +326,25 @@ async fn the_drop_hook_cuts_connections_without_close_and_counts_stay_readable()
 /// that the broker itself rejects it with `amqp:link:message-size-exceeded`.
 pub(crate) async fn send_raw_oversized(emulator: &servicebus_emulator::Emulator, queue: &str, size: usize) {
     use fe2o3_amqp::types::messaging::{DeliveryState, Message};
+    let message = Message::builder().data(Binary::from(vec![1u8; size])).build();
+    let payload = serde_amqp::to_vec(&fe2o3_amqp::types::messaging::message::__private::Serializable(message)).unwrap();
+    match send_raw(emulator, queue, &payload).await {
+        Some(DeliveryState::Rejected(r)) => {
+            let e = r.error.unwrap();
+            assert_eq!(format!("{:?}", e.condition), "LinkError(MessageSizeExceeded)");
+            assert!(e.description.unwrap().contains("exceeds the limit"));
+        }
+        other => panic!("expected rejected, got {other:?}"),
+    }
+}
+
+/// Sends `payload` (an encoded message, sent as it is) to `queue` on a raw SASL PLAIN
+/// connection; returns the broker's outcome.
+pub(crate) async fn send_raw(
+    emulator: &servicebus_emulator::Emulator,
+    queue: &str,
+    payload: &[u8],
+) -> Option<fe2o3_amqp::types::messaging::DeliveryState> {
     use fe2o3_amqp::types::performatives::Transfer;
     let mut raw = Raw::connect(emulator.local_addr()).await;
     let mut out = BytesMut::new();
@@ -352,8 +371,6 @@ pub(crate) async fn send_raw_oversized(emulator: &servicebus_emulator::Emulator,
     assert!(matches!(raw.next_amqp().await, FrameBody::Attach(a) if a.target.is_some()));
     assert!(matches!(raw.next_amqp().await, FrameBody::Flow(f) if f.link_credit > Some(0)));
 
-    let message = Message::builder().data(Binary::from(vec![1u8; size])).build();
-    let payload = serde_amqp::to_vec(&fe2o3_amqp::types::messaging::message::__private::Serializable(message)).unwrap();
     let transfer = Transfer {
         handle: Handle(0),
         delivery_id: Some(0),
@@ -372,19 +389,12 @@ pub(crate) async fn send_raw_oversized(emulator: &servicebus_emulator::Emulator,
     out.put_u32((8 + encoded.len() + payload.len()) as u32);
     out.put_slice(&[2, 0, 0, 0]);
     out.put_slice(&encoded);
-    out.put_slice(&payload);
+    out.put_slice(payload);
     raw.send(&out).await;
     match raw.next_amqp().await {
         FrameBody::Disposition(d) => {
             assert!(d.settled);
-            match d.state {
-                Some(DeliveryState::Rejected(r)) => {
-                    let e = r.error.unwrap();
-                    assert_eq!(format!("{:?}", e.condition), "LinkError(MessageSizeExceeded)");
-                    assert!(e.description.unwrap().contains("exceeds the limit"));
-                }
-                other => panic!("expected rejected, got {other:?}"),
-            }
+            d.state
         }
         other => panic!("expected a disposition, got {other:?}"),
     }

@@ -1,6 +1,7 @@
 //! Integration tests of the emulator: the official Python SDK, a Rust AMQP
 //! client (transactions), and raw frames.
 
+mod attacks;
 mod cli;
 mod frames;
 mod limits;
