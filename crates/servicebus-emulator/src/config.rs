@@ -189,8 +189,9 @@ struct Subscription {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 struct Properties {
-    lock_duration: Option<IsoDuration>,
+    lock_duration: Option<LockDuration>,
     max_delivery_count: Option<MaxDeliveryCount>,
+    max_size_in_megabytes: Option<MaxSizeInMegabytes>,
     default_message_time_to_live: Option<IsoDuration>,
     dead_lettering_on_message_expiration: Option<bool>,
     requires_session: Option<bool>,
@@ -233,6 +234,40 @@ impl<'de> Deserialize<'de> for MaxDeliveryCount {
         }
     }
 }
+
+/// `LockDuration`: at most 5 minutes, as the service allows.
+struct LockDuration(Duration);
+
+/// The longest lock the service gives.
+pub const MAX_LOCK_DURATION: Duration = Duration::from_secs(300);
+
+impl<'de> Deserialize<'de> for LockDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let IsoDuration(duration) = IsoDuration::deserialize(d)?;
+        if duration > MAX_LOCK_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "LockDuration is at most PT5M (5 minutes), as on Service Bus; got {duration:?}"
+            )));
+        }
+        Ok(Self(duration))
+    }
+}
+
+/// `MaxSizeInMegabytes`: 1 to 81920 (the largest a Premium entity has).
+struct MaxSizeInMegabytes(u64);
+
+impl<'de> Deserialize<'de> for MaxSizeInMegabytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match u64::try_from(n) {
+            Ok(n) if (1..=81_920).contains(&n) => Ok(Self(n)),
+            _ => Err(serde::de::Error::custom(format!("MaxSizeInMegabytes must be from 1 to 81920, got {n}"))),
+        }
+    }
+}
+
+/// The longest duration the service's `TimeSpan` holds: about 10,675,199 days.
+const MAX_TIMESPAN: Duration = Duration::from_secs(10_675_199 * 86_400);
 
 /// An ISO 8601 duration such as `PT1M`, `PT30S`, `P1D`, `PT0.5S`.
 struct IsoDuration(Duration);
@@ -286,7 +321,10 @@ pub fn parse_iso_duration(text: &str) -> Result<Duration, String> {
     if !any {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(total))
+    match Duration::try_from_secs_f64(total) {
+        Ok(d) if d <= MAX_TIMESPAN => Ok(d),
+        _ => Err(format!("duration {text:?} is longer than the longest the service allows (P10675199D)")),
+    }
 }
 
 impl File {
@@ -327,7 +365,8 @@ impl File {
             check_unique(&t.name.0)?;
             let what = format!("topic {:?}", t.name.0);
             unknown(&mut warnings, &what, &t.other);
-            let _ = t.properties.resolve(&what, &mut warnings);
+            // A subscription holds as much as its topic may: the topic's quota applies to each.
+            let topic_max_size = t.properties.resolve(&what, &mut warnings).max_size_megabytes;
             let mut subscriptions = Vec::new();
             let mut sub_names = std::collections::HashSet::new();
             for s in t.subscriptions {
@@ -344,7 +383,10 @@ impl File {
                         "{what}: Rules are not implemented yet; the subscription receives every message of the topic"
                     ));
                 }
-                let properties = s.properties.resolve(&what, &mut warnings);
+                let properties = QueueProperties {
+                    max_size_megabytes: topic_max_size,
+                    ..s.properties.resolve(&what, &mut warnings)
+                };
                 subscriptions.push(QueueConfig { name: s.name.0, properties });
             }
             config.topics.push(TopicConfig { name: t.name.0, subscriptions });
@@ -375,6 +417,7 @@ impl Properties {
         unknown(warnings, what, &self.other);
         QueueProperties {
             lock_duration: self.lock_duration.map_or(d.lock_duration, |x| x.0),
+            max_size_megabytes: self.max_size_in_megabytes.map_or(d.max_size_megabytes, |x| x.0),
             max_delivery_count: self.max_delivery_count.map_or(d.max_delivery_count, |x| x.0),
             default_message_ttl: self.default_message_time_to_live.map(|x| x.0),
             dead_lettering_on_message_expiration: self
@@ -504,6 +547,42 @@ mod tests {
             {"Name":"a","Properties":{"RequiresSession":true,"ForwardTo":"b","Colour":"red"}}]}]}}"#;
         let c = Config::parse(text, "c.json").unwrap();
         assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn limits_the_service_enforces_are_enforced_with_the_key_named() {
+        let with = |props: &str| {
+            Config::parse(
+                &format!(
+                    r#"{{"UserConfig":{{"Namespaces":[{{"Name":"n","Queues":[{{"Name":"a","Properties":{{{props}}}}}]}}]}}}}"#
+                ),
+                "c.json",
+            )
+        };
+        // Finding 9: a lock this long overflowed the lock arithmetic and stuck the message.
+        let e = with(r#""LockDuration":"P106751991167301D""#).unwrap_err().to_string();
+        assert!(e.contains("Properties.LockDuration") && e.contains("longest the service allows"), "{e}");
+        let e = with(r#""LockDuration":"PT6M""#).unwrap_err().to_string();
+        assert!(e.contains("at most PT5M"), "{e}");
+        assert_eq!(with(r#""LockDuration":"PT5M""#).unwrap().queues[0].properties.lock_duration, MAX_LOCK_DURATION);
+        let e = with(r#""DefaultMessageTimeToLive":"P99999999999999999999999D""#).unwrap_err().to_string();
+        assert!(e.contains("Properties.DefaultMessageTimeToLive"), "{e}");
+        // Finding 7: MaxSizeInMegabytes was an unknown key.
+        let c = with(r#""MaxSizeInMegabytes":100"#).unwrap();
+        assert_eq!((c.queues[0].properties.max_size_megabytes, c.warnings.len()), (100, 0));
+        for bad in ["0", "-1", "81921"] {
+            let e = with(&format!(r#""MaxSizeInMegabytes":{bad}"#)).unwrap_err().to_string();
+            assert!(e.contains("MaxSizeInMegabytes must be from 1 to 81920"), "{e}");
+        }
+        assert_eq!(with("").unwrap().queues[0].properties.max_size_megabytes, crate::DEFAULT_MAX_SIZE_MEGABYTES);
+    }
+
+    #[test]
+    fn a_topics_size_limit_applies_to_each_subscription() {
+        let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Topics":[{"Name":"t",
+            "Properties":{"MaxSizeInMegabytes":5},"Subscriptions":[{"Name":"s"}]}]}]}}"#;
+        let c = Config::parse(text, "c.json").unwrap();
+        assert_eq!(c.topics[0].subscriptions[0].properties.max_size_megabytes, 5);
     }
 
     #[test]

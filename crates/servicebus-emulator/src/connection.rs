@@ -37,7 +37,7 @@ use crate::codec::{self, FRAME_TYPE_AMQP, FRAME_TYPE_SASL, Incoming, ProtocolId,
 use crate::management::{self, ManagementContext, Request, error};
 use crate::message::{StoredMessage, delivery_tag, simple_value};
 use crate::namespace::{Destination, Namespace, Node};
-use crate::queue::{Queue, ReceiveMode, Settlement};
+use crate::queue::{Queue, QuotaExceeded, ReceiveMode, Settlement};
 use crate::transaction::{Staged, Transactions};
 
 /// The largest frame the broker accepts and advertises.
@@ -930,6 +930,9 @@ impl Engine {
         match &p.state {
             Some(DeliveryState::TransactionalState(ts)) => {
                 let txn_id = ts.txn_id.clone();
+                if let Err(e) = dest.check_room(messages.iter().map(|m| m.size as u64).sum()) {
+                    return rejected(QuotaExceeded::CONDITION, e.to_string());
+                }
                 if self.txns.stage(&txn_id, Staged::Send(dest, messages)) {
                     DeliveryState::TransactionalState(TransactionalState {
                         txn_id,
@@ -941,9 +944,13 @@ impl Engine {
             }
             _ => {
                 let count = messages.len();
-                dest.enqueue(messages);
-                tracing::trace!(entity = dest.name(), count, "enqueued");
-                DeliveryState::Accepted(Accepted {})
+                match dest.enqueue(messages) {
+                    Ok(_) => {
+                        tracing::trace!(entity = dest.name(), count, "enqueued");
+                        DeliveryState::Accepted(Accepted {})
+                    }
+                    Err(e) => rejected(QuotaExceeded::CONDITION, e.to_string()),
+                }
             }
         }
     }

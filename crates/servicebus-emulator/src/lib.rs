@@ -56,7 +56,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use auth::Keys;
 pub use config::{Config, ConfigError, QueueConfig, TopicConfig};
-pub use queue::{QueueCounts, QueueProperties};
+pub use queue::{DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
 
 use connection::{Control, Shared};
 
@@ -174,12 +174,11 @@ impl Emulator {
     /// Test hook: puts a message on `queue` whose body sections are `body`, stored and
     /// delivered byte for byte without the checks every sent message passes, as a broker
     /// that relays what it does not understand would. Receivers must survive what it
-    /// delivers. Returns false if there is no such queue.
+    /// delivers. Returns false if there is no such queue, or it is full.
     pub fn enqueue_unchecked(&self, queue: &str, body: &[u8]) -> bool {
         match self.shared.namespace.resolve(queue) {
             Ok((namespace::Node::Queue(q), _)) => {
-                q.enqueue(vec![message::StoredMessage::unchecked(bytes::Bytes::copy_from_slice(body))]);
-                true
+                q.enqueue(vec![message::StoredMessage::unchecked(bytes::Bytes::copy_from_slice(body))]).is_ok()
             }
             _ => false,
         }

@@ -15,7 +15,7 @@ use serde_amqp::primitives::Binary;
 
 use crate::auth::{self, Authorizations, Keys};
 use crate::message::{StoredMessage, amqp_uuid, simple_value};
-use crate::queue::{Queue, ReceiveMode, Settlement};
+use crate::queue::{Queue, QuotaExceeded, ReceiveMode, Settlement};
 
 /// An error condition as its symbol.
 pub(crate) fn condition(symbol: &str) -> ErrorCondition {
@@ -269,7 +269,7 @@ fn schedule(request: &Request, queue: &Queue) -> OpResult {
             .map_err(|e| bad_request(format!("a scheduled message is malformed: {e}")))?;
         parsed.push(msg);
     }
-    let seqs = queue.enqueue(parsed);
+    let seqs = queue.enqueue(parsed).map_err(|e| fail(403, QuotaExceeded::CONDITION, e.to_string()))?;
     Ok((200, map([("sequence-numbers", Value::Array(Array(seqs.into_iter().map(Value::Long).collect())))])))
 }
 

@@ -26,6 +26,9 @@ pub struct QueueProperties {
     pub default_message_ttl: Option<Duration>,
     /// Expired messages go to the dead-letter queue instead of being dropped.
     pub dead_lettering_on_message_expiration: bool,
+    /// `MaxSizeInMegabytes`: the most the entity holds (messages as sent, every state but
+    /// dead-lettered); a send that would pass it is refused with `amqp:resource-limit-exceeded`.
+    pub max_size_megabytes: u64,
 }
 
 impl Default for QueueProperties {
@@ -35,8 +38,39 @@ impl Default for QueueProperties {
             max_delivery_count: 10,
             default_message_ttl: None,
             dead_lettering_on_message_expiration: false,
+            max_size_megabytes: DEFAULT_MAX_SIZE_MEGABYTES,
         }
     }
+}
+
+/// `MaxSizeInMegabytes` of an entity that sets none: the service's default, 1 GB.
+pub const DEFAULT_MAX_SIZE_MEGABYTES: u64 = 1024;
+
+/// Why a send was refused: the entity is full.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "The maximum entity size has been reached or exceeded for '{entity}'. Size of entity in bytes: {size}, \
+     max entity size in bytes: {max}. Receive or purge messages, or raise MaxSizeInMegabytes."
+)]
+pub(crate) struct QuotaExceeded {
+    pub(crate) entity: String,
+    pub(crate) size: u64,
+    pub(crate) max: u64,
+}
+
+impl QuotaExceeded {
+    /// The AMQP condition the service uses.
+    pub(crate) const CONDITION: &'static str = "amqp:resource-limit-exceeded";
+}
+
+/// `now + d`, or the far future when that is past what an `Instant` holds.
+fn instant_after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// `d` in milliseconds, saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How a receiver takes messages.
@@ -126,6 +160,21 @@ struct State {
     locks: HashMap<uuid::Uuid, i64>,
     deadlines: BTreeSet<(Instant, i64, DeadlineKind)>,
     waiters: Vec<Wake>,
+    /// The sizes of the messages in `entries`, for `MaxSizeInMegabytes`.
+    bytes: u64,
+}
+
+impl State {
+    fn insert_entry(&mut self, seq: i64, entry: Entry) {
+        self.bytes += entry.msg.size as u64;
+        self.entries.insert(seq, entry);
+    }
+
+    fn remove_entry(&mut self, seq: &i64) -> Option<Entry> {
+        let entry = self.entries.remove(seq)?;
+        self.bytes = self.bytes.saturating_sub(entry.msg.size as u64);
+        Some(entry)
+    }
 }
 
 /// A queue, subscription, or dead-letter queue.
@@ -146,10 +195,12 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// A queue with its dead-letter queue.
     pub(crate) fn new(name: &str, properties: QueueProperties) -> Arc<Self> {
+        // A dead-lettered message is never refused: the dead-letter queue has no quota.
         let dlq_props = QueueProperties {
             max_delivery_count: u32::MAX,
             default_message_ttl: None,
             dead_lettering_on_message_expiration: false,
+            max_size_megabytes: u64::MAX,
             ..properties.clone()
         };
         let dead_letter = Arc::new(Self::bare(&format!("{name}/$DeadLetterQueue"), dlq_props, None));
@@ -180,8 +231,27 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Enqueues messages atomically; returns their sequence numbers.
-    pub(crate) fn enqueue(&self, messages: Vec<StoredMessage>) -> Vec<i64> {
+    /// The most this entity holds, in bytes.
+    fn max_bytes(&self) -> u64 {
+        self.properties.max_size_megabytes.saturating_mul(1024 * 1024)
+    }
+
+    /// Refuses `bytes` more if they would pass `MaxSizeInMegabytes`.
+    pub(crate) fn check_room(&self, bytes: u64) -> Result<(), QuotaExceeded> {
+        let size = self.lock().bytes;
+        self.room_for(size, bytes)
+    }
+
+    fn room_for(&self, size: u64, bytes: u64) -> Result<(), QuotaExceeded> {
+        let max = self.max_bytes();
+        if size.saturating_add(bytes) > max {
+            return Err(QuotaExceeded { entity: self.name.clone(), size, max });
+        }
+        Ok(())
+    }
+
+    /// Enqueues messages atomically, all or none; returns their sequence numbers.
+    pub(crate) fn enqueue(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, QuotaExceeded> {
         let now = now_ms();
         let instant_now = Instant::now();
         let mut wake = Vec::new();
@@ -189,17 +259,17 @@ impl Queue {
         let mut earliest = None;
         {
             let mut st = self.lock();
+            self.room_for(st.bytes, messages.iter().map(|m| m.size as u64).sum())?;
             for mut msg in messages {
                 let seq = st.next_sequence;
                 st.next_sequence += 1;
                 msg.sequence_number = seq;
                 msg.enqueued_ms = now;
-                let ttl_ms =
-                    msg.header.ttl.map(u64::from).or(self.properties.default_message_ttl.map(|d| d.as_millis() as u64));
-                let expires_at_ms = ttl_ms.map(|t| now.saturating_add(t as i64));
+                let ttl_ms = msg.header.ttl.map(i64::from).or(self.properties.default_message_ttl.map(millis));
+                let expires_at_ms = ttl_ms.map(|t| now.saturating_add(t));
                 let state = match msg.scheduled_enqueue_ms {
                     Some(at) if at > now => {
-                        let when = instant_now + Duration::from_millis((at - now) as u64);
+                        let when = instant_after(instant_now, Duration::from_millis((at - now) as u64));
                         st.deadlines.insert((when, seq, DeadlineKind::Scheduled));
                         earliest = earliest.min(Some(when)).or(Some(when));
                         EntryState::Scheduled
@@ -210,11 +280,11 @@ impl Queue {
                     }
                 };
                 if let Some(exp) = expires_at_ms {
-                    let when = instant_now + Duration::from_millis((exp - now).max(0) as u64);
+                    let when = instant_after(instant_now, Duration::from_millis((exp - now).max(0) as u64));
                     st.deadlines.insert((when, seq, DeadlineKind::Ttl));
                     earliest = earliest.min(Some(when)).or(Some(when));
                 }
-                st.entries.insert(seq, Entry { msg, state, delivery_count: 0, expires_at_ms });
+                st.insert_entry(seq, Entry { msg, state, delivery_count: 0, expires_at_ms });
                 sequence_numbers.push(seq);
             }
             if !st.available.is_empty() {
@@ -225,7 +295,7 @@ impl Queue {
             self.timer.notify_one();
         }
         wake.into_iter().for_each(|w| w());
-        sequence_numbers
+        Ok(sequence_numbers)
     }
 
     /// Takes the next available message, or registers `wake` to be called when one may be.
@@ -258,7 +328,7 @@ impl Queue {
             }
             return Some(match mode {
                 ReceiveMode::ReceiveAndDelete => {
-                    let entry = st.entries.remove(&seq).expect("looked up above");
+                    let entry = st.remove_entry(&seq).expect("looked up above");
                     let mut msg = entry.msg;
                     msg.header.delivery_count = entry.delivery_count;
                     Delivery { sequence_number: seq, lock_token: None, payload: msg.encode(Stamp::default()) }
@@ -271,8 +341,8 @@ impl Queue {
     /// Locks entry `seq` and encodes it for delivery.
     fn lock_entry(&self, st: &mut State, seq: i64, deferred: bool) -> Delivery {
         let token = uuid::Uuid::new_v4();
-        let until = Instant::now() + self.properties.lock_duration;
-        let until_ms = now_ms() + self.properties.lock_duration.as_millis() as i64;
+        let until = instant_after(Instant::now(), self.properties.lock_duration);
+        let until_ms = now_ms().saturating_add(millis(self.properties.lock_duration));
         let entry = st.entries.get_mut(&seq).expect("callers pass a present entry");
         entry.state = EntryState::Locked { token, until, until_ms, deferred };
         entry.msg.header.delivery_count = entry.delivery_count;
@@ -306,7 +376,7 @@ impl Queue {
             st.locks.remove(&token);
             match settlement {
                 Settlement::Complete => {
-                    st.entries.remove(&seq);
+                    st.remove_entry(&seq);
                 }
                 Settlement::Release => {
                     self.unlock(&mut st, seq, deferred, false);
@@ -324,7 +394,7 @@ impl Queue {
                     }
                 }
                 Settlement::DeadLetter { reason, description, properties } => {
-                    let entry = st.entries.remove(&seq).expect("present: checked above");
+                    let entry = st.remove_entry(&seq).expect("present: checked above");
                     self.dead_letter(entry, reason, description, properties);
                 }
             }
@@ -347,7 +417,7 @@ impl Queue {
             return;
         }
         if entry.delivery_count >= self.properties.max_delivery_count {
-            let entry = st.entries.remove(&seq).expect("present: matched above");
+            let entry = st.remove_entry(&seq).expect("present: matched above");
             self.dead_letter(
                 entry,
                 Some("MaxDeliveryCountExceeded".into()),
@@ -397,7 +467,7 @@ impl Queue {
             let seq = msg.sequence_number;
             st.next_sequence = st.next_sequence.max(seq + 1);
             st.available.insert(seq);
-            st.entries.insert(seq, Entry { msg, state: EntryState::Available, delivery_count, expires_at_ms: None });
+            st.insert_entry(seq, Entry { msg, state: EntryState::Available, delivery_count, expires_at_ms: None });
             wake = std::mem::take(&mut st.waiters);
         }
         wake.into_iter().for_each(|w| w());
@@ -418,8 +488,8 @@ impl Queue {
         let mut st = self.lock();
         let seq = *st.locks.get(&token).ok_or(SettleError::LockLost)?;
         let now = Instant::now();
-        let until = now + self.properties.lock_duration;
-        let until_ms = now_ms() + self.properties.lock_duration.as_millis() as i64;
+        let until = instant_after(now, self.properties.lock_duration);
+        let until_ms = now_ms().saturating_add(millis(self.properties.lock_duration));
         let entry = st.entries.get_mut(&seq).ok_or(SettleError::LockLost)?;
         match &mut entry.state {
             EntryState::Locked { until: u, until_ms: um, token: t, .. } if *t == token && *u > now => {
@@ -464,7 +534,7 @@ impl Queue {
             .map(|&seq| match mode {
                 ReceiveMode::PeekLock => self.lock_entry(&mut st, seq, true),
                 ReceiveMode::ReceiveAndDelete => {
-                    let e = st.entries.remove(&seq).expect("checked deferred above");
+                    let e = st.remove_entry(&seq).expect("checked deferred above");
                     let mut msg = e.msg;
                     msg.header.delivery_count = e.delivery_count;
                     Delivery {
@@ -486,7 +556,7 @@ impl Queue {
             }
         }
         for seq in sequence_numbers {
-            st.entries.remove(seq);
+            st.remove_entry(seq);
         }
         Ok(())
     }
@@ -550,7 +620,7 @@ impl Queue {
 
     /// Removes an expired message: to the dead-letter queue, or dropped.
     fn expire_message(&self, st: &mut State, seq: i64) {
-        let Some(entry) = st.entries.remove(&seq) else { return };
+        let Some(entry) = st.remove_entry(&seq) else { return };
         if self.properties.dead_lettering_on_message_expiration {
             self.dead_letter(
                 entry,
@@ -603,7 +673,7 @@ mod tests {
     #[tokio::test]
     async fn sequence_numbers_rise_and_receive_is_fifo() {
         let q = queue(10);
-        assert_eq!(q.enqueue(vec![msg("a"), msg("b")]), vec![1, 2]);
+        assert_eq!(q.enqueue(vec![msg("a"), msg("b")]).unwrap(), vec![1, 2]);
         let a = q.take(ReceiveMode::PeekLock).unwrap();
         let b = q.take(ReceiveMode::PeekLock).unwrap();
         assert_eq!((a.sequence_number, b.sequence_number), (1, 2));
@@ -614,7 +684,7 @@ mod tests {
     #[tokio::test]
     async fn settling_twice_is_lock_lost() {
         let q = queue(10);
-        q.enqueue(vec![msg("a")]);
+        q.enqueue(vec![msg("a")]).unwrap();
         let d = q.take(ReceiveMode::PeekLock).unwrap();
         let token = d.lock_token.unwrap();
         q.settle(token, Settlement::Complete).unwrap();
@@ -622,10 +692,48 @@ mod tests {
         assert_eq!(q.counts(), QueueCounts::default());
     }
 
+    /// Finding 9: a lock this long panicked after the message had left the available set.
+    #[tokio::test]
+    async fn durations_past_what_a_clock_holds_saturate_instead_of_panicking() {
+        let q = Queue::new(
+            "q",
+            QueueProperties {
+                lock_duration: Duration::MAX,
+                default_message_ttl: Some(Duration::MAX),
+                ..Default::default()
+            },
+        );
+        q.enqueue(vec![msg("a")]).unwrap();
+        let d = q.take(ReceiveMode::PeekLock).unwrap();
+        let token = d.lock_token.unwrap();
+        q.renew_lock(token).unwrap();
+        q.settle(token, Settlement::Complete).unwrap();
+        assert_eq!(q.counts(), QueueCounts::default());
+    }
+
+    #[tokio::test]
+    async fn the_quota_counts_what_is_held_and_frees_what_leaves() {
+        let q = Queue::new("q", QueueProperties { max_size_megabytes: 1, ..Default::default() });
+        let big = |n| {
+            let mut m = msg("x");
+            m.size = n;
+            m
+        };
+        q.enqueue(vec![big(600 * 1024)]).unwrap();
+        let full = q.enqueue(vec![big(300 * 1024), big(300 * 1024)]).unwrap_err();
+        assert_eq!((full.size, full.max), (600 * 1024, 1024 * 1024));
+        assert_eq!(q.counts().active, 1, "all or none");
+        let d = q.take(ReceiveMode::PeekLock).unwrap();
+        assert!(q.check_room(500 * 1024).is_err(), "a locked message still counts");
+        q.settle(d.lock_token.unwrap(), Settlement::DeadLetter { reason: None, description: None, properties: vec![] })
+            .unwrap();
+        q.enqueue(vec![big(1024 * 1024)]).unwrap();
+    }
+
     #[tokio::test]
     async fn abandon_counts_and_max_delivery_count_dead_letters() {
         let q = queue(2);
-        q.enqueue(vec![msg("a")]);
+        q.enqueue(vec![msg("a")]).unwrap();
         for _ in 0..2 {
             let d = q.take(ReceiveMode::PeekLock).unwrap();
             q.settle(d.lock_token.unwrap(), Settlement::Abandon(Vec::new())).unwrap();
@@ -640,7 +748,7 @@ mod tests {
     #[tokio::test]
     async fn release_does_not_count_a_delivery() {
         let q = queue(1);
-        q.enqueue(vec![msg("a")]);
+        q.enqueue(vec![msg("a")]).unwrap();
         for _ in 0..3 {
             let d = q.take(ReceiveMode::PeekLock).unwrap();
             q.settle(d.lock_token.unwrap(), Settlement::Release).unwrap();
@@ -651,7 +759,7 @@ mod tests {
     #[tokio::test]
     async fn deferred_messages_come_back_only_by_sequence_number() {
         let q = queue(10);
-        q.enqueue(vec![msg("a")]);
+        q.enqueue(vec![msg("a")]).unwrap();
         let d = q.take(ReceiveMode::PeekLock).unwrap();
         q.settle(d.lock_token.unwrap(), Settlement::Defer(Vec::new())).unwrap();
         assert!(q.take(ReceiveMode::PeekLock).is_none());
@@ -665,7 +773,7 @@ mod tests {
     async fn lock_expiry_redelivers_with_a_higher_count() {
         let q = Queue::new("q", QueueProperties { lock_duration: Duration::from_secs(5), ..Default::default() });
         tokio::spawn(q.clone().run_timer());
-        q.enqueue(vec![msg("a")]);
+        q.enqueue(vec![msg("a")]).unwrap();
         let first = q.take(ReceiveMode::PeekLock).unwrap();
         tokio::time::sleep(Duration::from_secs(6)).await;
         tokio::task::yield_now().await;
@@ -683,7 +791,7 @@ mod tests {
         let q = queue(10);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         assert!(q.take_or_wait(ReceiveMode::PeekLock, move || tx.send(()).unwrap()).is_none());
-        q.enqueue(vec![msg("a")]);
+        q.enqueue(vec![msg("a")]).unwrap();
         rx.recv().await.unwrap();
     }
 }

@@ -89,7 +89,11 @@ impl Transactions {
         for op in ops {
             match op {
                 Staged::Send(dest, messages) => {
-                    dest.enqueue(messages);
+                    // The room was checked when the send was staged; a send that no longer fits
+                    // is the one part of a committed transaction that can be refused.
+                    if let Err(e) = dest.enqueue(messages) {
+                        tracing::warn!("a send in a committed transaction was refused: {e}");
+                    }
                 }
                 Staged::Settle(queue, token, settlement) => {
                     if let Err(e) = queue.settle(token, settlement) {

@@ -73,3 +73,50 @@ async fn a_link_is_detached_when_its_token_expires_unless_renewed() -> anyhow::R
     emulator.shutdown().await;
     Ok(())
 }
+
+/// Finding 7: 20,000 × 200 KB were all accepted by a queue with MaxSizeInMegabytes 100.
+/// Now a send past the quota is refused with `amqp:resource-limit-exceeded`, and room made
+/// by receiving is usable again.
+#[tokio::test]
+async fn a_full_entity_refuses_sends_with_resource_limit_exceeded() -> anyhow::Result<()> {
+    use servicebus_emulator::QueueProperties;
+    let small = |name: &str| servicebus_emulator::QueueConfig {
+        name: name.into(),
+        properties: QueueProperties { max_size_megabytes: 1, ..QueueProperties::default() },
+    };
+    let config = Config {
+        queues: vec![small("q")],
+        topics: vec![servicebus_emulator::TopicConfig { name: "t".into(), subscriptions: vec![small("s")] }],
+        ..Config::default()
+    };
+    let emulator = Emulator::builder().config(config).bind("127.0.0.1:0".parse()?).start().await?;
+    let mut connection = connect(&emulator, "quota").await?;
+    let mut session = Session::begin(&mut connection).await?;
+    for entity in ["q", "t"] {
+        let mut sender = Sender::attach(&mut session, format!("s-{entity}"), entity).await?;
+        let mut accepted = 0;
+        let refused = loop {
+            let outcome = sender.send(Message::builder().data(Binary::from(vec![0u8; 200 * 1024])).build()).await;
+            match outcome {
+                Ok(o) if o.is_accepted() => accepted += 1,
+                other => break format!("{other:?}"),
+            }
+            assert!(accepted <= 5, "{entity}: a 1 MB entity took {accepted} messages of 200 KB");
+        };
+        assert_eq!(accepted, 5, "{entity}");
+        assert!(refused.contains("ResourceLimitExceeded") && refused.contains("maximum entity size"), "{refused}");
+        sender.close().await?;
+    }
+    // Receiving makes room.
+    let mut receiver = Receiver::attach(&mut session, "r", "q").await?;
+    let d = receiver.recv::<fe2o3_amqp::types::messaging::Body<Value>>().await?;
+    receiver.accept(&d).await?;
+    let mut sender = Sender::attach(&mut session, "again", "q").await?;
+    assert!(sender.send(Message::builder().data(Binary::from(vec![0u8; 200 * 1024])).build()).await?.is_accepted());
+    let q = emulator.queue_counts("q").unwrap();
+    assert_eq!(q.active + q.locked, 5, "{q:?}");
+    assert_eq!(emulator.queue_counts("t/Subscriptions/s").unwrap().active, 5);
+    drop((sender, receiver, session, connection));
+    emulator.shutdown().await;
+    Ok(())
+}
