@@ -18,22 +18,91 @@ pub const DEFAULT_KEY_NAME: &str = "RootManageSharedAccessKey";
 /// Its value (`SharedAccessKey=SAS_KEY_VALUE`).
 pub const DEFAULT_KEY_VALUE: &str = "SAS_KEY_VALUE";
 
-/// Shared access keys: name → key.
+/// What a key allows: Service Bus's access rights. `Manage` includes `Send` and `Listen`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rights(u8);
+
+impl Rights {
+    /// Nothing: what any valid token satisfies.
+    pub const NONE: Rights = Rights(0);
+    /// Send messages (senders; schedule and cancel through `$management`).
+    pub const SEND: Rights = Rights(1);
+    /// Receive and settle messages (receivers; renew-lock, peek, deferred receive, dispositions).
+    pub const LISTEN: Rights = Rights(2);
+    /// Everything, entity management included.
+    pub const MANAGE: Rights = Rights(7);
+
+    /// Whether these rights include all of `needed`.
+    pub fn contains(self, needed: Rights) -> bool {
+        self.0 & needed.0 == needed.0
+    }
+
+    /// Reads `Manage`, `Send`, `Listen`, or a comma-separated list of them (any case).
+    pub fn parse(text: &str) -> Result<Rights, String> {
+        let mut rights = Rights::NONE;
+        for word in text.split(',').map(str::trim) {
+            rights.0 |= match word.to_ascii_lowercase().as_str() {
+                "manage" => Rights::MANAGE.0,
+                "send" => Rights::SEND.0,
+                "listen" => Rights::LISTEN.0,
+                _ => return Err(format!("{word:?} is not a right: use Manage, Send or Listen (comma-separated)")),
+            };
+        }
+        Ok(rights)
+    }
+
+    /// The claim names, as the service's errors spell them.
+    fn claims(self) -> String {
+        if self.contains(Rights::MANAGE) {
+            return "Manage".into();
+        }
+        let mut names = Vec::new();
+        if self.contains(Rights::SEND) {
+            names.push("Send");
+        }
+        if self.contains(Rights::LISTEN) {
+            names.push("Listen");
+        }
+        names.join(",")
+    }
+}
+
+impl std::fmt::Debug for Rights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rights({})", self.claims())
+    }
+}
+
+/// Reads a key as the command line gives it: `NAME=VALUE`, with every right, or
+/// `NAME=VALUE:RIGHTS` with `RIGHTS` a comma-separated list of `Manage`, `Send`, `Listen`.
+pub fn parse_key_spec(spec: &str) -> Result<(String, String, Rights), String> {
+    let (name, rest) = spec.split_once('=').ok_or_else(|| "a key is NAME=VALUE or NAME=VALUE:RIGHTS".to_string())?;
+    let (value, rights) = match rest.rsplit_once(':') {
+        Some((value, rights)) => (value, Rights::parse(rights)?),
+        None => (rest, Rights::MANAGE),
+    };
+    if name.is_empty() || value.is_empty() {
+        return Err("both the key's name and its value must be non-empty".into());
+    }
+    Ok((name.to_string(), value.to_string(), rights))
+}
+
+/// Shared access keys (policies): name, key and rights.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Keys {
-    keys: Vec<(String, String)>,
+    keys: Vec<(String, String, Rights)>,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key values.
-        f.debug_list().entries(self.keys.iter().map(|(n, _)| n)).finish()
+        f.debug_list().entries(self.keys.iter().map(|(n, _, r)| (n, r))).finish()
     }
 }
 
 impl Default for Keys {
     fn default() -> Self {
-        Self { keys: vec![(DEFAULT_KEY_NAME.into(), DEFAULT_KEY_VALUE.into())] }
+        Self::empty().with(DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE)
     }
 }
 
@@ -43,26 +112,31 @@ impl Keys {
         Self { keys: Vec::new() }
     }
 
-    /// Adds (or replaces) a key.
-    pub fn with(mut self, name: impl Into<String>, key: impl Into<String>) -> Self {
+    /// Adds (or replaces) a key with every right, like `RootManageSharedAccessKey`.
+    pub fn with(self, name: impl Into<String>, key: impl Into<String>) -> Self {
+        self.with_rights(name, key, Rights::MANAGE)
+    }
+
+    /// Adds (or replaces) a key with these rights.
+    pub fn with_rights(mut self, name: impl Into<String>, key: impl Into<String>, rights: Rights) -> Self {
         let name = name.into();
-        self.keys.retain(|(n, _)| *n != name);
-        self.keys.push((name, key.into()));
+        self.keys.retain(|(n, _, _)| *n != name);
+        self.keys.push((name, key.into(), rights));
         self
     }
 
     /// The first key (name, value), for connection strings.
     pub(crate) fn first(&self) -> Option<(&str, &str)> {
-        self.keys.first().map(|(n, k)| (n.as_str(), k.as_str()))
+        self.keys.first().map(|(n, k, _)| (n.as_str(), k.as_str()))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
-        self.keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.as_str())
+    fn get(&self, name: &str) -> Option<(&str, Rights)> {
+        self.keys.iter().find(|(n, _, _)| n == name).map(|(_, k, r)| (k.as_str(), *r))
     }
 
-    /// True if `name`/`key` is a configured key (SASL PLAIN).
-    pub(crate) fn check_plain(&self, name: &str, key: &str) -> bool {
-        self.get(name).is_some_and(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
+    /// The rights of `name` if `key` is its key (SASL PLAIN).
+    pub(crate) fn check_plain(&self, name: &str, key: &str) -> Option<Rights> {
+        self.get(name).filter(|(k, _)| constant_time_eq(k.as_bytes(), key.as_bytes())).map(|(_, r)| r)
     }
 }
 
@@ -99,6 +173,8 @@ pub(crate) struct Grant {
     pub(crate) path: String,
     /// Unix seconds.
     pub(crate) expires_at: u64,
+    /// The rights of the key that signed it.
+    pub(crate) rights: Rights,
 }
 
 /// Validates a `SharedAccessSignature ...` token for `audience`.
@@ -128,7 +204,7 @@ pub(crate) fn validate(token: &str, audience: &str, keys: &Keys, now_secs: u64) 
         skn.ok_or_else(|| missing("skn"))?,
     );
     let key_name = url_decode(skn);
-    let key = keys.get(&key_name).ok_or_else(|| TokenError::UnknownKey(key_name.clone()))?;
+    let (key, rights) = keys.get(&key_name).ok_or_else(|| TokenError::UnknownKey(key_name.clone()))?;
     let expires_at: u64 = se.parse().map_err(|_| TokenError::Malformed(format!("se={se:?} is not a number")))?;
     let signature = base64::engine::general_purpose::STANDARD
         .decode(url_decode(sig))
@@ -146,7 +222,7 @@ pub(crate) fn validate(token: &str, audience: &str, keys: &Keys, now_secs: u64) 
     if !covers(&resource, &audience) {
         return Err(TokenError::WrongAudience { resource, audience });
     }
-    Ok(Grant { path: audience, expires_at })
+    Ok(Grant { path: audience, expires_at, rights })
 }
 
 /// An address or audience without scheme, authority and surrounding slashes, URL-decoded, lower-case.
@@ -174,30 +250,74 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Tokens one connection may hold at once (distinct paths and rights): each is kept until
+/// it expires, and a peer with a key must not be able to grow the set without end.
+pub(crate) const MAX_GRANTS: usize = 256;
+
+/// A put-token refused because the connection holds too many tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this connection holds {MAX_GRANTS} unexpired tokens for different paths, the most it may")]
+pub(crate) struct TooManyGrants;
+
 /// What one connection is authorized for.
 #[derive(Debug, Default)]
 pub(crate) struct Authorizations {
-    /// SASL PLAIN with a valid key: everything, for the connection's life.
-    everything: bool,
-    grants: HashMap<String, u64>,
+    /// SASL PLAIN with a valid key: that key's rights everywhere, for the connection's life.
+    plain: Option<Rights>,
+    /// (path, rights) → expiry.
+    grants: HashMap<(String, Rights), u64>,
+    /// A token was ever accepted.
+    authenticated: bool,
 }
 
 impl Authorizations {
-    pub(crate) fn grant_everything(&mut self) {
-        self.everything = true;
+    pub(crate) fn grant_plain(&mut self, rights: Rights) {
+        self.plain = Some(rights);
+        self.authenticated = true;
     }
 
-    pub(crate) fn add(&mut self, grant: Grant) {
-        let e = self.grants.entry(grant.path).or_insert(0);
-        *e = (*e).max(grant.expires_at);
-    }
-
-    /// Until when (Unix seconds) `path` is authorized; `Some(u64::MAX)` for SASL PLAIN.
-    pub(crate) fn authorized_until(&self, path: &str, now_secs: u64) -> Option<u64> {
-        if self.everything {
-            return Some(u64::MAX);
+    pub(crate) fn add(&mut self, grant: Grant, now_secs: u64) -> Result<(), TooManyGrants> {
+        let key = (grant.path, grant.rights);
+        if !self.grants.contains_key(&key) && self.grants.len() >= MAX_GRANTS {
+            self.grants.retain(|_, exp| *exp > now_secs);
+            if self.grants.len() >= MAX_GRANTS {
+                return Err(TooManyGrants);
+            }
         }
-        self.grants.iter().filter(|(g, exp)| **exp > now_secs && covers(g, path)).map(|(_, exp)| *exp).max()
+        let e = self.grants.entry(key).or_insert(0);
+        *e = (*e).max(grant.expires_at);
+        self.authenticated = true;
+        Ok(())
+    }
+
+    /// Whether the peer ever proved it holds a key (a valid token, or SASL PLAIN).
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Until when (Unix seconds) `path` is authorized with at least `needed`; `Some(u64::MAX)`
+    /// for SASL PLAIN.
+    pub(crate) fn authorized_until(&self, path: &str, needed: Rights, now_secs: u64) -> Option<u64> {
+        if let Some(rights) = self.plain {
+            return rights.contains(needed).then_some(u64::MAX);
+        }
+        self.grants
+            .iter()
+            .filter(|((g, rights), exp)| **exp > now_secs && rights.contains(needed) && covers(g, path))
+            .map(|(_, exp)| *exp)
+            .max()
+    }
+
+    /// Why `path` is not authorized with `needed`, as the service says it.
+    pub(crate) fn refusal(&self, path: &str, needed: Rights, now_secs: u64) -> String {
+        if self.authorized_until(path, Rights::NONE, now_secs).is_some() {
+            format!(
+                "Unauthorized access. '{}' claim(s) are required to perform this operation. Resource: '{path}'.",
+                needed.claims()
+            )
+        } else {
+            format!("Unauthorized access. No valid token was put on $cbs for '{path}'; put-token first.")
+        }
     }
 }
 
@@ -227,7 +347,7 @@ mod tests {
     fn a_token_from_the_default_key_is_valid_for_its_audience() {
         let t = sas_token("sb://localhost:5672/orders", DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, NOW + 3600);
         let g = validate(&t, "amqps://LOCALHOST/orders", &Keys::default(), NOW).unwrap();
-        assert_eq!(g, Grant { path: "orders".into(), expires_at: NOW + 3600 });
+        assert_eq!(g, Grant { path: "orders".into(), expires_at: NOW + 3600, rights: Rights::MANAGE });
     }
 
     #[test]
@@ -272,10 +392,54 @@ mod tests {
     #[test]
     fn grants_cover_sub_paths_until_they_expire() {
         let mut a = Authorizations::default();
-        a.add(Grant { path: "orders".into(), expires_at: NOW + 10 });
-        assert_eq!(a.authorized_until("orders/$management", NOW), Some(NOW + 10));
-        assert_eq!(a.authorized_until("orders", NOW + 10), None);
-        assert_eq!(a.authorized_until("ordersx", NOW), None);
+        a.add(Grant { path: "orders".into(), expires_at: NOW + 10, rights: Rights::MANAGE }, NOW).unwrap();
+        assert_eq!(a.authorized_until("orders/$management", Rights::LISTEN, NOW), Some(NOW + 10));
+        assert_eq!(a.authorized_until("orders", Rights::SEND, NOW + 10), None);
+        assert_eq!(a.authorized_until("ordersx", Rights::NONE, NOW), None);
+    }
+
+    #[test]
+    fn rights_come_from_the_key_that_signed_the_token() {
+        let keys = Keys::default().with_rights("sender", "s-key", Rights::SEND);
+        let t = sas_token("sb://h/q", "sender", "s-key", NOW + 60);
+        let g = validate(&t, "sb://h/q", &keys, NOW).unwrap();
+        let mut a = Authorizations::default();
+        a.add(g, NOW).unwrap();
+        assert_eq!(a.authorized_until("q", Rights::SEND, NOW), Some(NOW + 60));
+        assert_eq!(a.authorized_until("q", Rights::LISTEN, NOW), None);
+        assert_eq!(a.authorized_until("q", Rights::MANAGE, NOW), None);
+        assert!(a.refusal("q", Rights::LISTEN, NOW).contains("'Listen' claim(s) are required"));
+        assert!(a.refusal("other", Rights::LISTEN, NOW).contains("No valid token"));
+        assert_eq!(Rights::parse("send, Listen"), Ok(Rights(3)));
+        assert!(Rights::MANAGE.contains(Rights::SEND) && !Rights(3).contains(Rights::MANAGE));
+        assert!(Rights::parse("Read").unwrap_err().contains("Manage, Send or Listen"));
+        let mut plain = Authorizations::default();
+        plain.grant_plain(Rights::LISTEN);
+        assert_eq!(plain.authorized_until("q", Rights::LISTEN, NOW), Some(u64::MAX));
+        assert_eq!(plain.authorized_until("q", Rights::SEND, NOW), None);
+    }
+
+    #[test]
+    fn key_specs_from_the_command_line() {
+        assert_eq!(parse_key_spec("a=k=="), Ok(("a".into(), "k==".into(), Rights::MANAGE)));
+        assert_eq!(parse_key_spec("s=k:Send"), Ok(("s".into(), "k".into(), Rights::SEND)));
+        assert_eq!(parse_key_spec("l=k:listen,send"), Ok(("l".into(), "k".into(), Rights(3))));
+        assert!(parse_key_spec("x").unwrap_err().contains("NAME=VALUE"));
+        assert!(parse_key_spec("=k").is_err() && parse_key_spec("a=").is_err());
+        assert!(parse_key_spec("a=k:Write").unwrap_err().contains("not a right"));
+    }
+
+    #[test]
+    fn a_connection_holds_a_bounded_number_of_tokens() {
+        let mut a = Authorizations::default();
+        for i in 0..MAX_GRANTS {
+            a.add(Grant { path: format!("q{i}"), expires_at: NOW + 60, rights: Rights::SEND }, NOW).unwrap();
+        }
+        let next = Grant { path: "more".into(), expires_at: NOW + 60, rights: Rights::SEND };
+        assert_eq!(a.add(next.clone(), NOW), Err(TooManyGrants));
+        // Renewing one already held is fine, and expired ones make room.
+        a.add(Grant { path: "q0".into(), expires_at: NOW + 90, rights: Rights::SEND }, NOW).unwrap();
+        assert!(a.add(next, NOW + 61).is_ok());
     }
 
     #[test]

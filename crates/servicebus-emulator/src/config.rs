@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::auth::{Keys, Rights};
+
 use serde::Deserialize;
 
 use crate::queue::QueueProperties;
@@ -74,6 +76,9 @@ pub struct Config {
     pub queues: Vec<QueueConfig>,
     /// Topics.
     pub topics: Vec<TopicConfig>,
+    /// The shared access policies of `SharedAccessPolicies` (our addition to the schema); `None`
+    /// when the file names none, and the emulator's keys come from elsewhere.
+    pub keys: Option<Keys>,
     /// Things in the file that load but are not implemented, one sentence each.
     pub warnings: Vec<String>,
 }
@@ -86,6 +91,7 @@ impl Default for Config {
             namespace: "sbemulatorns".into(),
             queues: vec![queue("orders"), queue("payments"), queue("review")],
             topics: Vec::new(),
+            keys: None,
             warnings: Vec::new(),
         }
     }
@@ -149,8 +155,32 @@ struct Namespace {
     queues: Vec<Queue>,
     #[serde(default)]
     topics: Vec<Topic>,
+    /// Not in Microsoft's schema: keys and their rights.
+    #[serde(default)]
+    shared_access_policies: Vec<Policy>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `{"Name": "sender", "Key": "…", "Rights": ["Send"]}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct Policy {
+    name: String,
+    key: String,
+    rights: PolicyRights,
+}
+
+struct PolicyRights(Rights);
+
+impl<'de> Deserialize<'de> for PolicyRights {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let words = Vec::<String>::deserialize(d)?;
+        if words.is_empty() {
+            return Err(serde::de::Error::custom("Rights is empty: list Manage, Send or Listen"));
+        }
+        Rights::parse(&words.join(",")).map(PolicyRights).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Deserialize)]
@@ -344,7 +374,18 @@ impl File {
             warnings.push("UserConfig.Namespaces has more than one namespace; only the first is served".into());
         }
         unknown(&mut warnings, "Namespace", &ns.other);
-        let mut config = Config { namespace: ns.name, queues: Vec::new(), topics: Vec::new(), warnings: Vec::new() };
+        let mut keys = None;
+        for p in ns.shared_access_policies {
+            if p.name.is_empty() || p.key.is_empty() {
+                return Err(ConfigError::Entities {
+                    path: origin.into(),
+                    message: "a SharedAccessPolicies entry has an empty Name or Key".into(),
+                });
+            }
+            keys = Some(keys.unwrap_or_else(Keys::empty).with_rights(p.name, p.key, p.rights.0));
+        }
+        let mut config =
+            Config { namespace: ns.name, queues: Vec::new(), topics: Vec::new(), keys, warnings: Vec::new() };
         let mut seen = std::collections::HashSet::new();
         let mut check_unique = |name: &str| -> Result<(), ConfigError> {
             if !seen.insert(name.to_ascii_lowercase()) {
@@ -575,6 +616,20 @@ mod tests {
             assert!(e.contains("MaxSizeInMegabytes must be from 1 to 81920"), "{e}");
         }
         assert_eq!(with("").unwrap().queues[0].properties.max_size_megabytes, crate::DEFAULT_MAX_SIZE_MEGABYTES);
+    }
+
+    #[test]
+    fn shared_access_policies_give_keys_with_rights() {
+        let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[{"Name":"q"}],"SharedAccessPolicies":[
+            {"Name":"sender","Key":"s-key","Rights":["Send"]},
+            {"Name":"admin","Key":"a-key","Rights":["Manage"]}]}]}}"#;
+        let keys = Config::parse(text, "c.json").unwrap().keys.unwrap();
+        assert_eq!(format!("{keys:?}"), "[(\"sender\", Rights(Send)), (\"admin\", Rights(Manage))]");
+        assert!(!format!("{keys:?}").contains("s-key"));
+        let bad = text.replace("[\"Send\"]", "[\"Read\"]");
+        let e = Config::parse(&bad, "c.json").unwrap_err().to_string();
+        assert!(e.contains("SharedAccessPolicies[0].Rights") && e.contains("Manage, Send or Listen"), "{e}");
+        assert_eq!(Config::parse(&text.replace("SharedAccessPolicies", "X"), "c.json").unwrap().keys, None);
     }
 
     #[test]

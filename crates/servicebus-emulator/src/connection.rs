@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,8 +33,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder as _, FramedRead};
 
-use crate::auth::{self, Authorizations, Keys};
+use crate::auth::{self, Authorizations, Keys, Rights};
 use crate::codec::{self, FRAME_TYPE_AMQP, FRAME_TYPE_SASL, Incoming, ProtocolId, WireDecoder};
+use crate::limits::Limits;
 use crate::management::{self, ManagementContext, Request, error};
 use crate::message::{StoredMessage, delivery_tag, simple_value};
 use crate::namespace::{Destination, Namespace, Node};
@@ -52,6 +54,7 @@ pub(crate) struct Shared {
     pub(crate) namespace: Arc<Namespace>,
     pub(crate) keys: Keys,
     pub(crate) max_message_size: usize,
+    pub(crate) limits: Limits,
 }
 
 /// Instructions to a connection from outside (the listener, test hooks).
@@ -71,8 +74,14 @@ where
     let (rd, wr) = tokio::io::split(io);
     let reader = FramedRead::new(rd, WireDecoder::new());
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer = tokio::spawn(write_loop(wr, out_rx));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let backlog = Backlog {
+        bytes: Arc::new(AtomicUsize::new(0)),
+        paused: Arc::new(AtomicBool::new(false)),
+        max: shared.limits.max_write_backlog,
+    };
+    let writer = tokio::spawn(write_loop(wr, out_rx, backlog.clone(), events_tx.clone()));
+    let now = tokio::time::Instant::now();
     let mut engine = Engine {
         shared,
         out: BytesMut::new(),
@@ -80,7 +89,12 @@ where
         events_tx,
         peer_max_frame: codec::MIN_MAX_FRAME_SIZE,
         remote_idle: None,
-        last_sent: tokio::time::Instant::now(),
+        last_sent: now,
+        started: now,
+        last_received: now,
+        opened: false,
+        backlog,
+        links: 0,
         sessions: HashMap::new(),
         auth: Authorizations::default(),
         txns: Transactions::default(),
@@ -101,15 +115,40 @@ where
     }
 }
 
+/// Bytes flushed to the writer that the peer has not read yet.
+#[derive(Clone)]
+struct Backlog {
+    bytes: Arc<AtomicUsize>,
+    /// The engine stopped sending messages until the backlog drains.
+    paused: Arc<AtomicBool>,
+    max: usize,
+}
+
+impl Backlog {
+    fn len(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Messages wait while this much is unread (`pending`: written but not yet flushed).
+    fn is_high(&self, pending: usize) -> bool {
+        self.len() + pending >= self.max / 2
+    }
+}
+
 /// Writes what the engine flushes. Chunks that queued up while a write was under way go out
 /// together in one write: a syscall per chunk was the largest part of the broker's CPU cost
 /// per message under load.
-async fn write_loop<W: AsyncWrite>(wr: W, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_loop<W: AsyncWrite>(
+    wr: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    backlog: Backlog,
+    events: mpsc::UnboundedSender<Event>,
+) {
     tokio::pin!(wr);
     let mut gathered = BytesMut::new();
     while let Some(first) = rx.recv().await {
-        let result = match rx.try_recv() {
-            Err(_) => wr.write_all(&first).await,
+        let (result, written) = match rx.try_recv() {
+            Err(_) => (wr.write_all(&first).await, first.len()),
             Ok(second) => {
                 gathered.extend_from_slice(&first);
                 gathered.extend_from_slice(&second);
@@ -117,12 +156,17 @@ async fn write_loop<W: AsyncWrite>(wr: W, mut rx: mpsc::UnboundedReceiver<Bytes>
                     gathered.extend_from_slice(&more);
                 }
                 let result = wr.write_all(&gathered).await;
+                let written = gathered.len();
                 gathered.clear();
-                result
+                (result, written)
             }
         };
         if result.is_err() || wr.flush().await.is_err() {
             return;
+        }
+        let left = backlog.bytes.fetch_sub(written, Ordering::AcqRel) - written;
+        if left < backlog.max / 4 && backlog.paused.swap(false, Ordering::AcqRel) {
+            let _ = events.send(Event::Writable);
         }
     }
     let _ = wr.shutdown().await;
@@ -133,6 +177,8 @@ async fn write_loop<W: AsyncWrite>(wr: W, mut rx: mpsc::UnboundedReceiver<Bytes>
 enum Event {
     /// The link may have messages to deliver now.
     Available { channel: u16, handle: u32 },
+    /// The peer read what was waiting: messages may flow again.
+    Writable,
 }
 
 enum Ending {
@@ -174,9 +220,16 @@ struct Link {
     waiting: bool,
     pending: VecDeque<Bytes>,
     partial: Option<Partial>,
-    /// The path authorization was checked for, and until when it holds (Unix seconds).
-    auth: Option<(String, u64)>,
+    /// What authorization was checked for, and until when it holds.
+    auth: Option<LinkAuth>,
     next_tag: u64,
+}
+
+/// The path and rights a link was authorized for, and until when (Unix seconds).
+struct LinkAuth {
+    path: String,
+    rights: Rights,
+    until: u64,
 }
 
 struct Unsettled {
@@ -203,6 +256,14 @@ struct Engine {
     peer_max_frame: usize,
     remote_idle: Option<Duration>,
     last_sent: tokio::time::Instant,
+    /// When the socket was accepted.
+    started: tokio::time::Instant,
+    last_received: tokio::time::Instant,
+    /// The peer's `open` arrived.
+    opened: bool,
+    backlog: Backlog,
+    /// Links attached, over all sessions.
+    links: usize,
     sessions: HashMap<u16, Session>,
     auth: Authorizations,
     txns: Transactions,
@@ -226,10 +287,12 @@ impl Engine {
         mut events: mpsc::UnboundedReceiver<Event>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) -> Ending {
-        match self.handshake(&mut reader).await {
-            Ok(true) => {}
-            Ok(false) => return Ending::Finished("handshake refused".into()),
-            Err(e) => return Ending::Finished(format!("handshake failed: {e}")),
+        let deadline = self.started + self.shared.limits.handshake_timeout;
+        match tokio::time::timeout_at(deadline, self.handshake(&mut reader)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Ending::Finished("handshake refused".into()),
+            Ok(Err(e)) => return Ending::Finished(format!("handshake failed: {e}")),
+            Err(_) => return Ending::Finished("no protocol handshake within the handshake timeout".into()),
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -245,19 +308,31 @@ impl Engine {
                         return Ending::Finished("unexpected protocol header".into());
                     }
                     Some(Ok(Incoming::Frame(bytes))) => {
+                        self.last_received = tokio::time::Instant::now();
                         if let Err(Violation(e)) = self.on_frame(bytes, &mut reader) {
                             tracing::info!(peer = %self.peer, "closing connection: {:?}", e.description);
                             self.close_with(e);
                         }
                     }
                 },
-                Some(event) = events.recv() => {
-                    let Event::Available { channel, handle } = event;
-                    if let Some(link) = self.link_mut(channel, handle) {
-                        link.waiting = false;
+                Some(event) = events.recv() => match event {
+                    Event::Available { channel, handle } => {
+                        if let Some(link) = self.link_mut(channel, handle) {
+                            link.waiting = false;
+                        }
+                        self.deliver(channel, handle);
                     }
-                    self.deliver(channel, handle);
-                }
+                    Event::Writable => {
+                        let links: Vec<(u16, u32)> = self
+                            .sessions
+                            .iter()
+                            .flat_map(|(&c, s)| s.links.keys().map(move |&h| (c, h)))
+                            .collect();
+                        for (channel, handle) in links {
+                            self.deliver(channel, handle);
+                        }
+                    }
+                },
                 ctl = control.recv() => match ctl {
                     Some(Control::Kill) => return Ending::Killed,
                     Some(Control::Shutdown) | None => {
@@ -272,12 +347,17 @@ impl Engine {
             if self.closed {
                 return Ending::Finished("closed".into());
             }
+            if self.backlog.len() > self.backlog.max {
+                tracing::warn!(peer = %self.peer, bytes = self.backlog.len(), "dropping a connection that does not read what it is sent");
+                return Ending::Killed;
+            }
         }
     }
 
     fn flush(&mut self) {
         if !self.out.is_empty() {
             self.last_sent = tokio::time::Instant::now();
+            self.backlog.bytes.fetch_add(self.out.len(), Ordering::AcqRel);
             let _ = self.out_tx.send(self.out.split().freeze());
         }
     }
@@ -319,10 +399,13 @@ impl Engine {
                     let mut parts = response.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
                     let (_authzid, name, key) = (parts.next(), parts.next(), parts.next());
                     match (name, key) {
-                        (Some(n), Some(k)) if self.shared.keys.check_plain(&n, &k) => {
-                            self.auth.grant_everything();
-                            SaslCode::Ok
-                        }
+                        (Some(n), Some(k)) => match self.shared.keys.check_plain(&n, &k) {
+                            Some(rights) => {
+                                self.auth.grant_plain(rights);
+                                SaslCode::Ok
+                            }
+                            None => SaslCode::Auth,
+                        },
                         _ => SaslCode::Auth,
                     }
                 }
@@ -356,15 +439,26 @@ impl Engine {
         self.out.extend_from_slice(bytes);
     }
 
+    /// Writes a frame that has no payload. One the peer's max-frame-size cannot hold is not
+    /// sent: the connection is closed with `amqp:frame-size-too-small` instead.
     fn put<T: serde::Serialize>(&mut self, frame_type: u8, channel: u16, performative: &T) {
+        let start = self.out.len();
         codec::put_frame(&mut self.out, frame_type, channel, Some(performative), &[])
             .expect("performatives built by the broker always encode");
+        let size = self.out.len() - start;
+        if size > self.peer_max_frame {
+            self.out.truncate(start);
+            self.close_with(error(
+                "amqp:frame-size-too-small",
+                format!("a frame of {size} bytes does not fit the peer's max-frame-size of {}", self.peer_max_frame),
+            ));
+        }
     }
 
     fn close_with(&mut self, e: AmqpError) {
         if !self.closed {
-            self.put(FRAME_TYPE_AMQP, 0, &Close { error: Some(e) });
             self.closed = true;
+            self.put(FRAME_TYPE_AMQP, 0, &Close { error: Some(e) });
         }
     }
 
@@ -373,6 +467,31 @@ impl Engine {
     }
 
     fn on_tick(&mut self) {
+        let limits = &self.shared.limits;
+        let age = self.started.elapsed();
+        if !self.opened {
+            if age >= limits.handshake_timeout {
+                tracing::info!(peer = %self.peer, "no open within the handshake timeout; disconnecting");
+                self.closed = true; // No close frame before open: the socket just ends.
+            }
+            return;
+        }
+        if !self.auth.is_authenticated() && age >= limits.authentication_timeout {
+            let secs = limits.authentication_timeout.as_secs();
+            self.close_with(error(
+                "amqp:unauthorized-access",
+                format!("no valid token was put on $cbs within {secs} s of connecting; put a token first"),
+            ));
+            return;
+        }
+        if self.last_received.elapsed() >= limits.idle_timeout {
+            let ms = limits.idle_timeout.as_millis();
+            self.close_with(error(
+                "amqp:resource-limit-exceeded",
+                format!("nothing was received for {ms} ms, the idle-time-out this broker advertised"),
+            ));
+            return;
+        }
         if let Some(idle) = self.remote_idle
             && self.last_sent.elapsed() >= idle / 2
         {
@@ -383,12 +502,12 @@ impl Engine {
         let mut expired = Vec::new();
         for (&channel, session) in &mut self.sessions {
             for (&handle, link) in &mut session.links {
-                if let Some((path, until)) = &mut link.auth
-                    && *until <= now
+                if let Some(a) = &mut link.auth
+                    && a.until <= now
                 {
-                    match self.auth.authorized_until(path, now) {
-                        Some(renewed) => *until = renewed,
-                        None => expired.push((channel, handle, path.clone())),
+                    match self.auth.authorized_until(&a.path, a.rights, now) {
+                        Some(renewed) => a.until = renewed,
+                        None => expired.push((channel, handle, a.path.clone())),
                     }
                 }
             }
@@ -419,12 +538,14 @@ impl Engine {
                 self.remote_idle =
                     open.idle_time_out.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(u64::from(ms)));
                 reader.decoder_mut().set_max_frame_size(MAX_FRAME_SIZE);
+                self.opened = true;
+                let limits = &self.shared.limits;
                 let reply = Open {
                     container_id: format!("servicebus-emulator:{}", self.shared.namespace.name()),
                     hostname: None,
                     max_frame_size: (MAX_FRAME_SIZE as u32).into(),
-                    channel_max: 4095u16.into(),
-                    idle_time_out: None,
+                    channel_max: limits.channel_max.into(),
+                    idle_time_out: Some(u32::try_from(limits.idle_timeout.as_millis()).unwrap_or(u32::MAX)),
                     outgoing_locales: None,
                     incoming_locales: None,
                     offered_capabilities: None,
@@ -446,7 +567,9 @@ impl Engine {
                 Ok(())
             }
             FrameBody::End(_) => {
-                self.sessions.remove(&channel);
+                if let Some(session) = self.sessions.remove(&channel) {
+                    self.links -= session.links.len();
+                }
                 self.put(FRAME_TYPE_AMQP, channel, &End { error: None });
                 Ok(())
             }
@@ -468,6 +591,16 @@ impl Engine {
     }
 
     fn on_begin(&mut self, channel: u16, begin: Begin) -> Step {
+        if !self.opened {
+            return Err(violation("amqp:illegal-state", "begin before open"));
+        }
+        let channel_max = self.shared.limits.channel_max;
+        if channel > channel_max {
+            return Err(violation(
+                "amqp:connection:framing-error",
+                format!("channel {channel} is above the channel-max of {channel_max} this broker advertised"),
+            ));
+        }
         if self.sessions.contains_key(&channel) {
             return Err(violation("amqp:illegal-state", format!("a session is already begun on channel {channel}")));
         }
@@ -488,7 +621,7 @@ impl Engine {
             next_outgoing_id: 0,
             incoming_window: INCOMING_WINDOW,
             outgoing_window: u32::MAX,
-            handle_max: Handle(u32::MAX),
+            handle_max: Handle(self.shared.limits.handle_max),
             offered_capabilities: None,
             desired_capabilities: None,
             properties: None,
@@ -502,10 +635,20 @@ impl Engine {
         if self.session(channel)?.links.contains_key(&handle) {
             return Err(violation("amqp:session:handle-in-use", format!("handle {handle} is already attached")));
         }
+        self.check_attach_size(&attach)?;
         let now = auth::now_secs();
         let client_sends = attach.role == Role::Sender;
-        let resolved: Result<(Kind, Option<(String, u64)>), AmqpError> =
-            if client_sends { self.resolve_target(&attach, now) } else { self.resolve_source(&attach, now) };
+        let max_links = self.shared.limits.max_links_per_connection;
+        let resolved: Result<(Kind, Option<LinkAuth>), AmqpError> = if self.links >= max_links {
+            Err(error(
+                "amqp:resource-limit-exceeded",
+                format!("this connection has {max_links} links attached, the most it may: detach some first"),
+            ))
+        } else if client_sends {
+            self.resolve_target(&attach, now)
+        } else {
+            self.resolve_source(&attach, now)
+        };
         match resolved {
             Ok((kind, auth)) => {
                 let max_message_size =
@@ -542,6 +685,7 @@ impl Engine {
                     next_tag: 0,
                 };
                 self.session(channel)?.links.insert(handle, link);
+                self.links += 1;
                 if client_sends {
                     self.send_link_flow(channel, handle, false);
                 }
@@ -573,18 +717,51 @@ impl Engine {
         }
     }
 
-    /// Checks that the connection holds a token for `path`; returns until when.
-    fn authorize(&self, path: &str, now: u64) -> Result<u64, AmqpError> {
-        self.auth.authorized_until(path, now).ok_or_else(|| {
-            error(
-                "amqp:unauthorized-access",
-                format!("Unauthorized access. No valid token was put on $cbs for '{path}'; put-token first."),
-            )
-        })
+    /// Refuses handles above `handle-max`, and names and addresses longer than the limit: the
+    /// broker keeps the name for the link's life and echoes all of them.
+    fn check_attach_size(&self, attach: &Attach) -> Step {
+        let limits = &self.shared.limits;
+        if attach.handle.0 > limits.handle_max {
+            return Err(violation(
+                "amqp:session:handle-max-exceeded",
+                format!(
+                    "handle {} is above the handle-max of {} this broker advertised",
+                    attach.handle.0, limits.handle_max
+                ),
+            ));
+        }
+        let source = attach.source.as_deref().and_then(|s| s.address.as_deref());
+        let target = match attach.target.as_deref() {
+            Some(TargetArchetype::Target(t)) => t.address.as_deref(),
+            _ => None,
+        };
+        for (what, text) in
+            [("link name", Some(attach.name.as_str())), ("source address", source), ("target address", target)]
+        {
+            let len = text.map_or(0, str::len);
+            if len > limits.max_name_length {
+                return Err(violation(
+                    "amqp:invalid-field",
+                    format!(
+                        "a {what} of {len} bytes is longer than the {} bytes this broker accepts",
+                        limits.max_name_length
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the connection holds a token for `path` with `rights`.
+    fn authorize(&self, path: String, rights: Rights, now: u64) -> Result<Option<LinkAuth>, AmqpError> {
+        match self.auth.authorized_until(&path, rights, now) {
+            Some(until) => Ok(Some(LinkAuth { path, rights, until })),
+            None => Err(error("amqp:unauthorized-access", self.auth.refusal(&path, rights, now))),
+        }
     }
 
     /// A client sender's target: an entity, `$cbs`, `$management`, or the coordinator.
-    fn resolve_target(&self, attach: &Attach, now: u64) -> Result<(Kind, Option<(String, u64)>), AmqpError> {
+    fn resolve_target(&self, attach: &Attach, now: u64) -> Result<(Kind, Option<LinkAuth>), AmqpError> {
         let address = match attach.target.as_deref() {
             Some(TargetArchetype::Coordinator(_)) => return Ok((Kind::Coordinator, None)),
             Some(TargetArchetype::Target(t)) => t.address.clone(),
@@ -603,25 +780,23 @@ impl Engine {
         match node {
             Node::Cbs => Ok((Kind::CbsRequest, None)),
             Node::Management(queue) => {
-                let until = self.authorize(&path, now)?;
-                Ok((Kind::ManagementRequest { queue }, Some((path, until))))
+                // Any right opens the link; each operation checks the one it needs.
+                Ok((Kind::ManagementRequest { queue }, self.authorize(path, Rights::NONE, now)?))
             }
             Node::Queue(q) if q.name().contains("/$DeadLetterQueue") || q.name().contains("/Subscriptions/") => Err(
                 error("amqp:not-allowed", format!("cannot send to '{}': send to its queue or topic instead", q.name())),
             ),
             Node::Queue(q) => {
-                let until = self.authorize(&path, now)?;
-                Ok((Kind::Accept { dest: Destination::Queue(q) }, Some((path, until))))
+                Ok((Kind::Accept { dest: Destination::Queue(q) }, self.authorize(path, Rights::SEND, now)?))
             }
             Node::Topic(t) => {
-                let until = self.authorize(&path, now)?;
-                Ok((Kind::Accept { dest: Destination::Topic(t) }, Some((path, until))))
+                Ok((Kind::Accept { dest: Destination::Topic(t) }, self.authorize(path, Rights::SEND, now)?))
             }
         }
     }
 
     /// A client receiver's source: an entity, or the response side of `$cbs`/`$management`.
-    fn resolve_source(&self, attach: &Attach, now: u64) -> Result<(Kind, Option<(String, u64)>), AmqpError> {
+    fn resolve_source(&self, attach: &Attach, now: u64) -> Result<(Kind, Option<LinkAuth>), AmqpError> {
         let source: Option<&Source> = attach.source.as_deref();
         let address = source
             .and_then(|s| s.address.clone())
@@ -635,13 +810,13 @@ impl Engine {
         match node {
             Node::Cbs | Node::Management(_) => Ok((Kind::Response { node: path, reply_address }, None)),
             Node::Queue(queue) => {
-                let until = self.authorize(&path, now)?;
+                let auth = self.authorize(path, Rights::LISTEN, now)?;
                 let mode = if attach.snd_settle_mode == SenderSettleMode::Settled {
                     ReceiveMode::ReceiveAndDelete
                 } else {
                     ReceiveMode::PeekLock
                 };
-                Ok((Kind::Deliver { queue, mode }, Some((path, until))))
+                Ok((Kind::Deliver { queue, mode }, auth))
             }
             Node::Topic(t) => Err(error(
                 "amqp:not-allowed",
@@ -653,6 +828,7 @@ impl Engine {
     fn detach(&mut self, channel: u16, handle: u32, error: Option<AmqpError>) {
         let Some(session) = self.sessions.get_mut(&channel) else { return };
         if session.links.remove(&handle).is_some() {
+            self.links -= 1;
             session.unsettled.retain(|_, u| u.handle != handle);
             self.put(FRAME_TYPE_AMQP, channel, &Detach { handle: Handle(handle), closed: true, error });
         }
@@ -712,6 +888,15 @@ impl Engine {
     fn deliver(&mut self, channel: u16, handle: u32) {
         let max_frame = self.peer_max_frame;
         loop {
+            if self.backlog.is_high(self.out.len()) {
+                // The peer is not reading: hold its messages until the writer says it did. The
+                // flag goes up before the second look, so a writer that drains in between either
+                // is seen here or sees the flag (and sends `Writable`).
+                self.backlog.paused.store(true, Ordering::Release);
+                if self.backlog.is_high(self.out.len()) {
+                    return; // Not `break`: a drain must not give up credit for messages that wait.
+                }
+            }
             let Some(session) = self.sessions.get_mut(&channel) else { return };
             let Some(link) = session.links.get_mut(&handle) else { return };
             if link.credit == 0 || session.remote_incoming_window == 0 {
@@ -895,10 +1080,19 @@ impl Engine {
             }
             Kind::ManagementRequest { queue } => {
                 let queue = queue.clone();
+                let path = link.auth.as_ref().map(|a| a.path.clone()).unwrap_or_default();
                 let mut settled = Vec::new();
+                let auth = &self.auth;
+                let authorize = |needed: Rights| {
+                    let now = auth::now_secs();
+                    match auth.authorized_until(&path, needed, now) {
+                        Some(_) => Ok(()),
+                        None => Err(auth.refusal(&path, needed, now)),
+                    }
+                };
                 let response = management::management(
                     &request,
-                    ManagementContext { queue: &queue, on_settled: &mut |t| settled.push(t) },
+                    ManagementContext { queue: &queue, authorize: &authorize, on_settled: &mut |t| settled.push(t) },
                 );
                 for session in self.sessions.values_mut() {
                     session.unsettled.retain(|_, u| !settled.contains(&u.token));

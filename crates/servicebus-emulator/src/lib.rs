@@ -38,6 +38,7 @@ pub mod auth;
 mod codec;
 pub mod config;
 mod connection;
+mod limits;
 mod management;
 mod message;
 mod namespace;
@@ -54,8 +55,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-pub use auth::Keys;
+pub use auth::{Keys, Rights};
 pub use config::{Config, ConfigError, QueueConfig, TopicConfig};
+pub use limits::Limits;
 pub use queue::{DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
 
 use connection::{Control, Shared};
@@ -100,10 +102,11 @@ struct TlsSettings {
 #[derive(Debug, Clone)]
 pub struct EmulatorBuilder {
     config: Config,
-    keys: Keys,
+    keys: Option<Keys>,
     addr: SocketAddr,
     tls: Option<TlsSettings>,
     max_message_size: usize,
+    limits: Limits,
 }
 
 /// A running emulator. Dropping it without [`Emulator::shutdown`] stops accepting
@@ -128,10 +131,11 @@ impl Emulator {
     pub fn builder() -> EmulatorBuilder {
         EmulatorBuilder {
             config: Config::default(),
-            keys: Keys::default(),
+            keys: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 5672)),
             tls: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            limits: Limits::default(),
         }
     }
 
@@ -217,9 +221,10 @@ impl EmulatorBuilder {
         self
     }
 
-    /// The shared access keys tokens are checked against.
+    /// The shared access keys tokens are checked against. Without this, the config's
+    /// `SharedAccessPolicies`, else [`Keys::default`].
     pub fn keys(mut self, keys: Keys) -> Self {
-        self.keys = keys;
+        self.keys = Some(keys);
         self
     }
 
@@ -241,6 +246,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// What one connection may cost: timeouts, caps on sessions, links and names, unread output.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Binds the listeners and starts serving. Needs a Tokio runtime.
     pub async fn start(self) -> Result<Emulator, StartError> {
         for w in &self.config.warnings {
@@ -259,8 +270,9 @@ impl EmulatorBuilder {
         };
         let shared = Arc::new(Shared {
             namespace: Arc::new(namespace::Namespace::new(&self.config)),
-            keys: self.keys,
+            keys: self.keys.or_else(|| self.config.keys.clone()).unwrap_or_default(),
             max_message_size: self.max_message_size,
+            limits: self.limits,
         });
         let connections = Arc::new(Mutex::new(HashMap::new()));
         let (stop, stop_rx) = watch::channel(false);
@@ -330,7 +342,12 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut c) = connections.lock() {
+        {
+            let mut c = connections.lock().unwrap_or_else(|p| p.into_inner());
+            if c.len() >= shared.limits.max_connections {
+                tracing::warn!(%peer, max = shared.limits.max_connections, "refusing a connection: too many are open");
+                continue; // Dropping the socket closes it.
+            }
             c.insert(id, tx);
         }
         let shared = shared.clone();
@@ -343,10 +360,16 @@ async fn accept_loop(
             let peer = peer.to_string();
             match tls {
                 None => connection::serve(stream, shared, rx, peer).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => connection::serve(s, shared, rx, peer).await,
-                    Err(e) => tracing::info!(%peer, "TLS handshake failed: {e}"),
-                },
+                Some(acceptor) => {
+                    // The TLS handshake counts against the handshake timeout too.
+                    let started = tokio::time::Instant::now();
+                    let deadline = started + shared.limits.handshake_timeout;
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection::serve(s, shared, rx, peer).await,
+                        Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Parser;
 use servicebus_emulator::{Config, Emulator, Keys};
 
@@ -36,8 +36,10 @@ struct Args {
     /// The TLS port; 0 picks a free one.
     #[arg(long, default_value_t = 5671)]
     tls_port: u16,
-    /// A shared access key, NAME=VALUE; repeat for more. Default: RootManageSharedAccessKey=SAS_KEY_VALUE.
-    #[arg(long = "key", value_name = "NAME=VALUE")]
+    /// A shared access key, NAME=VALUE (every right) or NAME=VALUE:RIGHTS (Manage, Send, Listen,
+    /// comma-separated); repeat for more. Default: the config's SharedAccessPolicies, else
+    /// RootManageSharedAccessKey=SAS_KEY_VALUE.
+    #[arg(long = "key", value_name = "NAME=VALUE[:RIGHTS]")]
     keys: Vec<String>,
     /// The largest message accepted, in bytes.
     #[arg(long, default_value_t = servicebus_emulator::DEFAULT_MAX_MESSAGE_SIZE)]
@@ -84,21 +86,18 @@ async fn run(args: Args) -> Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    let mut keys = if args.keys.is_empty() { Keys::default() } else { Keys::empty() };
-    for k in &args.keys {
-        let Some((name, value)) = k.split_once('=') else {
-            bail!("--key {k:?} must be NAME=VALUE");
-        };
-        if name.is_empty() || value.is_empty() {
-            bail!("--key {k:?}: both the name and the value must be non-empty");
+    let mut builder = Emulator::builder();
+    if !args.keys.is_empty() {
+        let mut keys = Keys::empty();
+        for k in &args.keys {
+            let (name, value, rights) =
+                servicebus_emulator::auth::parse_key_spec(k).map_err(|e| anyhow::anyhow!("--key {k:?}: {e}"))?;
+            keys = keys.with_rights(name, value, rights);
         }
-        keys = keys.with(name, value);
+        builder = builder.keys(keys);
     }
-    let mut builder = Emulator::builder()
-        .config(config)
-        .keys(keys)
-        .bind(SocketAddr::new(args.host, args.port))
-        .max_message_size(args.max_message_size);
+    let mut builder =
+        builder.config(config).bind(SocketAddr::new(args.host, args.port)).max_message_size(args.max_message_size);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         builder = builder.tls(cert, key, SocketAddr::new(args.host, args.tls_port));
     }

@@ -13,7 +13,7 @@ use fe2o3_amqp_types::primitives::{Array, OrderedMap, SimpleValue, Symbol, Times
 use serde_amqp::Value;
 use serde_amqp::primitives::Binary;
 
-use crate::auth::{self, Authorizations, Keys};
+use crate::auth::{self, Authorizations, Keys, Rights};
 use crate::message::{StoredMessage, amqp_uuid, simple_value};
 use crate::queue::{Queue, QuotaExceeded, ReceiveMode, Settlement};
 
@@ -124,11 +124,12 @@ pub(crate) fn put_token(request: &Request, keys: &Keys, authorizations: &mut Aut
         // An Entra ID (JWT) token: the emulator has no identity provider to check it against.
         return respond(401, "only SAS tokens are accepted by the emulator; JWT tokens cannot be validated locally");
     }
-    match auth::validate(token, audience, keys, auth::now_secs()) {
-        Ok(grant) => {
-            authorizations.add(grant);
-            respond(202, "Accepted")
-        }
+    let now = auth::now_secs();
+    match auth::validate(token, audience, keys, now) {
+        Ok(grant) => match authorizations.add(grant, now) {
+            Ok(()) => respond(202, "Accepted"),
+            Err(e) => respond(403, &e.to_string()),
+        },
         Err(e) => {
             tracing::info!(audience, error = %e, "put-token refused");
             respond(e.status_code(), &e.to_string())
@@ -139,6 +140,8 @@ pub(crate) fn put_token(request: &Request, keys: &Keys, authorizations: &mut Aut
 /// What a `$management` operation needs from the connection it arrived on.
 pub(crate) struct ManagementContext<'a> {
     pub(crate) queue: &'a Queue,
+    /// Checks that the connection holds these rights for the entity; the error says why not.
+    pub(crate) authorize: &'a dyn Fn(Rights) -> Result<(), String>,
     /// Called for each lock token that update-disposition settled, so the connection can drop its record.
     pub(crate) on_settled: &'a mut dyn FnMut(uuid::Uuid),
 }
@@ -165,18 +168,28 @@ fn lock_lost() -> Failure {
     )
 }
 
+/// The rights an operation needs, as the service asks for them.
+fn required_rights(op: &str) -> Rights {
+    match op {
+        "com.microsoft:schedule-message" | "com.microsoft:cancel-scheduled-message" => Rights::SEND,
+        "com.microsoft:renew-lock"
+        | "com.microsoft:peek-message"
+        | "com.microsoft:receive-by-sequence-number"
+        | "com.microsoft:update-disposition"
+        | "com.microsoft:renew-session-lock"
+        | "com.microsoft:get-session-state"
+        | "com.microsoft:set-session-state" => Rights::LISTEN,
+        "" => Rights::NONE,
+        _ => Rights::MANAGE,
+    }
+}
+
 /// Handles a `$management` request.
 pub(crate) fn management(request: &Request, ctx: ManagementContext<'_>) -> Bytes {
     let op = request.operation().unwrap_or_default().to_string();
-    let result = match op.as_str() {
-        "com.microsoft:renew-lock" => renew_lock(request, ctx.queue),
-        "com.microsoft:peek-message" => peek(request, ctx.queue),
-        "com.microsoft:schedule-message" => schedule(request, ctx.queue),
-        "com.microsoft:cancel-scheduled-message" => cancel_scheduled(request, ctx.queue),
-        "com.microsoft:receive-by-sequence-number" => receive_deferred(request, ctx.queue),
-        "com.microsoft:update-disposition" => update_disposition(request, ctx.queue, ctx.on_settled),
-        "" => Err(bad_request("the request has no 'operation' application property")),
-        other => Err(fail(501, "amqp:not-implemented", format!("the emulator does not implement {other}"))),
+    let result = match (ctx.authorize)(required_rights(&op)) {
+        Err(why) => Err(fail(401, "amqp:unauthorized-access", why)),
+        Ok(()) => handle(request, &op, ctx),
     };
     match result {
         Ok((200, body)) => response(request, "statusCode", 200, "OK", None, body),
@@ -185,6 +198,19 @@ pub(crate) fn management(request: &Request, ctx: ManagementContext<'_>) -> Bytes
             tracing::debug!(operation = %op, status = f.status, condition = f.condition, "management request failed: {}", f.description);
             response(request, "statusCode", f.status, &f.description, Some(f.condition), Value::Map(OrderedMap::new()))
         }
+    }
+}
+
+fn handle(request: &Request, op: &str, ctx: ManagementContext<'_>) -> OpResult {
+    match op {
+        "com.microsoft:renew-lock" => renew_lock(request, ctx.queue),
+        "com.microsoft:peek-message" => peek(request, ctx.queue),
+        "com.microsoft:schedule-message" => schedule(request, ctx.queue),
+        "com.microsoft:cancel-scheduled-message" => cancel_scheduled(request, ctx.queue),
+        "com.microsoft:receive-by-sequence-number" => receive_deferred(request, ctx.queue),
+        "com.microsoft:update-disposition" => update_disposition(request, ctx.queue, ctx.on_settled),
+        "" => Err(bad_request("the request has no 'operation' application property")),
+        other => Err(fail(501, "amqp:not-implemented", format!("the emulator does not implement {other}"))),
     }
 }
 
@@ -387,11 +413,31 @@ mod tests {
         let mut cb = no_settle();
         let r = decode(&management(
             &request("com.microsoft:renew-lock", body),
-            ManagementContext { queue: &q, on_settled: &mut cb },
+            ManagementContext { queue: &q, authorize: &|_| Ok(()), on_settled: &mut cb },
         ));
         assert_eq!(status(&r), (410, Some("com.microsoft:message-lock-lost".into())));
         assert_eq!(r.properties.unwrap().correlation_id, Some(MessageId::String("req-1".into())));
         assert!(matches!(r.body, Body::Value(v) if matches!(v.0, Value::Map(_))));
+    }
+
+    #[tokio::test]
+    async fn each_operation_needs_its_right() {
+        let q = Queue::new("q", QueueProperties::default());
+        let listen_only = |needed: Rights| {
+            if Rights::LISTEN.contains(needed) { Ok(()) } else { Err(format!("{needed:?} needed")) }
+        };
+        let mut cb = no_settle();
+        let ctx = |cb| ManagementContext { queue: &q, authorize: &listen_only, on_settled: cb };
+        let peek = decode(&management(&request("com.microsoft:peek-message", map([])), ctx(&mut cb)));
+        assert_eq!(status(&peek).0, 204);
+        let mut cb = no_settle();
+        let items = Value::List(vec![]);
+        let schedule =
+            decode(&management(&request("com.microsoft:schedule-message", map([("messages", items)])), ctx(&mut cb)));
+        assert_eq!(status(&schedule), (401, Some("amqp:unauthorized-access".into())));
+        let mut cb = no_settle();
+        let rule = decode(&management(&request("com.microsoft:add-rule", map([])), ctx(&mut cb)));
+        assert_eq!(status(&rule), (401, Some("amqp:unauthorized-access".into())));
     }
 
     #[tokio::test]
@@ -401,7 +447,7 @@ mod tests {
         let mut cb = no_settle();
         let r = decode(&management(
             &request("com.microsoft:peek-message", body),
-            ManagementContext { queue: &q, on_settled: &mut cb },
+            ManagementContext { queue: &q, authorize: &|_| Ok(()), on_settled: &mut cb },
         ));
         assert_eq!(status(&r), (204, None));
     }
@@ -412,7 +458,7 @@ mod tests {
         let mut cb = no_settle();
         let r = decode(&management(
             &request("com.microsoft:add-rule", map([])),
-            ManagementContext { queue: &q, on_settled: &mut cb },
+            ManagementContext { queue: &q, authorize: &|_| Ok(()), on_settled: &mut cb },
         ));
         assert_eq!(status(&r), (501, Some("amqp:not-implemented".into())));
     }
@@ -427,7 +473,7 @@ mod tests {
         let r = decode(&put_token(&req, &keys, &mut auth));
         assert_eq!(r.application_properties.as_ref().unwrap().0.get("status-code"), Some(&SimpleValue::Int(202)));
         assert!(r.application_properties.as_ref().unwrap().0.get("errorCondition").is_none());
-        assert!(auth.authorized_until("q", auth::now_secs()).is_some());
+        assert!(auth.authorized_until("q", Rights::MANAGE, auth::now_secs()).is_some());
 
         let bad = auth::sas_token("sb://h/q", auth::DEFAULT_KEY_NAME, "wrong", auth::now_secs() + 60);
         let mut req = request("put-token", Value::String(bad));
@@ -435,6 +481,6 @@ mod tests {
         let mut fresh = Authorizations::default();
         let r = decode(&put_token(&req, &keys, &mut fresh));
         assert_eq!(r.application_properties.as_ref().unwrap().0.get("status-code"), Some(&SimpleValue::Int(401)));
-        assert!(fresh.authorized_until("q", auth::now_secs()).is_none());
+        assert!(fresh.authorized_until("q", Rights::NONE, auth::now_secs()).is_none());
     }
 }

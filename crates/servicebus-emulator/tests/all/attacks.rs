@@ -134,3 +134,244 @@ async fn a_message_nested_too_deeply_is_rejected_and_not_stored() -> anyhow::Res
     emulator.shutdown().await;
     Ok(())
 }
+
+async fn start_with(limits: servicebus_emulator::Limits) -> servicebus_emulator::Emulator {
+    let config = servicebus_emulator::Config { queues: vec![queue("q")], ..Default::default() };
+    servicebus_emulator::Emulator::builder()
+        .config(config)
+        .limits(limits)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+fn close_condition(frame: &FrameBody) -> String {
+    match frame {
+        FrameBody::Close(c) => format!("{:?}", c.error.as_ref().map(|e| (&e.condition, &e.description))),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+/// Writes `AMQP 0 1 0 0` and an `open` with this max-frame-size; reads the broker's header and open.
+async fn opened(
+    emulator: &servicebus_emulator::Emulator,
+    max_frame: u32,
+) -> (Raw, fe2o3_amqp::types::performatives::Open) {
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    let mut out = BytesMut::new();
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &fe2o3_amqp::types::performatives::Open { max_frame_size: max_frame.into(), ..open(None) });
+    raw.send(&out).await;
+    assert_eq!(raw.header().await, AMQP_HEADER);
+    match raw.next_amqp().await {
+        FrameBody::Open(o) => (raw, o),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Finding 4: sockets that send nothing, or only a header, were kept forever.
+#[tokio::test]
+async fn a_peer_that_never_finishes_its_handshake_is_disconnected() {
+    let limits =
+        servicebus_emulator::Limits { handshake_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    let emulator = start_with(limits).await;
+    for sent in [&b""[..], &AMQP_HEADER[..]] {
+        let mut raw = Raw::connect(emulator.local_addr()).await;
+        raw.send(sent).await;
+        if !sent.is_empty() {
+            assert_eq!(raw.header().await, AMQP_HEADER);
+        }
+        let waited = std::time::Instant::now();
+        assert!(raw.next().await.is_none(), "the broker ends the socket");
+        // (`next` gives up after 5 s of silence too: the broker must have ended it well before.)
+        assert!(waited.elapsed() < std::time::Duration::from_secs(3), "{:?}", waited.elapsed());
+    }
+    emulator.shutdown().await;
+}
+
+/// Finding 4: `open` advertised no idle-time-out, and silent peers were kept forever.
+#[tokio::test]
+async fn open_advertises_an_idle_timeout_and_a_silent_peer_is_closed() {
+    let limits =
+        servicebus_emulator::Limits { idle_timeout: std::time::Duration::from_millis(600), ..Default::default() };
+    let emulator = start_with(limits).await;
+    let (mut raw, open) = opened(&emulator, 65536).await;
+    assert_eq!(open.idle_time_out, Some(600));
+    assert_eq!(open.channel_max.0, 1023);
+    let condition = close_condition(&raw.next_amqp().await);
+    assert!(condition.contains("ResourceLimitExceeded") && condition.contains("idle-time-out"), "{condition}");
+    emulator.shutdown().await;
+}
+
+/// As the service does: a connection that puts no valid token within the timeout is closed.
+#[tokio::test]
+async fn a_connection_that_never_authenticates_is_closed() {
+    let limits = servicebus_emulator::Limits {
+        authentication_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let emulator = start_with(limits).await;
+    let (mut raw, _) = opened(&emulator, 65536).await;
+    let condition = close_condition(&raw.next_amqp().await);
+    assert!(condition.contains("UnauthorizedAccess") && condition.contains("within 0 s"), "{condition}");
+    emulator.shutdown().await;
+}
+
+/// Finding 5: channel-max and handle-max were advertised and not enforced.
+#[tokio::test]
+async fn sessions_and_links_beyond_what_was_advertised_close_the_connection() {
+    let emulator = start(vec![queue("q")]).await;
+    let (mut raw, _) = opened(&emulator, 65536).await;
+    let mut out = BytesMut::new();
+    frame(&mut out, 0, 2000, &super::frames::begin());
+    raw.send(&out).await;
+    let condition = close_condition(&raw.next_amqp().await);
+    assert!(condition.contains("FramingError") && condition.contains("channel-max"), "{condition}");
+
+    let (mut raw, _) = opened(&emulator, 65536).await;
+    let mut out = BytesMut::new();
+    frame(&mut out, 0, 0, &super::frames::begin());
+    let attach = fe2o3_amqp::types::performatives::Attach {
+        handle: fe2o3_amqp::types::definitions::Handle(5000),
+        ..super::frames::receiver_attach("$cbs")
+    };
+    frame(&mut out, 0, 0, &attach);
+    raw.send(&out).await;
+    match raw.next_amqp().await {
+        FrameBody::Begin(b) => assert_eq!(b.handle_max.0, 1023),
+        other => panic!("{other:?}"),
+    }
+    let condition = close_condition(&raw.next_amqp().await);
+    assert!(condition.contains("handle-max"), "{condition}");
+    emulator.shutdown().await;
+}
+
+/// Finding 5: link names were stored and echoed at any size, and echoes ignored the peer's
+/// max-frame-size.
+#[tokio::test]
+async fn long_names_are_refused_and_no_frame_exceeds_the_peers_max_frame_size() {
+    let emulator = start(vec![queue("q")]).await;
+    for (max_frame, name_len, expected) in
+        [(65536, 1024 * 1024 - 512, "longer than the 1024 bytes"), (512, 900, "max-frame-size of 512")]
+    {
+        let (mut raw, _) = opened(&emulator, max_frame).await;
+        let mut out = BytesMut::new();
+        frame(&mut out, 0, 0, &super::frames::begin());
+        let attach = fe2o3_amqp::types::performatives::Attach {
+            name: "n".repeat(name_len),
+            ..super::frames::receiver_attach("$cbs")
+        };
+        frame(&mut out, 0, 0, &attach);
+        raw.send(&out).await;
+        assert!(matches!(raw.next_amqp().await, FrameBody::Begin(_)));
+        let condition = close_condition(&raw.next_amqp().await);
+        assert!(condition.contains(expected), "{condition}");
+        assert!(raw.next().await.is_none());
+    }
+    emulator.shutdown().await;
+}
+
+/// Finding 5: 200,000 links on one connection were accepted.
+#[tokio::test]
+async fn links_beyond_the_connections_limit_are_refused_one_by_one() {
+    let limits = servicebus_emulator::Limits { max_links_per_connection: 3, ..Default::default() };
+    let emulator = start_with(limits).await;
+    let (mut raw, _) = opened(&emulator, 65536).await;
+    let mut out = BytesMut::new();
+    frame(&mut out, 0, 0, &super::frames::begin());
+    for h in 0..4u32 {
+        let attach = fe2o3_amqp::types::performatives::Attach {
+            name: format!("cbs-{h}"),
+            handle: fe2o3_amqp::types::definitions::Handle(h),
+            ..super::frames::receiver_attach("$cbs")
+        };
+        frame(&mut out, 0, 0, &attach);
+    }
+    raw.send(&out).await;
+    assert!(matches!(raw.next_amqp().await, FrameBody::Begin(_)));
+    for _ in 0..3 {
+        assert!(matches!(raw.next_amqp().await, FrameBody::Attach(a) if a.source.is_some()));
+    }
+    assert!(matches!(raw.next_amqp().await, FrameBody::Attach(a) if a.source.is_none()));
+    match raw.next_amqp().await {
+        FrameBody::Detach(d) => {
+            let e = d.error.unwrap();
+            assert_eq!(format!("{:?}", e.condition), "AmqpError(ResourceLimitExceeded)");
+        }
+        other => panic!("{other:?}"),
+    }
+    emulator.shutdown().await;
+}
+
+/// Finding 5: a peer that grants credit and never reads made the emulator buffer everything.
+/// Past half the backlog limit, messages wait in their queue; they flow again once it reads.
+#[tokio::test]
+async fn messages_wait_in_the_queue_while_the_peer_does_not_read() {
+    use fe2o3_amqp::types::definitions::Handle;
+    use fe2o3_amqp::types::performatives::{Begin, Flow};
+    let limits = servicebus_emulator::Limits { max_write_backlog: 256 * 1024, ..Default::default() };
+    let emulator = start_with(limits).await;
+    let body = [0x00, 0x53, 0x75, 0xb0, 0x00, 0x00, 0x80, 0x00]
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(7u8, 32 * 1024))
+        .collect::<Vec<_>>();
+    const COUNT: usize = 1000; // 32 MB: far more than the kernel's socket buffers hold.
+    for _ in 0..COUNT {
+        assert!(emulator.enqueue_unchecked("q", &body));
+    }
+    let mut raw = Raw::connect(emulator.local_addr()).await;
+    let mut out = BytesMut::new();
+    out.put_slice(&super::frames::SASL_HEADER);
+    let credentials = b"\0RootManageSharedAccessKey\0SAS_KEY_VALUE".to_vec();
+    let init = fe2o3_amqp::types::sasl::SaslInit {
+        mechanism: "PLAIN".into(),
+        initial_response: Some(credentials.into()),
+        hostname: None,
+    };
+    frame(&mut out, 1, 0, &init);
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &open(None));
+    frame(&mut out, 0, 0, &Begin { incoming_window: u32::MAX, ..super::frames::begin() });
+    frame(&mut out, 0, 0, &super::frames::receiver_attach("q"));
+    let flow = Flow {
+        next_incoming_id: Some(0),
+        incoming_window: u32::MAX,
+        next_outgoing_id: 0,
+        outgoing_window: u32::MAX,
+        handle: Some(Handle(0)),
+        delivery_count: Some(0),
+        link_credit: Some(u32::MAX / 2),
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    };
+    frame(&mut out, 0, 0, &flow);
+    raw.send(&out).await;
+    // Not reading: the broker stops taking messages once its backlog is high.
+    let mut last = usize::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let locked = emulator.queue_counts("q").unwrap().locked;
+        if locked == last {
+            break;
+        }
+        last = locked;
+    }
+    let counts = emulator.queue_counts("q").unwrap();
+    assert!(counts.active > COUNT / 2, "messages stay queued while the peer does not read: {counts:?}");
+    // Reading: every message arrives.
+    super::frames::read_handshake(&mut raw).await;
+    let mut transfers = 0;
+    while transfers < COUNT {
+        match raw.next().await {
+            Some(super::frames::Got::Amqp(f)) if matches!(*f, FrameBody::Transfer { .. }) => transfers += 1,
+            Some(_) => {}
+            None => panic!("the connection ended after {transfers} transfers"),
+        }
+    }
+    assert_eq!(emulator.queue_counts("q").unwrap().locked, COUNT);
+    emulator.shutdown().await;
+}

@@ -61,7 +61,13 @@ fn a_port_in_use_says_so() {
 
 #[test]
 fn a_malformed_key_flag_is_refused() {
-    let out = Command::new(BIN).args(["--port", "0", "--key", "novalue"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--key \"novalue\" must be NAME=VALUE"));
+    for (flag, expected) in [
+        ("novalue", "--key \"novalue\": a key is NAME=VALUE or NAME=VALUE:RIGHTS"),
+        ("a=b:Write", "--key \"a=b:Write\": \"Write\" is not a right: use Manage, Send or Listen"),
+    ] {
+        let out = Command::new(BIN).args(["--port", "0", "--key", flag]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+    }
 }

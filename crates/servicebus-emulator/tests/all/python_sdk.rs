@@ -2,17 +2,30 @@
 
 use std::time::Duration;
 
-use super::support::{queue, queue_with, start};
+use servicebus_emulator::{Config, Emulator, Keys, Rights};
+
+use super::support::{queue, queue_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
     let python = tokio::task::spawn_blocking(xtask::python::ensure_venv).await??;
-    let queues = ["basic", "settle", "abandon", "deadletter", "defer", "schedule", "peek", "rad", "auth"];
+    let queues = ["basic", "settle", "abandon", "deadletter", "defer", "schedule", "peek", "rad", "auth", "rights"];
     let mut config: Vec<_> = queues.iter().map(|q| queue(q)).collect();
     config.push(queue_with("renew", Duration::from_secs(4), 10));
     config.push(queue_with("lockexpiry", Duration::from_secs(2), 10));
     config.push(queue_with("poison", Duration::from_secs(30), 2));
-    let emulator = start(config).await;
+    // The first key is the connection string's; two more with fewer rights for test_rights_*.
+    let keys = Keys::default().with_rights("SendOnlyKey", "send-only-secret", Rights::SEND).with_rights(
+        "ListenOnlyKey",
+        "listen-only-secret",
+        Rights::LISTEN,
+    );
+    let emulator = Emulator::builder()
+        .config(Config { queues: config, ..Config::default() })
+        .keys(keys)
+        .bind("127.0.0.1:0".parse()?)
+        .start()
+        .await?;
 
     let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/test_sdk.py");
     let output = tokio::process::Command::new(&python)

@@ -283,6 +283,31 @@ def test_a_valid_shared_access_signature_is_accepted():
             r.complete_message(m)
 
 
+def with_key(name, key):
+    return f"Endpoint={ENDPOINT};SharedAccessKeyName={name};SharedAccessKey={key};UseDevelopmentEmulator=true"
+
+
+def test_rights_a_send_only_key_sends_and_cannot_receive():
+    with ServiceBusClient.from_connection_string(with_key("SendOnlyKey", "send-only-secret"), retry_total=0) as c:
+        send(c, "rights", "from the sender")
+        with pytest.raises(ServiceBusAuthorizationError) as refused:
+            with c.get_queue_receiver("rights", max_wait_time=2) as r:
+                r.receive_messages(max_message_count=1, max_wait_time=2)
+        assert "Listen" in str(refused.value)
+
+
+def test_rights_a_listen_only_key_receives_and_cannot_send():
+    with ServiceBusClient.from_connection_string(with_key("ListenOnlyKey", "listen-only-secret"), retry_total=0) as c:
+        with pytest.raises(ServiceBusAuthorizationError) as refused:
+            send(c, "rights", "not allowed")
+        assert "Send" in str(refused.value)
+        with c.get_queue_receiver("rights", max_wait_time=5) as r:
+            (m,) = r.receive_messages(max_message_count=1, max_wait_time=5)
+            assert str(m) == "from the sender"
+            r.renew_message_lock(m)
+            r.complete_message(m)
+
+
 def test_an_unknown_queue_is_not_found(client):
     with pytest.raises(MessagingEntityNotFoundError):
         with client.get_queue_sender("no-such-queue") as s:
