@@ -1,5 +1,6 @@
 //! The client's per-message costs: AMQP 1.0 encoding and decoding of a 1 KiB message with
-//! typical properties, and SAS token generation.
+//! typical properties (decoding includes the nesting check), the nesting check alone, and SAS
+//! token generation.
 
 use amqp_servicebus::{Message, ReceivedMessage};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -19,6 +20,7 @@ fn amqp(c: &mut Criterion) {
     let mut group = c.benchmark_group("amqp_1KiB");
     group.bench_function("encode", |b| b.iter(|| m.encode()));
     group.bench_function("decode", |b| b.iter(|| ReceivedMessage::from_encoded(&encoded, "orders").unwrap()));
+    group.bench_function("walk", |b| b.iter(|| amqp_wire::check_values(&encoded, amqp_wire::MAX_DEPTH).unwrap()));
     group.finish();
 }
 

@@ -12,6 +12,7 @@
 //! - [`demo`]: `cargo xtask run`.
 //! - [`e2e`]: `cargo xtask test-e2e`.
 //! - [`bench`]: `cargo xtask bench`.
+//! - [`fuzz`]: `cargo xtask fuzz`.
 //!
 //! # Example
 //! ```no_run
@@ -27,6 +28,7 @@
 pub mod bench;
 pub mod demo;
 pub mod e2e;
+pub mod fuzz;
 pub mod guests;
 pub mod paths;
 pub mod procs;

@@ -23,6 +23,9 @@ commands:
                  latency of host vs native vs Python SDK, emulator vs RabbitMQ; N runs each
                  (default 3) in each cell of Q queues × C concurrent calls (default
                  1x1,1x16,4x1,4x16); --batch B: the host takes B messages per call
+  fuzz [--time SECONDS] [TARGET …]
+                 build the fuzz targets in fuzz/ (libFuzzer) and run each for SECONDS (default 60);
+                 a crash stops the run with the input under target/fuzz/artifacts/
   help           show this message
 ";
 
@@ -53,6 +56,7 @@ fn run(args: &[String]) -> Result<()> {
             test()
         }
         "bench" => xtask::bench::run(xtask::bench::Options::parse(rest)?),
+        "fuzz" => xtask::fuzz::run(xtask::fuzz::Options::parse(rest)?),
         "test-e2e" => {
             no_arguments(command, rest)?;
             xtask::e2e::run()

@@ -68,6 +68,14 @@ impl<S> Guarded<S> {
         }
     }
 
+    /// Checks `bytes` as if they had just been read; returns what fe2o3 would be given.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn check_bytes(&mut self, bytes: &[u8]) -> io::Result<BytesMut> {
+        self.raw.extend_from_slice(bytes);
+        self.check_available()?;
+        Ok(self.checked.split())
+    }
+
     /// Moves every whole item (protocol header or frame) from `raw` to `checked`.
     fn check_available(&mut self) -> io::Result<()> {
         loop {

@@ -48,6 +48,9 @@
 mod client;
 pub mod connection_string;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod guard;
 mod management;
 mod message;

@@ -9,8 +9,14 @@
 //!   walker did: a list, map or array whose element count does not match the values
 //!   its byte size holds, a value running past the end of its container, a map with
 //!   an odd count, an unknown format code, a descriptor that is not a `ulong` or a
-//!   `symbol`. After a walk succeeds, a decoder sees exactly the tree the walker saw,
-//!   so its recursion is bounded by the same limit.
+//!   `symbol`;
+//! - arrays whose elements are lists, maps, arrays or described values: serde_amqp
+//!   0.18 misreads them (it keeps the array's element code while it decodes an
+//!   element's own contents), and recursed without bound on an input the fuzzer found.
+//!   No Service Bus frame or SDK message uses them.
+//!
+//! After a walk succeeds, a decoder sees exactly the tree the walker saw, so its
+//! recursion is bounded by the same limit.
 //!
 //! The walk costs a few instructions per value and nothing per byte of strings and
 //! binaries (they are skipped by size). It can be fed in pieces ([`Walker::feed`]), as
@@ -96,8 +102,8 @@ enum Open {
     Seq { end: u64, left: u32 },
     /// After `0x00`: a descriptor, then the described value.
     Described { descriptor_done: bool },
-    /// An array's element constructor, possibly described.
-    ArrayCtor { end: u64, left: u32, described: bool, descriptor_done: bool },
+    /// An array's element constructor: one format code.
+    ArrayCtor { end: u64, left: u32 },
     /// An array's elements: `left` more bodies of format code `element` until byte `end`.
     Array { end: u64, left: u32, element: u8 },
 }
@@ -298,9 +304,9 @@ impl Walker {
                     *descriptor_done = true;
                     return Ok(());
                 }
-                Some(Open::ArrayCtor { descriptor_done, .. }) => {
-                    *descriptor_done = true;
-                    return Ok(());
+                // No value is walked while an array's constructor is read.
+                Some(Open::ArrayCtor { .. }) => {
+                    return Err(WireError::Malformed { at: self.pos, what: "a value inside an array's constructor" });
                 }
                 Some(Open::Seq { left, .. } | Open::Array { left, .. }) => {
                     if *left == 0 {
@@ -319,16 +325,7 @@ impl Walker {
     /// Reads one header from `la` (the bytes at `self.pos`); `None` if more bytes are needed.
     fn step(&mut self, la: &[u8]) -> Result<Option<usize>, WireError> {
         match self.stack.last().copied() {
-            Some(Open::ArrayCtor { described: false, end, left, .. }) => {
-                if la[0] == 0x00 {
-                    self.replace_top(Open::ArrayCtor { end, left, described: true, descriptor_done: false });
-                    return Ok(Some(1));
-                }
-                self.array_elements(la[0], end, left)?;
-                Ok(Some(1))
-            }
-            Some(Open::ArrayCtor { described: true, descriptor_done: false, .. }) => self.value(la, true),
-            Some(Open::ArrayCtor { described: true, descriptor_done: true, end, left }) => {
+            Some(Open::ArrayCtor { end, left }) => {
                 self.array_elements(la[0], end, left)?;
                 Ok(Some(1))
             }
@@ -432,7 +429,7 @@ impl Walker {
                 if size < width as u64 + 1 {
                     return Err(self.malformed("an array's size does not fit"));
                 }
-                self.push(Open::ArrayCtor { end, left: count as u32, described: false, descriptor_done: false })?;
+                self.push(Open::ArrayCtor { end, left: count as u32 })?;
                 Ok(Some(2 * width))
             }
         }
@@ -440,8 +437,13 @@ impl Walker {
 
     /// An array's element constructor was read (`code`, at `self.pos`): how its elements are walked.
     fn array_elements(&mut self, code: u8, end: u64, left: u32) -> Result<(), WireError> {
-        let Some(element) = layout(code) else {
-            return Err(self.malformed("unknown format code in an array's constructor"));
+        let element = match layout(code) {
+            Some(l @ (Layout::Fixed(_) | Layout::Variable(_))) => l,
+            Some(_) => return Err(self.malformed("an array of lists, maps or arrays (serde_amqp cannot decode them)")),
+            None if code == 0x00 => {
+                return Err(self.malformed("an array of described values (serde_amqp cannot decode them)"));
+            }
+            None => return Err(self.malformed("unknown format code in an array's constructor")),
         };
         let elements_at = self.pos + 1;
         if elements_at > end {
@@ -460,6 +462,7 @@ impl Walker {
                 self.skip_to = end;
             }
             _ => {
+                // Each element is at least its size byte(s).
                 if u64::from(left) > room {
                     return Err(self.malformed("an array counts more elements than its size can hold"));
                 }

@@ -196,8 +196,12 @@ pub(crate) fn skip_value(buf: &[u8], at: usize) -> Result<usize, EncodingError> 
 /// as [`WireDecoder`] yields it) before it is decoded. A transfer's payload is checked
 /// when its delivery is whole.
 pub(crate) fn check_performative(frame: &[u8]) -> Result<(), EncodingError> {
-    let body_at = usize::from(frame.first().copied().unwrap_or(2)) * 4 - 4;
-    let body = frame.get(body_at..).unwrap_or_default();
+    // `frame` starts at the data offset byte, 4 bytes into the frame.
+    let doff = usize::from(frame.first().copied().unwrap_or(0));
+    let body = (doff >= 2).then(|| frame.get(doff * 4 - 4..)).flatten().ok_or(EncodingError::Malformed {
+        at: 4,
+        what: "the frame's data offset is below 2 or past the frame's end",
+    })?;
     amqp_wire::frame::performative(body, amqp_wire::MAX_DEPTH).map(|_| ())
 }
 

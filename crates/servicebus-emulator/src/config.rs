@@ -252,16 +252,26 @@ impl<'de> Deserialize<'de> for EntityName {
     }
 }
 
+/// A whole number in `range`; the error names `key` and the range.
+fn bounded<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u64::try_from(n) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(serde::de::Error::custom(format!("{key} must be from {} to {}, got {n}", range.start(), range.end()))),
+    }
+}
+
 /// `MaxDeliveryCount`: at least 1.
 struct MaxDeliveryCount(u32);
 
 impl<'de> Deserialize<'de> for MaxDeliveryCount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
-        match u32::try_from(n) {
-            Ok(n) if n >= 1 => Ok(Self(n)),
-            _ => Err(serde::de::Error::custom(format!("MaxDeliveryCount must be at least 1, got {n}"))),
-        }
+        let n = bounded(d, "MaxDeliveryCount", 1..=u64::from(u32::MAX))?;
+        Ok(Self(n as u32))
     }
 }
 
@@ -288,11 +298,7 @@ struct MaxSizeInMegabytes(u64);
 
 impl<'de> Deserialize<'de> for MaxSizeInMegabytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
-        match u64::try_from(n) {
-            Ok(n) if (1..=81_920).contains(&n) => Ok(Self(n)),
-            _ => Err(serde::de::Error::custom(format!("MaxSizeInMegabytes must be from 1 to 81920, got {n}"))),
-        }
+        bounded(d, "MaxSizeInMegabytes", 1..=81_920).map(Self)
     }
 }
 

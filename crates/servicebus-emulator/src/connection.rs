@@ -487,8 +487,11 @@ impl Engine {
         if self.last_received.elapsed() >= limits.idle_timeout {
             let ms = limits.idle_timeout.as_millis();
             self.close_with(error(
-                "amqp:resource-limit-exceeded",
-                format!("nothing was received for {ms} ms, the idle-time-out this broker advertised"),
+                "amqp:connection:forced",
+                format!(
+                    "The connection was inactive for more than the allowed {ms} milliseconds (the idle-time-out \
+                     this broker advertised) and is closed by the emulator."
+                ),
             ));
             return;
         }

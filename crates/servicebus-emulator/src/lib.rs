@@ -38,6 +38,9 @@ pub mod auth;
 mod codec;
 pub mod config;
 mod connection;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod management;
 mod message;

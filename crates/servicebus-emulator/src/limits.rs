@@ -14,7 +14,8 @@ pub struct Limits {
     /// drops such connections after 20 s too. Default 20 s.
     pub authentication_timeout: Duration,
     /// Advertised as `idle-time-out` in `open`: a peer that sends nothing (not even an empty
-    /// frame) for this long is closed with `amqp:resource-limit-exceeded`. Default 120 s.
+    /// frame) for this long is closed with `amqp:connection:forced`, in the service's words.
+    /// Default 60 s, the service's.
     pub idle_timeout: Duration,
     /// Connections open at once; more are refused at accept. Default 1000.
     pub max_connections: usize,
@@ -36,7 +37,7 @@ impl Default for Limits {
         Self {
             handshake_timeout: Duration::from_secs(10),
             authentication_timeout: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 1000,
             channel_max: 1023,
             handle_max: 1023,

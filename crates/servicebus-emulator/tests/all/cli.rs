@@ -38,7 +38,7 @@ fn a_bad_config_file_names_the_file_line_and_key() {
     let path = file.path().display().to_string();
     assert!(err.contains(&format!("{path}:4:")), "{err}");
     assert!(err.contains("UserConfig.Namespaces[0].Queues[0].Properties.MaxDeliveryCount"), "{err}");
-    assert!(err.contains("MaxDeliveryCount must be at least 1"), "{err}");
+    assert!(err.contains("MaxDeliveryCount must be from 1 to 4294967295"), "{err}");
 }
 
 #[test]

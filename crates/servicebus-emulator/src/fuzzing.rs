@@ -1,0 +1,112 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not a stable API): each
+//! parser that reads a peer's bytes, reachable without a socket. Each returns normally for
+//! any input; a panic, an abort or a hang is a bug.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+use crate::auth::{self, Keys, Rights};
+use crate::config::{Config, QueueConfig};
+use crate::connection::{self, Shared};
+use crate::management::{self, ManagementContext, Request};
+use crate::message::{Stamp, StoredMessage};
+use crate::namespace::Namespace;
+use crate::queue::{Queue, QueueProperties};
+use crate::{Limits, TopicConfig};
+
+/// One runtime and namespace for every call: the fuzzer calls these millions of times.
+struct World {
+    runtime: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        // Small entities: what the inputs send stays bounded over a long run.
+        let small = |name: &str| QueueConfig {
+            name: name.into(),
+            properties: QueueProperties { max_size_megabytes: 1, ..QueueProperties::default() },
+        };
+        let config = Config {
+            queues: vec![small("q")],
+            topics: vec![TopicConfig { name: "t".into(), subscriptions: vec![small("s")] }],
+            ..Config::default()
+        };
+        let namespace = runtime.block_on(async { Arc::new(Namespace::new(&config)) });
+        let keys = Keys::default().with_rights("sender", "sender-key", Rights::SEND);
+        let shared = Arc::new(Shared { namespace, keys, max_message_size: 256 * 1024, limits: Limits::default() });
+        World { runtime, shared }
+    })
+}
+
+/// Runs one connection's engine on `bytes` as everything the peer sends, then the peer's end
+/// of the stream. The first byte picks what comes first: 0, the AMQP protocol header; 1, the
+/// SASL header; anything else, nothing (the bytes themselves must be a header).
+pub fn connection(bytes: &[u8]) {
+    const AMQP: &[u8; 8] = b"AMQP\x00\x01\x00\x00";
+    const SASL: &[u8; 8] = b"AMQP\x03\x01\x00\x00";
+    let Some((&first, rest)) = bytes.split_first() else { return };
+    let mut input = match first {
+        0 => AMQP.to_vec(),
+        1 => SASL.to_vec(),
+        _ => Vec::new(),
+    };
+    input.extend_from_slice(rest);
+    let world = world();
+    world.runtime.block_on(async {
+        let (mut peer, server) = tokio::io::duplex(1 << 20);
+        let (_control, control_rx) = mpsc::unbounded_channel();
+        let engine = tokio::spawn(connection::serve(server, world.shared.clone(), control_rx, "fuzz".into()));
+        let (mut read, mut write) = tokio::io::split(&mut peer);
+        let talk = async {
+            let _ = write.write_all(&input).await;
+            let _ = write.shutdown().await;
+        };
+        let listen = async {
+            let mut sink = Vec::new();
+            let _ = read.read_to_end(&mut sink).await;
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(talk, listen);
+            let _ = engine.await;
+        })
+        .await;
+        assert!(ended.is_ok(), "the connection did not end within 5 s of its peer's end of stream");
+    });
+}
+
+/// A `$cbs` or `$management` request message, as the body of one delivery.
+pub fn request(bytes: &[u8]) {
+    let Ok(request) = Request::parse(bytes) else { return };
+    let mut authorizations = auth::Authorizations::default();
+    let _ = management::put_token(&request, &Keys::default(), &mut authorizations);
+    let world = world();
+    let _guard = world.runtime.enter();
+    let queue = Queue::new("q", QueueProperties { max_size_megabytes: 1, ..QueueProperties::default() });
+    let _ = management::management(
+        &request,
+        ManagementContext { queue: &queue, authorize: &|_| Ok(()), on_settled: &mut |_| {} },
+    );
+}
+
+/// A sent message's sections, as one message (format 0) or a batch (`batch`).
+pub fn message(bytes: &[u8], batch: bool) {
+    let format = if batch { crate::message::BATCH_FORMAT } else { 0 };
+    if let Ok(messages) = StoredMessage::parse_transfer(&Bytes::copy_from_slice(bytes), format) {
+        for m in messages {
+            let _ = m.encode(Stamp::default());
+        }
+    }
+}
+
+/// A SAS token presented for `audience`.
+pub fn sas_token(token: &str, audience: &str) {
+    let keys = Keys::default().with_rights("sender", "sender-key", Rights::SEND);
+    let _ = auth::validate(token, audience, &keys, auth::now_secs());
+}
