@@ -31,8 +31,8 @@ const END: u64 = 0x17;
 /// A delivery arriving in pieces on one link.
 #[derive(Debug)]
 enum Delivery {
-    /// Walked so far; `fed` payload bytes.
-    Walking { id: Option<u32>, walker: Box<Walker>, fed: u64 },
+    /// Walked so far.
+    Walking { id: Option<u32>, walker: Box<Walker> },
     /// Refused: later frames of it arrive with no payload.
     Refused { id: Option<u32> },
 }
@@ -149,27 +149,27 @@ impl<S> Guarded<S> {
         // A transfer naming another delivery starts afresh (the last one ended or was abandoned).
         let mut delivery = match self.deliveries.remove(&key) {
             Some(d) if transfer.delivery_id.is_none() || transfer.delivery_id == d.id() => d,
-            _ => Delivery::Walking { id: transfer.delivery_id, walker: Box::new(Walker::new(MAX_DEPTH)), fed: 0 },
+            _ => Delivery::Walking { id: transfer.delivery_id, walker: Box::new(Walker::new(MAX_DEPTH)) },
         };
         let keep = match &mut delivery {
             Delivery::Refused { .. } => 0,
-            Delivery::Walking { id, walker, fed } => match walker.feed(payload) {
-                Ok(()) => {
-                    *fed += payload.len() as u64;
-                    payload.len()
+            Delivery::Walking { id, walker } => {
+                let before = walker.fed();
+                match walker.feed(payload) {
+                    Ok(()) => payload.len(),
+                    Err(e) => {
+                        tracing::warn!(
+                            channel,
+                            handle = transfer.handle.0,
+                            delivery_id = ?id,
+                            "refusing a message from the broker ({e}); it reaches the receiver as undecodable"
+                        );
+                        let keep = e.at().saturating_sub(before) as usize;
+                        delivery = Delivery::Refused { id: *id };
+                        keep.min(payload.len())
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        channel,
-                        handle = transfer.handle.0,
-                        delivery_id = ?id,
-                        "refusing a message from the broker ({e}); it reaches the receiver as undecodable"
-                    );
-                    let keep = e.at().saturating_sub(*fed) as usize;
-                    delivery = Delivery::Refused { id: *id };
-                    keep.min(payload.len())
-                }
-            },
+            }
         };
         if transfer.more {
             self.deliveries.insert(key, delivery);

@@ -4,7 +4,7 @@
 //! `doff * 4`, then the body: a performative (one described value) and, for
 //! `transfer`, a payload: a piece of a message, checked per delivery instead.
 
-use crate::{WireError, value_end};
+use crate::{WireError, descriptor_code, value_end};
 
 /// The size of the fixed frame header.
 pub const HEADER_SIZE: usize = 8;
@@ -42,9 +42,7 @@ impl FrameHeader {
         if (header.size as usize) < HEADER_SIZE {
             return Err(WireError::Malformed { at: 0, what: "a frame's size is smaller than its header" });
         }
-        if header.doff < 2 || usize::from(header.doff) * 4 > header.size as usize {
-            return Err(WireError::Malformed { at: 4, what: "a frame's data offset is outside the frame" });
-        }
+        body_offset(header.doff, header.size as usize)?;
         Ok(header)
     }
 
@@ -54,6 +52,16 @@ impl FrameHeader {
     }
 }
 
+/// Where the body of a frame of `size` bytes with data offset `doff` starts, from the frame's
+/// first byte; refuses offsets below the 8-byte header or past the frame's end.
+pub fn body_offset(doff: u8, size: usize) -> Result<usize, WireError> {
+    let at = usize::from(doff) * 4;
+    if doff < 2 || at > size {
+        return Err(WireError::Malformed { at: 4, what: "a frame's data offset is below 2 or past the frame's end" });
+    }
+    Ok(at)
+}
+
 /// The performative at the start of a frame body: its descriptor code and where it ends.
 /// An empty body (a heartbeat) has none.
 pub fn performative(body: &[u8], max_depth: usize) -> Result<Option<(u64, usize)>, WireError> {
@@ -61,21 +69,5 @@ pub fn performative(body: &[u8], max_depth: usize) -> Result<Option<(u64, usize)
         return Ok(None);
     }
     let end = value_end(body, 0, max_depth)?;
-    Ok(Some((descriptor_code(body)?, end)))
-}
-
-/// The numeric descriptor of the described value at the start of `bytes`.
-pub fn descriptor_code(bytes: &[u8]) -> Result<u64, WireError> {
-    let malformed = |what| WireError::Malformed { at: 0, what };
-    match bytes {
-        [0x00, 0x53, code, ..] => Ok(u64::from(*code)),
-        [0x00, 0x80, rest @ ..] if rest.len() >= 8 => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&rest[..8]);
-            Ok(u64::from_be_bytes(b))
-        }
-        [0x00, 0x44, ..] => Ok(0),
-        [0x00, ..] => Err(malformed("a performative's descriptor must be numeric")),
-        _ => Err(malformed("a frame body must start with a described performative")),
-    }
+    Ok(Some((descriptor_code(body, 0)?, end)))
 }

@@ -27,7 +27,7 @@
 //! either: no I/O, no allocation per value.
 //!
 //! # Layout
-//! - [`Walker`], [`check_values`], [`value_end`]: the walk.
+//! - [`Walker`], [`check_values`], [`value_end`]: the walk; [`descriptor_code`].
 //! - [`frame`]: AMQP frame headers and where a frame's performative ends.
 //!
 //! # Example
@@ -104,8 +104,8 @@ enum Open {
     Described { descriptor_done: bool },
     /// An array's element constructor: one format code.
     ArrayCtor { end: u64, left: u32 },
-    /// An array's elements: `left` more bodies of format code `element` until byte `end`.
-    Array { end: u64, left: u32, element: u8 },
+    /// An array's elements: `left` more bodies laid out as `element` until byte `end`.
+    Array { end: u64, left: u32, element: Layout },
 }
 
 /// How a format code's body is laid out.
@@ -184,6 +184,11 @@ impl Walker {
     /// True when what was fed ends exactly between two top-level values.
     pub fn is_complete(&self) -> bool {
         self.stack.is_empty() && self.skip_to <= self.pos && self.carry_len == 0
+    }
+
+    /// How many bytes were fed so far (offsets in errors count from the first).
+    pub fn fed(&self) -> u64 {
+        self.pos + self.carry_len as u64
     }
 
     /// How many top-level values were completed.
@@ -329,10 +334,7 @@ impl Walker {
                 self.array_elements(la[0], end, left)?;
                 Ok(Some(1))
             }
-            Some(Open::Array { element, .. }) => {
-                let Some(layout) = layout(element) else { unreachable!("array element codes are checked") };
-                self.body(layout, la)
-            }
+            Some(Open::Array { element, .. }) => self.body(element, la),
             Some(Open::Described { descriptor_done: false }) => self.value(la, true),
             _ => self.value(la, false),
         }
@@ -458,7 +460,7 @@ impl Walker {
                     return Err(self.malformed("an array's count does not match its size"));
                 }
                 // Nothing inside can nest: skip the elements whole.
-                self.replace_top(Open::Array { end, left: 0, element: code });
+                self.replace_top(Open::Array { end, left: 0, element });
                 self.skip_to = end;
             }
             _ => {
@@ -466,10 +468,27 @@ impl Walker {
                 if u64::from(left) > room {
                     return Err(self.malformed("an array counts more elements than its size can hold"));
                 }
-                self.replace_top(Open::Array { end, left, element: code });
+                self.replace_top(Open::Array { end, left, element });
             }
         }
         Ok(())
+    }
+}
+
+/// The numeric descriptor of the described value at `at` (`0x00`, then `ulong0`, a
+/// `smallulong` or a `ulong`): a performative's, or a message section's.
+pub fn descriptor_code(bytes: &[u8], at: usize) -> Result<u64, WireError> {
+    let malformed = |what| WireError::Malformed { at: at as u64, what };
+    match bytes.get(at..).unwrap_or_default() {
+        [0x00, 0x53, code, ..] => Ok(u64::from(*code)),
+        [0x00, 0x80, rest @ ..] if rest.len() >= 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&rest[..8]);
+            Ok(u64::from_be_bytes(b))
+        }
+        [0x00, 0x44, ..] => Ok(0),
+        [0x00, ..] => Err(malformed("the descriptor of a performative or message section must be numeric")),
+        _ => Err(malformed("a performative or message section must be a described value")),
     }
 }
 

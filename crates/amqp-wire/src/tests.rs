@@ -74,6 +74,7 @@ fn a_message_as_fe2o3_encodes_it_is_a_sequence_of_values() {
         w.feed(&bytes[..cut]).unwrap();
         w.feed(&bytes[cut..]).unwrap();
         assert!(w.is_complete() && w.values() == 4, "cut at {cut}");
+        assert_eq!(w.fed(), bytes.len() as u64);
     }
 }
 

@@ -308,8 +308,13 @@ impl Authorizations {
             .max()
     }
 
+    /// Until when `path` is authorized with `needed`; else why not, as the service says it.
+    pub(crate) fn check(&self, path: &str, needed: Rights, now_secs: u64) -> Result<u64, String> {
+        self.authorized_until(path, needed, now_secs).ok_or_else(|| self.refusal(path, needed, now_secs))
+    }
+
     /// Why `path` is not authorized with `needed`, as the service says it.
-    pub(crate) fn refusal(&self, path: &str, needed: Rights, now_secs: u64) -> String {
+    fn refusal(&self, path: &str, needed: Rights, now_secs: u64) -> String {
         if self.authorized_until(path, Rights::NONE, now_secs).is_some() {
             format!(
                 "Unauthorized access. '{}' claim(s) are required to perform this operation. Resource: '{path}'.",
@@ -408,8 +413,9 @@ mod tests {
         assert_eq!(a.authorized_until("q", Rights::SEND, NOW), Some(NOW + 60));
         assert_eq!(a.authorized_until("q", Rights::LISTEN, NOW), None);
         assert_eq!(a.authorized_until("q", Rights::MANAGE, NOW), None);
-        assert!(a.refusal("q", Rights::LISTEN, NOW).contains("'Listen' claim(s) are required"));
-        assert!(a.refusal("other", Rights::LISTEN, NOW).contains("No valid token"));
+        assert!(a.check("q", Rights::LISTEN, NOW).unwrap_err().contains("'Listen' claim(s) are required"));
+        assert!(a.check("other", Rights::LISTEN, NOW).unwrap_err().contains("No valid token"));
+        assert_eq!(a.check("q", Rights::SEND, NOW), Ok(NOW + 60));
         assert_eq!(Rights::parse("send, Listen"), Ok(Rights(3)));
         assert!(Rights::MANAGE.contains(Rights::SEND) && !Rights(3).contains(Rights::MANAGE));
         assert!(Rights::parse("Read").unwrap_err().contains("Manage, Send or Listen"));

@@ -177,14 +177,6 @@ pub(crate) fn put_transfer(
 
 pub(crate) use amqp_wire::WireError as EncodingError;
 
-fn need(buf: &[u8], at: usize, n: usize) -> Result<(), EncodingError> {
-    if buf.len() < at.saturating_add(n) {
-        Err(EncodingError::Malformed { at: at as u64, what: "value runs past the end of the data" })
-    } else {
-        Ok(())
-    }
-}
-
 /// Returns the offset just past the encoded value starting at `at`. The value is walked
 /// whole, without recursion: nesting deeper than [`amqp_wire::MAX_DEPTH`] is refused, and
 /// so is any structure a decoder could read differently (see `amqp_wire`).
@@ -197,31 +189,9 @@ pub(crate) fn skip_value(buf: &[u8], at: usize) -> Result<usize, EncodingError> 
 /// when its delivery is whole.
 pub(crate) fn check_performative(frame: &[u8]) -> Result<(), EncodingError> {
     // `frame` starts at the data offset byte, 4 bytes into the frame.
-    let doff = usize::from(frame.first().copied().unwrap_or(0));
-    let body = (doff >= 2).then(|| frame.get(doff * 4 - 4..)).flatten().ok_or(EncodingError::Malformed {
-        at: 4,
-        what: "the frame's data offset is below 2 or past the frame's end",
-    })?;
-    amqp_wire::frame::performative(body, amqp_wire::MAX_DEPTH).map(|_| ())
-}
-
-/// The numeric descriptor of the described value at `at` (`0x00` then a ulong or smallulong).
-fn descriptor_code(buf: &[u8], at: usize) -> Result<u64, EncodingError> {
-    need(buf, at, 2)?;
-    if buf[at] != 0x00 {
-        return Err(EncodingError::Malformed { at: at as u64, what: "a message section must be a described type" });
-    }
-    match buf[at + 1] {
-        0x53 => need(buf, at + 2, 1).map(|_| u64::from(buf[at + 2])),
-        0x80 => {
-            need(buf, at + 2, 8)?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[at + 2..at + 10]);
-            Ok(u64::from_be_bytes(b))
-        }
-        0x44 => Ok(0),
-        _ => Err(EncodingError::Malformed { at: at as u64 + 1, what: "section descriptors must be numeric" }),
-    }
+    let doff = frame.first().copied().unwrap_or(0);
+    let body_at = amqp_wire::frame::body_offset(doff, frame.len() + 4)? - 4;
+    amqp_wire::frame::performative(&frame[body_at..], amqp_wire::MAX_DEPTH).map(|_| ())
 }
 
 /// The sections of a bare-or-annotated message, as byte ranges of the payload.
@@ -258,7 +228,7 @@ pub(crate) fn split_sections(payload: &Bytes) -> Result<Sections, EncodingError>
     let mut at = 0;
     let mut body_start = None;
     while at < buf.len() {
-        let code = descriptor_code(buf, at)?;
+        let code = amqp_wire::descriptor_code(buf, at)?;
         let end = skip_value(buf, at)?;
         let bytes = payload.slice(at..end);
         match code {
@@ -286,7 +256,7 @@ pub(crate) fn amqp_value(payload: &Bytes) -> Option<Bytes> {
     let buf = &payload[..];
     let mut at = 0;
     while at < buf.len() {
-        let code = descriptor_code(buf, at).ok()?;
+        let code = amqp_wire::descriptor_code(buf, at).ok()?;
         let end = skip_value(buf, at).ok()?;
         if code == section::AMQP_VALUE {
             // Skip 0x00 and the descriptor; what follows is the value.

@@ -364,10 +364,8 @@ async fn accept_loop(
             match tls {
                 None => connection::serve(stream, shared, rx, peer).await,
                 Some(acceptor) => {
-                    // The TLS handshake counts against the handshake timeout too.
-                    let started = tokio::time::Instant::now();
-                    let deadline = started + shared.limits.handshake_timeout;
-                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    // The TLS handshake has the handshake timeout too (then AMQP's starts afresh).
+                    match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => connection::serve(s, shared, rx, peer).await,
                         Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -386,8 +384,6 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.connections.lock() {
-            c.remove(&self.id);
-        }
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 /// Per-connection limits. Every field has a default ([`Limits::default`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// From accepting a socket to the peer's `open` (TLS, protocol headers, SASL included).
-    /// A peer that has not opened by then is disconnected. Default 10 s.
+    /// From accepting a socket to the peer's `open` (protocol headers and SASL included; on
+    /// the TLS listener the TLS handshake has a window of this length before it). A peer that
+    /// has not opened by then is disconnected. Default 10 s.
     pub handshake_timeout: Duration,
     /// From accepting a socket to the first valid `$cbs` token (or SASL PLAIN). The service
     /// drops such connections after 20 s too. Default 20 s.

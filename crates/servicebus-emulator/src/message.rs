@@ -157,6 +157,11 @@ impl StoredMessage {
         }
     }
 
+    /// The sizes of `messages` as sent, added up (what they count against a quota).
+    pub(crate) fn total_size(messages: &[Self]) -> u64 {
+        messages.iter().map(|m| m.size as u64).sum()
+    }
+
     /// Parses a transfer's payload: one message, or the messages of a batch.
     pub(crate) fn parse_transfer(payload: &Bytes, format: u32) -> Result<Vec<Self>, MessageError> {
         if format != BATCH_FORMAT {

@@ -52,7 +52,7 @@ impl Destination {
         match self {
             Self::Queue(q) => q.enqueue(messages),
             Self::Topic(t) => {
-                self.check_room(messages.iter().map(|m| m.size as u64).sum())?;
+                self.check_room(StoredMessage::total_size(&messages))?;
                 let mut seqs = Vec::new();
                 for (i, sub) in t.subscriptions.values().enumerate() {
                     // Checked just above; a subscription filled by a concurrent send in between

@@ -259,7 +259,7 @@ impl Queue {
         let mut earliest = None;
         {
             let mut st = self.lock();
-            self.room_for(st.bytes, messages.iter().map(|m| m.size as u64).sum())?;
+            self.room_for(st.bytes, StoredMessage::total_size(&messages))?;
             for mut msg in messages {
                 let seq = st.next_sequence;
                 st.next_sequence += 1;
