@@ -448,9 +448,6 @@ impl File {
 impl Properties {
     fn resolve(self, what: &str, warnings: &mut Vec<String>) -> QueueProperties {
         let d = QueueProperties::default();
-        if self.requires_session == Some(true) {
-            warnings.push(format!("{what}: RequiresSession is not implemented yet; the entity works without sessions"));
-        }
         if self.requires_duplicate_detection == Some(true) {
             warnings.push(format!("{what}: RequiresDuplicateDetection is not implemented yet; duplicates are kept"));
         }
@@ -472,6 +469,7 @@ impl Properties {
             dead_lettering_on_message_expiration: self
                 .dead_lettering_on_message_expiration
                 .unwrap_or(d.dead_lettering_on_message_expiration),
+            requires_session: self.requires_session.unwrap_or(d.requires_session),
         }
     }
 }
@@ -595,7 +593,8 @@ mod tests {
         let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[
             {"Name":"a","Properties":{"RequiresSession":true,"ForwardTo":"b","Colour":"red"}}]}]}}"#;
         let c = Config::parse(text, "c.json").unwrap();
-        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.queues[0].properties.requires_session, "sessions are implemented: no warning");
     }
 
     #[test]

@@ -15,16 +15,20 @@ use serde_amqp::primitives::Binary;
 
 use crate::auth::{self, Authorizations, Keys, Rights};
 use crate::message::{StoredMessage, amqp_uuid, simple_value};
-use crate::queue::{Queue, QuotaExceeded, ReceiveMode, Settlement};
+use crate::queue::{
+    DeferredError, Queue, QuotaExceeded, ReceiveMode, SessionClaim, SessionError, SettleError, Settlement,
+};
 
 /// An error condition as its symbol.
 pub(crate) fn condition(symbol: &str) -> ErrorCondition {
     ErrorCondition::Custom(Symbol::from(symbol))
 }
 
-/// An AMQP error with a condition and description.
+/// An AMQP error with a condition, a description and an empty `info`. The field is sent
+/// although empty: Python's SDK reads a `close` error's third field without checking that
+/// it is there, and fails with an `IndexError` inside its own code when it is not.
 pub(crate) fn error(symbol: &str, description: impl Into<String>) -> AmqpError {
-    AmqpError::new(condition(symbol), Some(description.into()), None)
+    AmqpError::new(condition(symbol), Some(description.into()), Some(Default::default()))
 }
 
 /// Why a request message could not be read.
@@ -144,6 +148,10 @@ pub(crate) struct ManagementContext<'a> {
     pub(crate) authorize: &'a dyn Fn(Rights) -> Result<(), String>,
     /// Called for each lock token that update-disposition settled, so the connection can drop its record.
     pub(crate) on_settled: &'a mut dyn FnMut(uuid::Uuid),
+    /// The message sessions of this entity that receivers on the connection hold.
+    pub(crate) sessions: &'a [SessionClaim],
+    /// The largest session state accepted, in bytes (the entity's largest message).
+    pub(crate) max_state_size: usize,
 }
 
 struct Failure {
@@ -160,12 +168,17 @@ fn bad_request(description: impl Into<String>) -> Failure {
     fail(400, "com.microsoft:argument-error", description)
 }
 
-fn lock_lost() -> Failure {
-    fail(
-        410,
-        "com.microsoft:message-lock-lost",
-        "The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue.",
-    )
+/// A settlement error as the service reports it: lock lost is 410, a misuse 400.
+fn settle_failure(e: SettleError) -> Failure {
+    let status = match e {
+        SettleError::LockLost | SettleError::SessionLockLost => 410,
+        SettleError::SessionMessage => 400,
+    };
+    fail(status, e.condition(), e.description())
+}
+
+fn session_failure(e: SessionError) -> Failure {
+    fail(410, e.condition(), e.to_string())
 }
 
 /// The rights an operation needs, as the service asks for them.
@@ -178,7 +191,8 @@ fn required_rights(op: &str) -> Rights {
         | "com.microsoft:update-disposition"
         | "com.microsoft:renew-session-lock"
         | "com.microsoft:get-session-state"
-        | "com.microsoft:set-session-state" => Rights::LISTEN,
+        | "com.microsoft:set-session-state"
+        | "com.microsoft:get-message-sessions" => Rights::LISTEN,
         "" => Rights::NONE,
         _ => Rights::MANAGE,
     }
@@ -207,8 +221,12 @@ fn handle(request: &Request, op: &str, ctx: ManagementContext<'_>) -> OpResult {
         "com.microsoft:peek-message" => peek(request, ctx.queue),
         "com.microsoft:schedule-message" => schedule(request, ctx.queue),
         "com.microsoft:cancel-scheduled-message" => cancel_scheduled(request, ctx.queue),
-        "com.microsoft:receive-by-sequence-number" => receive_deferred(request, ctx.queue),
+        "com.microsoft:receive-by-sequence-number" => receive_deferred(request, &ctx),
         "com.microsoft:update-disposition" => update_disposition(request, ctx.queue, ctx.on_settled),
+        "com.microsoft:renew-session-lock" => renew_session_lock(request, &ctx),
+        "com.microsoft:get-session-state" => get_session_state(request, &ctx),
+        "com.microsoft:set-session-state" => set_session_state(request, &ctx),
+        "com.microsoft:get-message-sessions" => message_sessions(request, ctx.queue),
         "" => Err(bad_request("the request has no 'operation' application property")),
         other => Err(fail(501, "amqp:not-implemented", format!("the emulator does not implement {other}"))),
     }
@@ -262,7 +280,7 @@ fn integer(v: &Value) -> Option<i64> {
 fn renew_lock(request: &Request, queue: &Queue) -> OpResult {
     let mut expirations = Vec::new();
     for token in lock_tokens(request)? {
-        let until = queue.renew_lock(token).map_err(|_| lock_lost())?;
+        let until = queue.renew_lock(token).map_err(settle_failure)?;
         expirations.push(Value::Timestamp(Timestamp::from_milliseconds(until)));
     }
     Ok((200, map([("expirations", Value::Array(Array(expirations)))])))
@@ -271,7 +289,11 @@ fn renew_lock(request: &Request, queue: &Queue) -> OpResult {
 fn peek(request: &Request, queue: &Queue) -> OpResult {
     let from = request.field("from-sequence-number").and_then(integer).unwrap_or(1);
     let count = request.field("message-count").and_then(integer).unwrap_or(1).clamp(0, 1000) as usize;
-    let messages = queue.peek(from, count);
+    let session = match request.field("session-id") {
+        Some(Value::String(id)) => Some(id.as_str()),
+        _ => None,
+    };
+    let messages = queue.peek(from, count, session);
     if messages.is_empty() {
         return Ok((204, map([])));
     }
@@ -307,14 +329,20 @@ fn cancel_scheduled(request: &Request, queue: &Queue) -> OpResult {
     Ok((200, map([])))
 }
 
-fn receive_deferred(request: &Request, queue: &Queue) -> OpResult {
+fn receive_deferred(request: &Request, ctx: &ManagementContext<'_>) -> OpResult {
     let seqs = sequence_numbers(request)?;
     let mode = match request.field("receiver-settle-mode").and_then(integer) {
         Some(0) => ReceiveMode::ReceiveAndDelete,
         _ => ReceiveMode::PeekLock,
     };
-    let deliveries = queue.receive_deferred(&seqs, mode).map_err(|seq| {
-        fail(404, "com.microsoft:message-not-found", format!("no deferred message has sequence number {seq}"))
+    let claim = match request.field("session-id") {
+        Some(Value::String(_)) => Some(held_session(request, ctx)?),
+        _ => None,
+    };
+    let deliveries = ctx.queue.receive_deferred(&seqs, mode, claim).map_err(|e| match e {
+        DeferredError::NotDeferred(_) => fail(404, "com.microsoft:message-not-found", e.to_string()),
+        DeferredError::SessionRequired => fail(400, "amqp:not-allowed", e.to_string()),
+        DeferredError::Session(e) => session_failure(e),
     })?;
     let list = deliveries
         .into_iter()
@@ -364,10 +392,85 @@ fn update_disposition(request: &Request, queue: &Queue, on_settled: &mut dyn FnM
         }
     };
     for token in lock_tokens(request)? {
-        queue.settle(token, settlement.clone()).map_err(|_| lock_lost())?;
+        queue.settle(token, settlement.clone()).map_err(settle_failure)?;
         on_settled(token);
     }
     Ok((200, map([])))
+}
+
+/// The request's `session-id`: a session a receiver on this connection holds.
+fn held_session<'a>(request: &Request, ctx: &ManagementContext<'a>) -> Result<&'a SessionClaim, Failure> {
+    let id = match request.field("session-id") {
+        Some(Value::String(id)) => id,
+        _ => return Err(bad_request("the request body has no 'session-id' string")),
+    };
+    ctx.sessions.iter().find(|c| &c.id == id).ok_or_else(|| {
+        fail(
+            410,
+            "com.microsoft:session-lock-lost",
+            format!(
+                "The session '{id}' is not locked by a receiver on this connection: its lock expired, its receiver \
+                 closed, or it was never accepted. Accept the session first."
+            ),
+        )
+    })
+}
+
+fn renew_session_lock(request: &Request, ctx: &ManagementContext<'_>) -> OpResult {
+    let claim = held_session(request, ctx)?;
+    let until = ctx.queue.renew_session_lock(claim).map_err(session_failure)?;
+    Ok((200, map([("expiration", Value::Timestamp(Timestamp::from_milliseconds(until)))])))
+}
+
+fn get_session_state(request: &Request, ctx: &ManagementContext<'_>) -> OpResult {
+    let claim = held_session(request, ctx)?;
+    let state = ctx.queue.session_state(claim).map_err(session_failure)?;
+    let value = state.map_or(Value::Null, |b| Value::Binary(Binary::from(b.to_vec())));
+    Ok((200, map([("session-state", value)])))
+}
+
+fn set_session_state(request: &Request, ctx: &ManagementContext<'_>) -> OpResult {
+    let claim = held_session(request, ctx)?;
+    let state = match request.field("session-state") {
+        Some(Value::Binary(b)) => Some(Bytes::copy_from_slice(b.as_slice())),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(bad_request("session-state must be binary, or null to clear it")),
+    };
+    if let Some(s) = &state
+        && s.len() > ctx.max_state_size
+    {
+        return Err(fail(
+            403,
+            "amqp:link:message-size-exceeded",
+            format!(
+                "The session state ({} bytes) exceeds the limit ({} bytes): the state of a session may be as large \
+                 as a message of its entity.",
+                s.len(),
+                ctx.max_state_size
+            ),
+        ));
+    }
+    ctx.queue.set_session_state(claim, state).map_err(session_failure)?;
+    Ok((200, map([])))
+}
+
+/// `DateTime.MaxValue` in ms since the epoch: "every session with messages".
+const ALL_ACTIVE_SESSIONS_MS: i64 = 253_402_300_800_000;
+
+fn message_sessions(request: &Request, queue: &Queue) -> OpResult {
+    let since = match request.field("last-updated-time") {
+        Some(Value::Timestamp(t)) if t.milliseconds() < ALL_ACTIVE_SESSIONS_MS => Some(t.milliseconds()),
+        _ => None,
+    };
+    let skip = request.field("skip").and_then(integer).unwrap_or(0).max(0) as usize;
+    let top = request.field("top").and_then(integer).unwrap_or(100).clamp(0, 1000) as usize;
+    let ids = queue.session_ids(since, skip, top);
+    if ids.is_empty() {
+        return Ok((204, map([])));
+    }
+    let next_skip = i32::try_from(skip + ids.len()).unwrap_or(i32::MAX);
+    let ids = Value::Array(Array(ids.into_iter().map(Value::String).collect()));
+    Ok((200, map([("skip", Value::Int(next_skip)), ("sessions-ids", ids)])))
 }
 
 #[cfg(test)]
@@ -413,7 +516,13 @@ mod tests {
         let mut cb = no_settle();
         let r = decode(&management(
             &request("com.microsoft:renew-lock", body),
-            ManagementContext { queue: &q, authorize: &|_| Ok(()), on_settled: &mut cb },
+            ManagementContext {
+                queue: &q,
+                authorize: &|_| Ok(()),
+                on_settled: &mut cb,
+                sessions: &[],
+                max_state_size: 1024,
+            },
         ));
         assert_eq!(status(&r), (410, Some("com.microsoft:message-lock-lost".into())));
         assert_eq!(r.properties.unwrap().correlation_id, Some(MessageId::String("req-1".into())));
@@ -427,7 +536,13 @@ mod tests {
             if Rights::LISTEN.contains(needed) { Ok(()) } else { Err(format!("{needed:?} needed")) }
         };
         let mut cb = no_settle();
-        let ctx = |cb| ManagementContext { queue: &q, authorize: &listen_only, on_settled: cb };
+        let ctx = |cb| ManagementContext {
+            queue: &q,
+            authorize: &listen_only,
+            on_settled: cb,
+            sessions: &[],
+            max_state_size: 1024,
+        };
         let peek = decode(&management(&request("com.microsoft:peek-message", map([])), ctx(&mut cb)));
         assert_eq!(status(&peek).0, 204);
         let mut cb = no_settle();
@@ -447,7 +562,13 @@ mod tests {
         let mut cb = no_settle();
         let r = decode(&management(
             &request("com.microsoft:peek-message", body),
-            ManagementContext { queue: &q, authorize: &|_| Ok(()), on_settled: &mut cb },
+            ManagementContext {
+                queue: &q,
+                authorize: &|_| Ok(()),
+                on_settled: &mut cb,
+                sessions: &[],
+                max_state_size: 1024,
+            },
         ));
         assert_eq!(status(&r), (204, None));
     }
@@ -458,7 +579,13 @@ mod tests {
         let mut cb = no_settle();
         let r = decode(&management(
             &request("com.microsoft:add-rule", map([])),
-            ManagementContext { queue: &q, authorize: &|_| Ok(()), on_settled: &mut cb },
+            ManagementContext {
+                queue: &q,
+                authorize: &|_| Ok(()),
+                on_settled: &mut cb,
+                sessions: &[],
+                max_state_size: 1024,
+            },
         ));
         assert_eq!(status(&r), (501, Some("amqp:not-implemented".into())));
     }

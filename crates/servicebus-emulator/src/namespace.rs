@@ -36,6 +36,19 @@ impl Destination {
         }
     }
 
+    /// Refuses messages this entity takes from no one: ones without a session id, when it (or,
+    /// for a topic, one of its subscriptions) requires sessions.
+    pub(crate) fn check_messages(&self, messages: &[StoredMessage]) -> Result<(), SessionIdMissing> {
+        let requires_session = match self {
+            Self::Queue(q) => q.requires_session(),
+            Self::Topic(t) => t.subscriptions.values().any(|s| s.requires_session()),
+        };
+        if requires_session && messages.iter().any(|m| m.session_id.is_none()) {
+            return Err(SessionIdMissing { entity: self.name().to_string() });
+        }
+        Ok(())
+    }
+
     /// Refuses `bytes` more if they would pass `MaxSizeInMegabytes` (of any subscription, for topics).
     pub(crate) fn check_room(&self, bytes: u64) -> Result<(), QuotaExceeded> {
         match self {
@@ -66,6 +79,23 @@ impl Destination {
                 Ok(seqs)
             }
         }
+    }
+}
+
+/// A message without a session id, sent to an entity that requires sessions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "The SessionId was not set on a message, and it cannot be sent to the entity '{entity}'. Entities that have \
+     session support enabled can only receive messages that have the SessionId set to a valid value."
+)]
+pub(crate) struct SessionIdMissing {
+    pub(crate) entity: String,
+}
+
+impl SessionIdMissing {
+    /// The AMQP condition the service uses.
+    pub(crate) fn condition(&self) -> &'static str {
+        "amqp:not-allowed"
     }
 }
 

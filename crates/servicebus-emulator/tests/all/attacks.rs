@@ -174,6 +174,24 @@ fn close_condition(frame: &FrameBody) -> String {
     }
 }
 
+fn end_condition(frame: &FrameBody) -> String {
+    match frame {
+        FrameBody::End(e) => format!("{:?}", e.error.as_ref().map(|e| (&e.condition, &e.description))),
+        other => panic!("expected end, got {other:?}"),
+    }
+}
+
+/// Begins a session on `channel` and checks the broker answers: the connection lives on.
+async fn begins_again(raw: &mut Raw, channel: u16) {
+    let mut out = BytesMut::new();
+    frame(&mut out, 0, channel, &super::frames::begin());
+    raw.send(&out).await;
+    match raw.next_amqp().await {
+        FrameBody::Begin(b) => assert_eq!(b.remote_channel, Some(channel)),
+        other => panic!("expected begin, got {other:?}"),
+    }
+}
+
 /// Writes `AMQP 0 1 0 0` and an `open` with this max-frame-size; reads the broker's header and open.
 async fn opened(
     emulator: &servicebus_emulator::Emulator,
@@ -244,7 +262,7 @@ async fn a_connection_that_never_authenticates_is_closed() {
 
 /// Finding 5: channel-max and handle-max were advertised and not enforced.
 #[tokio::test]
-async fn sessions_and_links_beyond_what_was_advertised_close_the_connection() {
+async fn sessions_beyond_channel_max_close_the_connection_and_handles_beyond_handle_max_end_the_session() {
     let emulator = start(vec![queue("q")]).await;
     let (mut raw, _) = opened(&emulator, 65536).await;
     let mut out = BytesMut::new();
@@ -266,8 +284,9 @@ async fn sessions_and_links_beyond_what_was_advertised_close_the_connection() {
         FrameBody::Begin(b) => assert_eq!(b.handle_max.0, 1023),
         other => panic!("{other:?}"),
     }
-    let condition = close_condition(&raw.next_amqp().await);
+    let condition = end_condition(&raw.next_amqp().await);
     assert!(condition.contains("handle-max"), "{condition}");
+    begins_again(&mut raw, 1).await;
     emulator.shutdown().await;
 }
 
@@ -276,8 +295,8 @@ async fn sessions_and_links_beyond_what_was_advertised_close_the_connection() {
 #[tokio::test]
 async fn long_names_are_refused_and_no_frame_exceeds_the_peers_max_frame_size() {
     let emulator = start(vec![queue("q")]).await;
-    for (max_frame, name_len, expected) in
-        [(65536, 1024 * 1024 - 512, "longer than the 1024 bytes"), (512, 900, "max-frame-size of 512")]
+    for (max_frame, name_len, expected, session_only) in
+        [(65536, 1024 * 1024 - 512, "longer than the 1024 bytes", true), (512, 900, "max-frame-size of 512", false)]
     {
         let (mut raw, _) = opened(&emulator, max_frame).await;
         let mut out = BytesMut::new();
@@ -289,9 +308,17 @@ async fn long_names_are_refused_and_no_frame_exceeds_the_peers_max_frame_size() 
         frame(&mut out, 0, 0, &attach);
         raw.send(&out).await;
         assert!(matches!(raw.next_amqp().await, FrameBody::Begin(_)));
-        let condition = close_condition(&raw.next_amqp().await);
-        assert!(condition.contains(expected), "{condition}");
-        assert!(raw.next().await.is_none());
+        if session_only {
+            // The name is refused before anything echoes it: only its session ends.
+            let condition = end_condition(&raw.next_amqp().await);
+            assert!(condition.contains(expected), "{condition}");
+            begins_again(&mut raw, 1).await;
+        } else {
+            // The broker's own echo cannot be sent: that is the connection's fault.
+            let condition = close_condition(&raw.next_amqp().await);
+            assert!(condition.contains(expected), "{condition}");
+            assert!(raw.next().await.is_none());
+        }
     }
     emulator.shutdown().await;
 }

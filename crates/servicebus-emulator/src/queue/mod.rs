@@ -2,7 +2,18 @@
 //!
 //! All state sits behind one `std::sync::Mutex`, held only for short, non-async
 //! sections. Time-driven changes (lock expiry, scheduled messages appearing, TTL
-//! expiry) run in one timer task per queue, started by the namespace.
+//! expiry, session locks lapsing) run in one timer task per queue, started by the namespace.
+//!
+//! Layout: this file holds messages and their locks; [`sessions`] holds the message
+//! sessions of an entity that requires them (their locks and state); `tests.rs` the rules.
+//!
+//! Size: about 750 lines, the message lifecycle of one entity under one lock; the session
+//! rules live apart in `sessions.rs`.
+
+mod sessions;
+
+use sessions::MessageSession;
+pub(crate) use sessions::{SessionClaim, SessionError};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +40,8 @@ pub struct QueueProperties {
     /// `MaxSizeInMegabytes`: the most the entity holds (messages as sent, every state but
     /// dead-lettered); a send that would pass it is refused with `amqp:resource-limit-exceeded`.
     pub max_size_megabytes: u64,
+    /// `RequiresSession`: messages need a session id, and receivers lock a session.
+    pub requires_session: bool,
 }
 
 impl Default for QueueProperties {
@@ -39,6 +52,7 @@ impl Default for QueueProperties {
             default_message_ttl: None,
             dead_lettering_on_message_expiration: false,
             max_size_megabytes: DEFAULT_MAX_SIZE_MEGABYTES,
+            requires_session: false,
         }
     }
 }
@@ -96,11 +110,57 @@ pub(crate) enum Settlement {
     Release,
 }
 
+/// Why deferred messages could not be received.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DeferredError {
+    #[error("no deferred message has sequence number {0}")]
+    NotDeferred(i64),
+    #[error("this entity requires sessions: receive its deferred messages with a session receiver")]
+    SessionRequired,
+    #[error(transparent)]
+    Session(SessionError),
+}
+
 /// Why a settlement was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum SettleError {
     #[error("the lock supplied is invalid: it expired, was already settled, or was never given out")]
     LockLost,
+    /// The message's session lock lapsed or was released.
+    #[error("the session lock was lost: it expired, or the session receiver closed")]
+    SessionLockLost,
+    /// A message lock renewal, for a message that its session's lock holds.
+    #[error("a message in a session is locked by its session: renew the session lock instead")]
+    SessionMessage,
+}
+
+impl SettleError {
+    /// The AMQP condition the service answers with.
+    pub(crate) fn condition(&self) -> &'static str {
+        match self {
+            Self::LockLost => "com.microsoft:message-lock-lost",
+            Self::SessionLockLost => "com.microsoft:session-lock-lost",
+            Self::SessionMessage => "amqp:not-allowed",
+        }
+    }
+
+    /// The service's description.
+    pub(crate) fn description(&self) -> &'static str {
+        match self {
+            Self::LockLost => {
+                "The lock supplied is invalid. Either the lock expired, or the message has already been removed \
+                 from the queue."
+            }
+            Self::SessionLockLost => {
+                "The session lock has expired on the MessageSession. Accept a new MessageSession to receive its \
+                 messages again."
+            }
+            Self::SessionMessage => {
+                "A message received from a session is locked by the session: renew the session lock \
+                 (com.microsoft:renew-session-lock) instead of the message lock."
+            }
+        }
+    }
 }
 
 /// A message handed to a receiver.
@@ -137,6 +197,8 @@ enum EntryState {
 #[derive(Debug)]
 struct Entry {
     msg: StoredMessage,
+    /// Its message session, in an entity that requires sessions.
+    session: Option<String>,
     state: EntryState,
     /// Deliveries that ended without settlement (abandon, lock expiry).
     delivery_count: u32,
@@ -150,16 +212,28 @@ enum DeadlineKind {
     Ttl,
 }
 
+/// `now + 100 years`: the lock of a message in a session, which its session's lock bounds.
+fn far_future(now: Instant) -> Instant {
+    instant_after(now, Duration::from_secs(100 * 365 * 86_400))
+}
+
 type Wake = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 struct State {
     next_sequence: i64,
     entries: BTreeMap<i64, Entry>,
+    /// Messages ready for a receiver, in an entity without sessions (sessions keep their own).
     available: BTreeSet<i64>,
+    /// The message sessions of an entity that requires them, by session id.
+    sessions: BTreeMap<String, MessageSession>,
     locks: HashMap<uuid::Uuid, i64>,
     deadlines: BTreeSet<(Instant, i64, DeadlineKind)>,
+    /// When session locks lapse, by session id.
+    session_deadlines: BTreeSet<(Instant, String)>,
     waiters: Vec<Wake>,
+    /// A message became ready, or a session came free, since the waiters were last woken.
+    woken: bool,
     /// The sizes of the messages in `entries`, for `MaxSizeInMegabytes`.
     bytes: u64,
 }
@@ -167,13 +241,47 @@ struct State {
 impl State {
     fn insert_entry(&mut self, seq: i64, entry: Entry) {
         self.bytes += entry.msg.size as u64;
+        if let Some(id) = &entry.session {
+            self.sessions.entry(id.clone()).or_default().entries += 1;
+        }
         self.entries.insert(seq, entry);
     }
 
     fn remove_entry(&mut self, seq: &i64) -> Option<Entry> {
         let entry = self.entries.remove(seq)?;
         self.bytes = self.bytes.saturating_sub(entry.msg.size as u64);
+        self.available.remove(seq);
+        if let Some(id) = &entry.session {
+            if let Some(s) = self.sessions.get_mut(id) {
+                s.entries = s.entries.saturating_sub(1);
+                s.available.remove(seq);
+                if let Some(lock) = &mut s.lock {
+                    lock.locked.remove(seq);
+                }
+            }
+            self.prune_session(id);
+        }
         Some(entry)
+    }
+
+    /// Makes entry `seq` ready for a receiver (of its session, if it has one).
+    fn ready(&mut self, seq: i64) {
+        let Some(entry) = self.entries.get_mut(&seq) else { return };
+        entry.state = EntryState::Available;
+        match &entry.session {
+            Some(id) => {
+                self.sessions.entry(id.clone()).or_default().available.insert(seq);
+            }
+            None => {
+                self.available.insert(seq);
+            }
+        }
+        self.woken = true;
+    }
+
+    /// The waiters to wake, if anything became ready since they registered.
+    fn waiters_to_wake(&mut self) -> Vec<Wake> {
+        if std::mem::take(&mut self.woken) { std::mem::take(&mut self.waiters) } else { Vec::new() }
     }
 }
 
@@ -201,6 +309,8 @@ impl Queue {
             default_message_ttl: None,
             dead_lettering_on_message_expiration: false,
             max_size_megabytes: u64::MAX,
+            // A session entity's dead-letter queue is read without sessions.
+            requires_session: false,
             ..properties.clone()
         };
         let dead_letter = Arc::new(Self::bare(&format!("{name}/$DeadLetterQueue"), dlq_props, None));
@@ -219,6 +329,10 @@ impl Queue {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn requires_session(&self) -> bool {
+        self.properties.requires_session
     }
 
     pub(crate) fn dead_letter_queue(&self) -> Option<&Arc<Queue>> {
@@ -254,7 +368,7 @@ impl Queue {
     pub(crate) fn enqueue(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, QuotaExceeded> {
         let now = now_ms();
         let instant_now = Instant::now();
-        let mut wake = Vec::new();
+        let wake;
         let mut sequence_numbers = Vec::with_capacity(messages.len());
         let mut earliest = None;
         {
@@ -267,29 +381,31 @@ impl Queue {
                 msg.enqueued_ms = now;
                 let ttl_ms = msg.header.ttl.map(i64::from).or(self.properties.default_message_ttl.map(millis));
                 let expires_at_ms = ttl_ms.map(|t| now.saturating_add(t));
-                let state = match msg.scheduled_enqueue_ms {
+                let scheduled = match msg.scheduled_enqueue_ms {
                     Some(at) if at > now => {
                         let when = instant_after(instant_now, Duration::from_millis((at - now) as u64));
                         st.deadlines.insert((when, seq, DeadlineKind::Scheduled));
                         earliest = earliest.min(Some(when)).or(Some(when));
-                        EntryState::Scheduled
+                        true
                     }
-                    _ => {
-                        st.available.insert(seq);
-                        EntryState::Available
-                    }
+                    _ => false,
                 };
                 if let Some(exp) = expires_at_ms {
                     let when = instant_after(instant_now, Duration::from_millis((exp - now).max(0) as u64));
                     st.deadlines.insert((when, seq, DeadlineKind::Ttl));
                     earliest = earliest.min(Some(when)).or(Some(when));
                 }
-                st.insert_entry(seq, Entry { msg, state, delivery_count: 0, expires_at_ms });
+                let session = self.session_of(&msg);
+                st.insert_entry(
+                    seq,
+                    Entry { msg, session, state: EntryState::Scheduled, delivery_count: 0, expires_at_ms },
+                );
+                if !scheduled {
+                    st.ready(seq);
+                }
                 sequence_numbers.push(seq);
             }
-            if !st.available.is_empty() {
-                wake = std::mem::take(&mut st.waiters);
-            }
+            wake = st.waiters_to_wake();
         }
         if earliest.is_some() {
             self.timer.notify_one();
@@ -298,14 +414,26 @@ impl Queue {
         Ok(sequence_numbers)
     }
 
-    /// Takes the next available message, or registers `wake` to be called when one may be.
-    pub(crate) fn take_or_wait(&self, mode: ReceiveMode, wake: impl FnOnce() + Send + 'static) -> Option<Delivery> {
+    /// The message session a message belongs to here: its session id, in an entity that
+    /// requires sessions (one sent without, through a test hook, is in session "").
+    fn session_of(&self, msg: &StoredMessage) -> Option<String> {
+        self.properties.requires_session.then(|| msg.session_id.clone().unwrap_or_default())
+    }
+
+    /// Takes the next available message (of `session`, for a session receiver), or registers
+    /// `wake` to be called when one may be. A session receiver whose lock is gone gets an error.
+    pub(crate) fn take_or_wait(
+        &self,
+        mode: ReceiveMode,
+        session: Option<&SessionClaim>,
+        wake: impl FnOnce() + Send + 'static,
+    ) -> Result<Option<Delivery>, SessionError> {
         let mut st = self.lock();
-        match self.take_locked(&mut st, mode) {
-            Some(d) => Some(d),
+        match self.take_locked(&mut st, mode, session)? {
+            Some(d) => Ok(Some(d)),
             None => {
                 st.waiters.push(Box::new(wake));
-                None
+                Ok(None)
             }
         }
     }
@@ -314,19 +442,33 @@ impl Queue {
     #[cfg(test)]
     pub(crate) fn take(&self, mode: ReceiveMode) -> Option<Delivery> {
         let mut st = self.lock();
-        self.take_locked(&mut st, mode)
+        self.take_locked(&mut st, mode, None).expect("no session")
     }
 
-    fn take_locked(&self, st: &mut State, mode: ReceiveMode) -> Option<Delivery> {
+    fn take_locked(
+        &self,
+        st: &mut State,
+        mode: ReceiveMode,
+        session: Option<&SessionClaim>,
+    ) -> Result<Option<Delivery>, SessionError> {
         let now = now_ms();
+        if let Some(claim) = session {
+            Self::check_claim(st, claim)?;
+        } else if self.properties.requires_session {
+            return Ok(None); // Only session receivers take from an entity that requires sessions.
+        }
         loop {
-            let seq = st.available.pop_first()?;
+            let next = match session {
+                Some(claim) => st.sessions.get_mut(&claim.id).and_then(|s| s.available.pop_first()),
+                None => st.available.pop_first(),
+            };
+            let Some(seq) = next else { return Ok(None) };
             let Some(entry) = st.entries.get(&seq) else { continue };
             if entry.expires_at_ms.is_some_and(|e| e <= now) {
                 self.expire_message(st, seq);
                 continue;
             }
-            return Some(match mode {
+            return Ok(Some(match mode {
                 ReceiveMode::ReceiveAndDelete => {
                     let entry = st.remove_entry(&seq).expect("looked up above");
                     let mut msg = entry.msg;
@@ -334,15 +476,28 @@ impl Queue {
                     Delivery { sequence_number: seq, lock_token: None, payload: msg.encode(Stamp::default()) }
                 }
                 ReceiveMode::PeekLock => self.lock_entry(st, seq, false),
-            });
+            }));
         }
     }
 
     /// Locks entry `seq` and encodes it for delivery.
+    /// A message in a session is locked by its session's lock (the caller checked that it is
+    /// held): it has no deadline of its own, and shows the session's locked-until.
     fn lock_entry(&self, st: &mut State, seq: i64, deferred: bool) -> Delivery {
         let token = uuid::Uuid::new_v4();
-        let until = instant_after(Instant::now(), self.properties.lock_duration);
-        let until_ms = now_ms().saturating_add(millis(self.properties.lock_duration));
+        let now = Instant::now();
+        let session_lock = st.entries.get(&seq).and_then(|e| e.session.clone()).and_then(|id| {
+            let lock = st.sessions.get_mut(&id)?.lock.as_mut()?;
+            lock.locked.insert(seq);
+            Some(lock.until_ms)
+        });
+        let (until, until_ms) = match session_lock {
+            Some(until_ms) => (far_future(now), until_ms),
+            None => (
+                instant_after(now, self.properties.lock_duration),
+                now_ms().saturating_add(millis(self.properties.lock_duration)),
+            ),
+        };
         let entry = st.entries.get_mut(&seq).expect("callers pass a present entry");
         entry.state = EntryState::Locked { token, until, until_ms, deferred };
         entry.msg.header.delivery_count = entry.delivery_count;
@@ -350,14 +505,16 @@ impl Queue {
             .msg
             .encode(Stamp { locked_until_ms: Some(until_ms), state: deferred.then_some(MessageState::Deferred) });
         st.locks.insert(token, seq);
-        st.deadlines.insert((until, seq, DeadlineKind::LockExpiry));
-        self.timer.notify_one();
+        if session_lock.is_none() {
+            st.deadlines.insert((until, seq, DeadlineKind::LockExpiry));
+            self.timer.notify_one();
+        }
         Delivery { sequence_number: seq, lock_token: Some(token), payload }
     }
 
     /// Settles the message locked under `token`.
     pub(crate) fn settle(&self, token: uuid::Uuid, settlement: Settlement) -> Result<(), SettleError> {
-        let mut wake = Vec::new();
+        let wake;
         {
             let mut st = self.lock();
             let seq = *st.locks.get(&token).ok_or(SettleError::LockLost)?;
@@ -372,6 +529,11 @@ impl Queue {
             if until <= Instant::now() {
                 // Expired but not yet swept: the sweep will redeliver it.
                 return Err(SettleError::LockLost);
+            }
+            if let Some(id) = entry.session.clone() {
+                // Its session's lock holds it; lapsed but not yet swept: the sweep releases it.
+                Self::check_session_lock(&mut st, &id)?;
+                st.leave_session_lock(&id, seq);
             }
             st.locks.remove(&token);
             match settlement {
@@ -398,9 +560,7 @@ impl Queue {
                     self.dead_letter(entry, reason, description, properties);
                 }
             }
-            if !st.available.is_empty() {
-                wake = std::mem::take(&mut st.waiters);
-            }
+            wake = st.waiters_to_wake();
         }
         wake.into_iter().for_each(|w| w());
         Ok(())
@@ -429,8 +589,7 @@ impl Queue {
             );
             return;
         }
-        entry.state = EntryState::Available;
-        st.available.insert(seq);
+        st.ready(seq);
     }
 
     fn dead_letter(
@@ -466,20 +625,27 @@ impl Queue {
             let mut st = self.lock();
             let seq = msg.sequence_number;
             st.next_sequence = st.next_sequence.max(seq + 1);
-            st.available.insert(seq);
-            st.insert_entry(seq, Entry { msg, state: EntryState::Available, delivery_count, expires_at_ms: None });
-            wake = std::mem::take(&mut st.waiters);
+            // A dead-letter queue has no sessions: its messages are read by any receiver.
+            let entry = Entry { msg, session: None, state: EntryState::Scheduled, delivery_count, expires_at_ms: None };
+            st.insert_entry(seq, entry);
+            st.ready(seq);
+            wake = st.waiters_to_wake();
         }
         wake.into_iter().for_each(|w| w());
     }
 
     /// Whether `token` holds an unexpired lock.
     pub(crate) fn check_lock(&self, token: uuid::Uuid) -> Result<(), SettleError> {
-        let st = self.lock();
-        let seq = st.locks.get(&token).ok_or(SettleError::LockLost)?;
-        match st.entries.get(seq).map(|e| e.state) {
-            Some(EntryState::Locked { token: t, until, .. }) if t == token && until > Instant::now() => Ok(()),
-            _ => Err(SettleError::LockLost),
+        let mut st = self.lock();
+        let seq = *st.locks.get(&token).ok_or(SettleError::LockLost)?;
+        let entry = st.entries.get(&seq).ok_or(SettleError::LockLost)?;
+        match entry.state {
+            EntryState::Locked { token: t, until, .. } if t == token && until > Instant::now() => {}
+            _ => return Err(SettleError::LockLost),
+        }
+        match entry.session.clone() {
+            Some(id) => Self::check_session_lock(&mut st, &id),
+            None => Ok(()),
         }
     }
 
@@ -491,6 +657,9 @@ impl Queue {
         let until = instant_after(now, self.properties.lock_duration);
         let until_ms = now_ms().saturating_add(millis(self.properties.lock_duration));
         let entry = st.entries.get_mut(&seq).ok_or(SettleError::LockLost)?;
+        if entry.session.is_some() {
+            return Err(SettleError::SessionMessage);
+        }
         match &mut entry.state {
             EntryState::Locked { until: u, until_ms: um, token: t, .. } if *t == token && *u > now => {
                 *u = until;
@@ -502,11 +671,12 @@ impl Queue {
         Ok(until_ms)
     }
 
-    /// Messages from `from_sequence` on, without locking them (peek).
-    pub(crate) fn peek(&self, from_sequence: i64, count: usize) -> Vec<Bytes> {
+    /// Messages from `from_sequence` on (of one session, if given), without locking them (peek).
+    pub(crate) fn peek(&self, from_sequence: i64, count: usize, session: Option<&str>) -> Vec<Bytes> {
         let st = self.lock();
         st.entries
             .range(from_sequence..)
+            .filter(|(_, e)| session.is_none_or(|id| e.session.as_deref() == Some(id)))
             .take(count)
             .map(|(_, e)| {
                 let state = match e.state {
@@ -521,12 +691,25 @@ impl Queue {
             .collect()
     }
 
-    /// Receives deferred messages by sequence number. Every number must name a deferred message.
-    pub(crate) fn receive_deferred(&self, sequence_numbers: &[i64], mode: ReceiveMode) -> Result<Vec<Delivery>, i64> {
+    /// Receives deferred messages by sequence number. Every number must name a deferred message
+    /// (of the session `session` holds, in an entity that requires sessions).
+    pub(crate) fn receive_deferred(
+        &self,
+        sequence_numbers: &[i64],
+        mode: ReceiveMode,
+        session: Option<&SessionClaim>,
+    ) -> Result<Vec<Delivery>, DeferredError> {
         let mut st = self.lock();
+        if self.properties.requires_session {
+            let claim = session.ok_or(DeferredError::SessionRequired)?;
+            Self::check_claim(&mut st, claim).map_err(DeferredError::Session)?;
+        }
         for seq in sequence_numbers {
-            if !matches!(st.entries.get(seq).map(|e| e.state), Some(EntryState::Deferred)) {
-                return Err(*seq);
+            let entry = st.entries.get(seq);
+            let in_session = entry.is_some_and(|e| e.session.as_deref() == session.map(|c| c.id.as_str()));
+            let deferred = matches!(entry.map(|e| e.state), Some(EntryState::Deferred));
+            if !deferred || (self.properties.requires_session && !in_session) {
+                return Err(DeferredError::NotDeferred(*seq));
             }
         }
         Ok(sequence_numbers
@@ -581,7 +764,7 @@ impl Queue {
     /// Applies every deadline that has passed; returns the next one.
     fn run_deadlines(&self) -> Option<Instant> {
         let now = Instant::now();
-        let mut wake = Vec::new();
+        let wake;
         let next = {
             let mut st = self.lock();
             while let Some(&(when, seq, kind)) = st.deadlines.first() {
@@ -596,23 +779,18 @@ impl Queue {
                         tracing::debug!(queue = %self.name, seq, "lock expired; message returns to the queue");
                         self.unlock(&mut st, seq, deferred, true);
                     }
-                    (DeadlineKind::Scheduled, EntryState::Scheduled) => {
-                        if let Some(e) = st.entries.get_mut(&seq) {
-                            e.state = EntryState::Available;
-                        }
-                        st.available.insert(seq);
-                    }
+                    (DeadlineKind::Scheduled, EntryState::Scheduled) => st.ready(seq),
                     (DeadlineKind::Ttl, EntryState::Available | EntryState::Deferred | EntryState::Scheduled) => {
-                        st.available.remove(&seq);
                         self.expire_message(&mut st, seq);
                     }
                     _ => {}
                 }
             }
-            if !st.available.is_empty() {
-                wake = std::mem::take(&mut st.waiters);
-            }
-            st.deadlines.first().map(|d| d.0)
+            self.expire_session_locks(&mut st, now);
+            wake = st.waiters_to_wake();
+            let next_message = st.deadlines.first().map(|d| d.0);
+            let next_session = st.session_deadlines.first().map(|d| d.0);
+            next_message.into_iter().chain(next_session).min()
         };
         wake.into_iter().for_each(|w| w());
         next
@@ -652,146 +830,4 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use fe2o3_amqp_types::messaging::Message;
-    use fe2o3_amqp_types::messaging::message::__private::Serializable;
-    use serde_amqp::primitives::Binary;
-
-    fn msg(body: &str) -> StoredMessage {
-        let bytes = Bytes::from(
-            serde_amqp::to_vec(&Serializable(Message::builder().data(Binary::from(body.as_bytes().to_vec())).build()))
-                .unwrap(),
-        );
-        StoredMessage::parse(&bytes).unwrap()
-    }
-
-    fn queue(max_delivery_count: u32) -> Arc<Queue> {
-        Queue::new("q", QueueProperties { max_delivery_count, ..Default::default() })
-    }
-
-    #[tokio::test]
-    async fn sequence_numbers_rise_and_receive_is_fifo() {
-        let q = queue(10);
-        assert_eq!(q.enqueue(vec![msg("a"), msg("b")]).unwrap(), vec![1, 2]);
-        let a = q.take(ReceiveMode::PeekLock).unwrap();
-        let b = q.take(ReceiveMode::PeekLock).unwrap();
-        assert_eq!((a.sequence_number, b.sequence_number), (1, 2));
-        assert!(q.take(ReceiveMode::PeekLock).is_none());
-        assert_eq!(q.counts().locked, 2);
-    }
-
-    #[tokio::test]
-    async fn settling_twice_is_lock_lost() {
-        let q = queue(10);
-        q.enqueue(vec![msg("a")]).unwrap();
-        let d = q.take(ReceiveMode::PeekLock).unwrap();
-        let token = d.lock_token.unwrap();
-        q.settle(token, Settlement::Complete).unwrap();
-        assert_eq!(q.settle(token, Settlement::Complete), Err(SettleError::LockLost));
-        assert_eq!(q.counts(), QueueCounts::default());
-    }
-
-    /// Finding 9: a lock this long panicked after the message had left the available set.
-    #[tokio::test]
-    async fn durations_past_what_a_clock_holds_saturate_instead_of_panicking() {
-        let q = Queue::new(
-            "q",
-            QueueProperties {
-                lock_duration: Duration::MAX,
-                default_message_ttl: Some(Duration::MAX),
-                ..Default::default()
-            },
-        );
-        q.enqueue(vec![msg("a")]).unwrap();
-        let d = q.take(ReceiveMode::PeekLock).unwrap();
-        let token = d.lock_token.unwrap();
-        q.renew_lock(token).unwrap();
-        q.settle(token, Settlement::Complete).unwrap();
-        assert_eq!(q.counts(), QueueCounts::default());
-    }
-
-    #[tokio::test]
-    async fn the_quota_counts_what_is_held_and_frees_what_leaves() {
-        let q = Queue::new("q", QueueProperties { max_size_megabytes: 1, ..Default::default() });
-        let big = |n| {
-            let mut m = msg("x");
-            m.size = n;
-            m
-        };
-        q.enqueue(vec![big(600 * 1024)]).unwrap();
-        let full = q.enqueue(vec![big(300 * 1024), big(300 * 1024)]).unwrap_err();
-        assert_eq!((full.size, full.max), (600 * 1024, 1024 * 1024));
-        assert_eq!(q.counts().active, 1, "all or none");
-        let d = q.take(ReceiveMode::PeekLock).unwrap();
-        assert!(q.check_room(500 * 1024).is_err(), "a locked message still counts");
-        q.settle(d.lock_token.unwrap(), Settlement::DeadLetter { reason: None, description: None, properties: vec![] })
-            .unwrap();
-        q.enqueue(vec![big(1024 * 1024)]).unwrap();
-    }
-
-    #[tokio::test]
-    async fn abandon_counts_and_max_delivery_count_dead_letters() {
-        let q = queue(2);
-        q.enqueue(vec![msg("a")]).unwrap();
-        for _ in 0..2 {
-            let d = q.take(ReceiveMode::PeekLock).unwrap();
-            q.settle(d.lock_token.unwrap(), Settlement::Abandon(Vec::new())).unwrap();
-        }
-        assert!(q.take(ReceiveMode::PeekLock).is_none());
-        assert_eq!(q.counts().dead_lettered, 1);
-        let dlq = q.dead_letter_queue().unwrap();
-        let d = dlq.take(ReceiveMode::ReceiveAndDelete).unwrap();
-        assert_eq!(d.sequence_number, 1);
-    }
-
-    #[tokio::test]
-    async fn release_does_not_count_a_delivery() {
-        let q = queue(1);
-        q.enqueue(vec![msg("a")]).unwrap();
-        for _ in 0..3 {
-            let d = q.take(ReceiveMode::PeekLock).unwrap();
-            q.settle(d.lock_token.unwrap(), Settlement::Release).unwrap();
-        }
-        assert_eq!(q.counts().active, 1);
-    }
-
-    #[tokio::test]
-    async fn deferred_messages_come_back_only_by_sequence_number() {
-        let q = queue(10);
-        q.enqueue(vec![msg("a")]).unwrap();
-        let d = q.take(ReceiveMode::PeekLock).unwrap();
-        q.settle(d.lock_token.unwrap(), Settlement::Defer(Vec::new())).unwrap();
-        assert!(q.take(ReceiveMode::PeekLock).is_none());
-        assert_eq!(q.receive_deferred(&[2], ReceiveMode::PeekLock).unwrap_err(), 2);
-        let got = q.receive_deferred(&[1], ReceiveMode::PeekLock).unwrap();
-        q.settle(got[0].lock_token.unwrap(), Settlement::Complete).unwrap();
-        assert_eq!(q.counts(), QueueCounts::default());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn lock_expiry_redelivers_with_a_higher_count() {
-        let q = Queue::new("q", QueueProperties { lock_duration: Duration::from_secs(5), ..Default::default() });
-        tokio::spawn(q.clone().run_timer());
-        q.enqueue(vec![msg("a")]).unwrap();
-        let first = q.take(ReceiveMode::PeekLock).unwrap();
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        tokio::task::yield_now().await;
-        let second = q.take(ReceiveMode::PeekLock).expect("redelivered after the lock expired");
-        assert_eq!(second.sequence_number, first.sequence_number);
-        assert_eq!(q.settle(first.lock_token.unwrap(), Settlement::Complete), Err(SettleError::LockLost));
-        let header =
-            crate::codec::HeaderFields::decode(&crate::codec::split_sections(&second.payload).unwrap().header.unwrap())
-                .unwrap();
-        assert_eq!(header.delivery_count, 1);
-    }
-
-    #[tokio::test]
-    async fn waiters_are_woken_by_an_enqueue() {
-        let q = queue(10);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        assert!(q.take_or_wait(ReceiveMode::PeekLock, move || tx.send(()).unwrap()).is_none());
-        q.enqueue(vec![msg("a")]).unwrap();
-        rx.recv().await.unwrap();
-    }
-}
+mod tests;
