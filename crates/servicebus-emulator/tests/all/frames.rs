@@ -83,6 +83,21 @@ impl Raw {
         Some(Got::Amqp(Box::new(f.body)))
     }
 
+    /// The next AMQP frame with its channel, or `None` when the socket closes.
+    pub(crate) async fn next_on_channel(&mut self) -> Option<(u16, FrameBody)> {
+        if !self.fill(4).await {
+            return None;
+        }
+        let size = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+        if !self.fill(size).await {
+            return None;
+        }
+        self.buf.advance(4);
+        let mut body = self.buf.split_to(size - 4);
+        let f = (FrameDecoder {}).decode(&mut body).unwrap().unwrap();
+        Some((f.channel, f.body))
+    }
+
     pub(crate) async fn next_amqp(&mut self) -> FrameBody {
         match self.next().await {
             Some(Got::Amqp(b)) => *b,
@@ -157,6 +172,12 @@ pub(crate) fn pipelined(attach: &Attach, idle_ms: Option<u32>) -> BytesMut {
 
 /// Reads the handshake replies: SASL header, mechanisms, outcome, AMQP header, open, begin.
 pub(crate) async fn read_handshake(raw: &mut Raw) {
+    read_handshake_without_begin(raw).await;
+    assert!(matches!(raw.next_amqp().await, FrameBody::Begin(b) if b.remote_channel == Some(0)));
+}
+
+/// Reads the handshake replies up to the broker's open.
+pub(crate) async fn read_handshake_without_begin(raw: &mut Raw) {
     assert_eq!(raw.header().await, SASL_HEADER);
     assert!(matches!(raw.next().await, Some(Got::Sasl(_))), "sasl-mechanisms");
     match raw.next().await {
@@ -165,7 +186,6 @@ pub(crate) async fn read_handshake(raw: &mut Raw) {
     }
     assert_eq!(raw.header().await, AMQP_HEADER);
     assert!(matches!(raw.next_amqp().await, FrameBody::Open(_)));
-    assert!(matches!(raw.next_amqp().await, FrameBody::Begin(b) if b.remote_channel == Some(0)));
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod cli;
 mod frames;
 mod limits;
 mod python_sdk;
+mod scopes;
 mod support;
 mod tls;
 mod transactions;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use servicebus_emulator::{Config, Emulator, Keys, Rights};
 
-use super::support::{queue, queue_with};
+use super::support::{queue, queue_with, session_queue};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
@@ -14,6 +14,12 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
     config.push(queue_with("renew", Duration::from_secs(4), 10));
     config.push(queue_with("lockexpiry", Duration::from_secs(2), 10));
     config.push(queue_with("poison", Duration::from_secs(30), 2));
+    let minute = Duration::from_secs(60);
+    for name in ["sessions", "sessionnext", "sessiondefer"] {
+        config.push(session_queue(name, minute, 10));
+    }
+    config.push(session_queue("sessionpoison", minute, 2));
+    config.push(session_queue("sessionlock", Duration::from_secs(2), 10));
     // The first key is the connection string's; two more with fewer rights for test_rights_*.
     let keys = Keys::default().with_rights("SendOnlyKey", "send-only-secret", Rights::SEND).with_rights(
         "ListenOnlyKey",

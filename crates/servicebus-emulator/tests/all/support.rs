@@ -17,6 +17,13 @@ pub(crate) fn queue_with(name: &str, lock: Duration, max_delivery_count: u32) ->
     }
 }
 
+/// A queue that requires sessions, with a lock duration and max delivery count.
+pub(crate) fn session_queue(name: &str, lock: Duration, max_delivery_count: u32) -> QueueConfig {
+    let mut queue = queue_with(name, lock, max_delivery_count);
+    queue.properties.requires_session = true;
+    queue
+}
+
 /// Starts an emulator on 127.0.0.1:0 with these queues.
 pub(crate) async fn start(queues: Vec<QueueConfig>) -> Emulator {
     let config = Config { queues, ..Config::default() };

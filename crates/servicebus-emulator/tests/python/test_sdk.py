@@ -5,7 +5,8 @@ ephemeral port with the queues these cases use, and passes:
 - EMULATOR_CONNECTION_STRING: the emulator's connection string (default key);
 - EMULATOR_ENDPOINT: `sb://127.0.0.1:<port>`.
 
-Each case uses its own queue, so the cases do not see each other's messages.
+Each case uses its own queue, so the cases do not see each other's messages. Queues whose
+name starts with `session` require sessions.
 """
 
 import base64
@@ -19,6 +20,7 @@ import uuid
 
 import pytest
 from azure.servicebus import (
+    NEXT_AVAILABLE_SESSION,
     ServiceBusClient,
     ServiceBusMessage,
     ServiceBusReceiveMode,
@@ -26,10 +28,14 @@ from azure.servicebus import (
 )
 from azure.servicebus.exceptions import (
     MessageLockLostError,
+    MessageSizeExceededError,
     MessagingEntityNotFoundError,
+    OperationTimeoutError,
     ServiceBusAuthenticationError,
     ServiceBusAuthorizationError,
     ServiceBusError,
+    SessionCannotBeLockedError,
+    SessionLockLostError,
 )
 
 CS = os.environ["EMULATOR_CONNECTION_STRING"]
@@ -312,3 +318,153 @@ def test_an_unknown_queue_is_not_found(client):
     with pytest.raises(MessagingEntityNotFoundError):
         with client.get_queue_sender("no-such-queue") as s:
             s.send_messages(ServiceBusMessage("x"))
+
+
+def test_a_message_too_large_is_refused_and_the_sender_goes_on(client):
+    with client.get_queue_sender("basic") as s:
+        with pytest.raises(MessageSizeExceededError):
+            s.send_messages(ServiceBusMessage(b"x" * (2 * 1024 * 1024)))
+        s.send_messages(ServiceBusMessage("small, after the refused one"))
+    (m,) = receive(client, "basic", 1)
+    assert str(m) == "small, after the refused one"
+
+
+# Sessions. Queues: "sessions", "sessionnext", "sessionpoison" (MaxDeliveryCount 2),
+# "sessionlock" (LockDuration 2 s), "sessiondefer".
+
+
+def send_to_sessions(client, queue, pairs):
+    with client.get_queue_sender(queue) as s:
+        s.send_messages([ServiceBusMessage(body, session_id=sid) for sid, body in pairs])
+
+
+def test_sessions_a_session_is_received_in_order_by_one_receiver_with_its_state(client):
+    send_to_sessions(client, "sessions", [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3"), ("b", "b2")])
+    with client.get_queue_receiver("sessions", session_id="a", max_wait_time=3) as r:
+        assert r.session.session_id == "a"
+        expected = utcnow() + datetime.timedelta(seconds=DEFAULT_LOCK_SECONDS)
+        assert abs((r.session.locked_until_utc - expected).total_seconds()) < 5
+        with ServiceBusClient.from_connection_string(CS, retry_total=0) as other:
+            with pytest.raises(SessionCannotBeLockedError):
+                with other.get_queue_receiver("sessions", session_id="a", max_wait_time=3) as r2:
+                    r2.receive_messages(max_message_count=1, max_wait_time=2)
+        got = []
+        while len(got) < 3:
+            more = r.receive_messages(max_message_count=3, max_wait_time=3)
+            assert more, f"only {got} of a's three messages arrived"
+            got.extend(more)
+        assert [str(m) for m in got] == ["a1", "a2", "a3"]
+        assert all(m.session_id == "a" for m in got)
+        assert r.session.get_state() is None
+        r.session.set_state(b"step 3 of 3")
+        assert r.session.get_state() == b"step 3 of 3"
+        before = r.session.locked_until_utc
+        time.sleep(1)
+        assert r.session.renew_lock() > before
+        for m in got:
+            r.complete_message(m)
+    # The lock went with the receiver; the state stays with the session.
+    with client.get_queue_receiver("sessions", session_id="a", max_wait_time=2) as r:
+        assert r.session.get_state() == b"step 3 of 3"
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+        r.session.set_state(None)
+        assert r.session.get_state() is None
+    with client.get_queue_receiver("sessions", session_id="b", max_wait_time=3) as r:
+        got = receive_all(r, 2)
+        assert [str(m) for m in got] == ["b1", "b2"]
+        for m in got:
+            r.complete_message(m)
+
+
+def receive_all(r, n, wait=5):
+    got = []
+    deadline = time.time() + wait
+    while len(got) < n and time.time() < deadline:
+        got.extend(r.receive_messages(max_message_count=n - len(got), max_wait_time=1))
+    return got
+
+
+def test_sessions_next_available_takes_a_free_session_and_times_out_when_none_is(client):
+    send_to_sessions(client, "sessionnext", [("x", "x1")])
+    with client.get_queue_receiver("sessionnext", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=5) as r:
+        assert r.session.session_id == "x"
+        (m,) = receive_all(r, 1)
+        assert str(m) == "x1"
+        # x is held: there is no other session with messages.
+        with ServiceBusClient.from_connection_string(CS, retry_total=0) as other:
+            start = time.time()
+            with pytest.raises(OperationTimeoutError):
+                with other.get_queue_receiver(
+                    "sessionnext", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=2
+                ) as r2:
+                    r2.receive_messages(max_message_count=1, max_wait_time=1)
+            assert time.time() - start < 10
+        r.complete_message(m)
+
+
+def test_sessions_abandon_dead_letter_and_max_delivery_count(client):
+    send_to_sessions(client, "sessionpoison", [("p", "bad"), ("p", "worse")])
+    with client.get_queue_receiver("sessionpoison", session_id="p", max_wait_time=3) as r:
+        (bad, worse) = receive_all(r, 2)
+        r.dead_letter_message(worse, reason="Invalid", error_description="worse than bad")
+        r.abandon_message(bad)
+        (again,) = receive_all(r, 1)
+        assert again.sequence_number == bad.sequence_number and again.delivery_count == 1
+        r.abandon_message(again)  # MaxDeliveryCount 2: to the dead-letter queue.
+        assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+    # A session entity's dead-letter queue is read without a session.
+    with client.get_queue_receiver("sessionpoison", sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=3) as d:
+        got = sorted(receive_all(d, 2), key=lambda m: m.sequence_number)
+        assert [(str(m), m.dead_letter_reason) for m in got] == [
+            ("bad", "MaxDeliveryCountExceeded"),
+            ("worse", "Invalid"),
+        ]
+        assert got[1].dead_letter_error_description == "worse than bad"
+        assert all(m.session_id == "p" for m in got)
+        for m in got:
+            d.complete_message(m)
+
+
+def test_sessions_a_lapsed_session_lock_loses_the_messages_it_held(client):
+    # The queue's LockDuration is 2 s.
+    send_to_sessions(client, "sessionlock", [("s", "held")])
+    with client.get_queue_receiver("sessionlock", session_id="s", max_wait_time=3) as r:
+        (m,) = receive_all(r, 1)
+        time.sleep(3)
+        with pytest.raises(SessionLockLostError):
+            r.complete_message(m)
+    with client.get_queue_receiver("sessionlock", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=5) as r:
+        assert r.session.session_id == "s"
+        (m2,) = receive_all(r, 1)
+        assert m2.sequence_number == m.sequence_number
+        assert m2.delivery_count == 1
+        r.complete_message(m2)
+
+
+def test_sessions_defer_peek_and_receive_deferred(client):
+    send_to_sessions(client, "sessiondefer", [("d", "later"), ("e", "other")])
+    with client.get_queue_receiver("sessiondefer", session_id="d", max_wait_time=3) as r:
+        (m,) = receive_all(r, 1)
+        r.defer_message(m)
+        # The SDK peeks from after the last message it received unless told where to start.
+        assert r.peek_messages(max_message_count=10) == []
+        peeked = r.peek_messages(max_message_count=10, sequence_number=1)
+        assert [(str(p), p.session_id) for p in peeked] == [("later", "d")], "only d's messages"
+        (deferred,) = r.receive_deferred_messages([m.sequence_number])
+        assert str(deferred) == "later"
+        r.complete_message(deferred)
+    with client.get_queue_receiver("sessiondefer", session_id="e", max_wait_time=3) as r:
+        (m,) = receive_all(r, 1)
+        r.complete_message(m)
+
+
+def test_sessions_refuse_what_the_service_refuses(client):
+    with ServiceBusClient.from_connection_string(CS, retry_total=0) as c:
+        with pytest.raises(ServiceBusError) as no_id:
+            with c.get_queue_sender("sessions") as s:
+                s.send_messages(ServiceBusMessage("no session id"))
+        assert "SessionId" in str(no_id.value)
+        with pytest.raises(ServiceBusError) as not_sessionful:
+            with c.get_queue_receiver("sessions", max_wait_time=2) as r:
+                r.receive_messages(max_message_count=1, max_wait_time=1)
+        assert "requires sessions" in str(not_sessionful.value)
