@@ -8,6 +8,7 @@
 //! - [`paths`]: where the repository, the target directory and the components are.
 //! - [`guests`]: building the `guests/` workspace for `wasm32-wasip2`.
 //! - [`python`]: the Python venv with the official Azure SDK, for interop tests.
+//! - [`node`]: the official Azure SDK for Node.js from npm, for interop tests.
 //! - [`procs`]: the emulator and host as processes, and the host's metrics.
 //! - [`demo`]: `cargo xtask run`.
 //! - [`e2e`]: `cargo xtask test-e2e`.
@@ -30,6 +31,7 @@ pub mod demo;
 pub mod e2e;
 pub mod fuzz;
 pub mod guests;
+pub mod node;
 pub mod paths;
 pub mod procs;
 pub mod python;

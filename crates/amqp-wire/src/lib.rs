@@ -99,7 +99,7 @@ impl WireError {
 #[derive(Debug, Clone, Copy)]
 enum Open {
     /// A list or map: `left` more values until byte `end`.
-    Seq { end: u64, left: u32 },
+    Seq { end: u64, left: u32, map: bool },
     /// After `0x00`: a descriptor, then the described value.
     Described { descriptor_done: bool },
     /// An array's element constructor: one format code.
@@ -168,12 +168,34 @@ pub struct Walker {
     carry_len: usize,
     /// Top-level values completed.
     values: u64,
+    /// Where map keys encoded as strings start, when asked for ([`Walker::collecting_string_keys`]).
+    string_keys: Option<Vec<u64>>,
 }
 
 impl Walker {
     /// A walker that refuses nesting deeper than `max_depth` levels.
     pub fn new(max_depth: usize) -> Self {
-        Self { max_depth, stack: Vec::new(), pos: 0, skip_to: 0, carry: [0; LOOKAHEAD], carry_len: 0, values: 0 }
+        Self {
+            max_depth,
+            stack: Vec::new(),
+            pos: 0,
+            skip_to: 0,
+            carry: [0; LOOKAHEAD],
+            carry_len: 0,
+            values: 0,
+            string_keys: None,
+        }
+    }
+
+    /// Also records where map keys encoded as strings (`str8`, `str32`) start.
+    pub fn collecting_string_keys(mut self) -> Self {
+        self.string_keys = Some(Vec::new());
+        self
+    }
+
+    /// The offsets of the string-encoded map keys walked so far (empty unless collecting).
+    pub fn string_keys(&self) -> &[u64] {
+        self.string_keys.as_deref().unwrap_or_default()
     }
 
     /// Walks the next piece of a sequence of values.
@@ -272,7 +294,7 @@ impl Walker {
     fn close_finished(&mut self) -> Result<(), WireError> {
         while let Some(&top) = self.stack.last() {
             let (end, left) = match top {
-                Open::Seq { end, left } | Open::Array { end, left, .. } => (end, left),
+                Open::Seq { end, left, .. } | Open::Array { end, left, .. } => (end, left),
                 Open::ArrayCtor { end, .. } if self.pos >= end => {
                     return Err(self.malformed("an array ends before its element constructor"));
                 }
@@ -356,6 +378,12 @@ impl Walker {
             self.push(Open::Described { descriptor_done: false })?;
             return Ok(Some(1));
         }
+        if let (Some(keys), Some(Open::Seq { map: true, left, .. })) = (&mut self.string_keys, self.stack.last())
+            && left % 2 == 0
+            && matches!(code, 0xa1 | 0xb1)
+        {
+            keys.push(self.pos);
+        }
         let Some(layout) = layout(code) else {
             return Err(self.malformed("unknown format code"));
         };
@@ -409,7 +437,7 @@ impl Walker {
                 if map && !count.is_multiple_of(2) {
                     return Err(self.malformed("a map holds an odd number of keys and values"));
                 }
-                self.push(Open::Seq { end, left: count as u32 })?;
+                self.push(Open::Seq { end, left: count as u32, map })?;
                 Ok(Some(2 * width))
             }
             Layout::Array(width) => {
@@ -502,9 +530,31 @@ pub fn check_values(bytes: &[u8], max_depth: usize) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Checks the one value that starts at `at`, re-encodes every map key in it that is a string
+/// as a symbol (`str8`/`str32` to `sym8`/`sym32`: same length, in place), and returns the
+/// offset just past it and how many keys changed.
+///
+/// Every map of an AMQP performative (`fields`, filter sets, annotations) has symbol keys;
+/// rhea, under the official Node.js SDK, writes some with string keys (a dead-letter
+/// `rejected` outcome's `info`), and Service Bus accepts them. A key that is not ASCII
+/// stays invalid as a symbol, and its decoder refuses it.
+pub fn symbolize_map_keys(bytes: &mut [u8], at: usize, max_depth: usize) -> Result<(usize, usize), WireError> {
+    let mut walker = Walker::new(max_depth).collecting_string_keys();
+    let end = walk_one(&mut walker, bytes, at)?;
+    let keys = walker.string_keys();
+    for &key in keys {
+        let code = &mut bytes[at + key as usize];
+        *code = if *code == 0xa1 { 0xa3 } else { 0xb3 };
+    }
+    Ok((end, keys.len()))
+}
+
 /// Checks the one value that starts at `at` and returns the offset just past it.
 pub fn value_end(bytes: &[u8], at: usize, max_depth: usize) -> Result<usize, WireError> {
-    let mut walker = Walker::new(max_depth);
+    walk_one(&mut Walker::new(max_depth), bytes, at)
+}
+
+fn walk_one(walker: &mut Walker, bytes: &[u8], at: usize) -> Result<usize, WireError> {
     let rest = bytes.get(at..).unwrap_or_default();
     let offset = |e: WireError| match e {
         WireError::TooDeep { at: a, limit } => WireError::TooDeep { at: a + at as u64, limit },

@@ -213,3 +213,22 @@ fn frame_headers_and_performatives() {
     assert_eq!(performative(&[], MAX_DEPTH), Ok(None));
     assert!(performative(&[0x40], MAX_DEPTH).is_err());
 }
+
+#[test]
+fn string_map_keys_become_symbols_in_place_and_nothing_else_changes() {
+    // A list holding: a map {str "k": str "v", sym "s": 1}, and a string "x" (not a key).
+    let map_body =
+        [&[0xa1, 0x01, b'k'][..], &[0xa1, 0x01, b'v'][..], &[0xa3, 0x01, b's'][..], &[0x54, 0x01][..]].concat();
+    let mut map = vec![0xc1, (map_body.len() + 1) as u8, 0x04];
+    map.extend_from_slice(&map_body);
+    let mut list_body = map.clone();
+    list_body.extend_from_slice(&[0xa1, 0x01, b'x']);
+    let mut bytes = vec![0xc0, (list_body.len() + 1) as u8, 0x02];
+    bytes.extend_from_slice(&list_body);
+    let original = bytes.clone();
+    let (end, changed) = crate::symbolize_map_keys(&mut bytes, 0, crate::MAX_DEPTH).unwrap();
+    assert_eq!((end, changed), (bytes.len(), 1));
+    let diff: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] != original[i]).collect();
+    assert_eq!(diff, vec![6], "only the string key's constructor");
+    assert_eq!(bytes[6], 0xa3);
+}

@@ -185,13 +185,18 @@ pub(crate) fn skip_value(buf: &[u8], at: usize) -> Result<usize, EncodingError> 
 }
 
 /// Checks the performative at the start of a frame (`frame` from its data offset byte on,
-/// as [`WireDecoder`] yields it) before it is decoded. A transfer's payload is checked
-/// when its delivery is whole.
-pub(crate) fn check_performative(frame: &[u8]) -> Result<(), EncodingError> {
+/// as [`WireDecoder`] yields it) before it is decoded, and re-encodes string map keys in it
+/// as symbols, as the service reads them (see [`amqp_wire::symbolize_map_keys`]). A
+/// transfer's payload is checked when its delivery is whole.
+pub(crate) fn check_performative(frame: &mut [u8]) -> Result<(), EncodingError> {
     // `frame` starts at the data offset byte, 4 bytes into the frame.
     let doff = frame.first().copied().unwrap_or(0);
     let body_at = amqp_wire::frame::body_offset(doff, frame.len() + 4)? - 4;
-    amqp_wire::frame::performative(&frame[body_at..], amqp_wire::MAX_DEPTH).map(|_| ())
+    if body_at < frame.len() {
+        amqp_wire::symbolize_map_keys(frame, body_at, amqp_wire::MAX_DEPTH)?;
+        amqp_wire::descriptor_code(frame, body_at)?;
+    }
+    Ok(())
 }
 
 /// The sections of a bare-or-annotated message, as byte ranges of the payload.

@@ -88,11 +88,25 @@ pub fn request(bytes: &[u8]) {
     let _ = management::put_token(&request, &Keys::default(), &mut authorizations);
     let world = world();
     let _guard = world.runtime.enter();
-    let queue = Queue::new("q", QueueProperties { max_size_megabytes: 1, ..QueueProperties::default() });
-    let _ = management::management(
-        &request,
-        ManagementContext { queue: &queue, authorize: &|_| Ok(()), on_settled: &mut |_| {} },
+    // A plain queue, and a session queue whose session "s" this connection holds.
+    let plain = Queue::new("q", QueueProperties { max_size_megabytes: 1, ..QueueProperties::default() });
+    let sessions = Queue::new(
+        "sq",
+        QueueProperties { max_size_megabytes: 1, requires_session: true, ..QueueProperties::default() },
     );
+    let held = [sessions.lock_session("s").expect("a new queue's session is free")];
+    for (queue, held) in [(&plain, &[][..]), (&sessions, &held[..])] {
+        let _ = management::management(
+            &request,
+            ManagementContext {
+                queue,
+                authorize: &|_| Ok(()),
+                on_settled: &mut |_| {},
+                sessions: held,
+                max_state_size: 1024,
+            },
+        );
+    }
 }
 
 /// A sent message's sections, as one message (format 0) or a batch (`batch`).

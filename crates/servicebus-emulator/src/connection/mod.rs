@@ -335,7 +335,7 @@ impl Engine {
         reader: &mut FramedRead<R, WireDecoder>,
     ) -> Step {
         // Walked before it is decoded: serde_amqp recurses once per nesting level.
-        codec::check_performative(&bytes)
+        codec::check_performative(&mut bytes)
             .map_err(|e| Fault::connection("amqp:decode-error", format!("malformed frame: {e}")))?;
         let frame = match (FrameDecoder {}).decode(&mut bytes) {
             Ok(Some(f)) => f,

@@ -78,7 +78,7 @@ impl Engine {
 async fn next_init<R: AsyncRead + Unpin>(reader: &mut FramedRead<R, WireDecoder>) -> Result<SaslInit, String> {
     match reader.next().await {
         Some(Ok(Incoming::Frame(mut bytes))) => {
-            codec::check_performative(&bytes).map_err(|e| format!("malformed SASL frame: {e}"))?;
+            codec::check_performative(&mut bytes).map_err(|e| format!("malformed SASL frame: {e}"))?;
             let mut codec = fe2o3_amqp::frames::sasl::FrameCodec {};
             match codec.decode(&mut bytes) {
                 Ok(Some(fe2o3_amqp::frames::sasl::Frame::Init(init))) => Ok(init),

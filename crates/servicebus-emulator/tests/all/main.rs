@@ -1,10 +1,11 @@
-//! Integration tests of the emulator: the official Python SDK, a Rust AMQP
+//! Integration tests of the emulator: the official Python and Node.js SDKs, a Rust AMQP
 //! client (transactions), and raw frames.
 
 mod attacks;
 mod cli;
 mod frames;
 mod limits;
+mod node_sdk;
 mod python_sdk;
 mod scopes;
 mod support;

@@ -1,0 +1,51 @@
+//! The official Node.js SDK, `@azure/service-bus` 7.9 (on rhea), against the emulator:
+//! `tests/node/test_sdk.cjs`, run with Node's own test runner.
+
+use std::time::Duration;
+
+use servicebus_emulator::{Config, Emulator, TopicConfig};
+
+use super::support::{queue, queue_with, session_queue};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sdk_works_against_the_emulator() -> anyhow::Result<()> {
+    let modules = tokio::task::spawn_blocking(xtask::node::ensure_node_modules).await??;
+    let plain = ["n-basic", "n-schedule", "n-peek", "n-rad", "n-abandon", "n-deadletter", "n-defer"];
+    let mut queues: Vec<_> = plain.iter().map(|q| queue(q)).collect();
+    queues.push(queue_with("n-renew", Duration::from_secs(4), 10));
+    queues.push(queue_with("n-lockexpiry", Duration::from_secs(2), 10));
+    queues.push(queue_with("n-poison", Duration::from_secs(30), 2));
+    for name in ["n-sessions", "n-sessionnext", "n-sessionsettle"] {
+        queues.push(session_queue(name, Duration::from_secs(60), 10));
+    }
+    let topics = vec![TopicConfig { name: "n-topic".into(), subscriptions: vec![queue("a"), queue("b")] }];
+    let emulator = Emulator::builder()
+        .config(Config { queues, topics, ..Config::default() })
+        .bind("127.0.0.1:0".parse()?)
+        .start()
+        .await?;
+
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/test_sdk.cjs");
+    let output = tokio::process::Command::new(xtask::node::node())
+        .args(["--test", "--test-reporter=spec", "--test-concurrency=1"])
+        .arg(tests)
+        .env("NODE_PATH", &modules)
+        .env("EMULATOR_CONNECTION_STRING", emulator.connection_string())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    emulator.shutdown().await;
+    // The spec reporter ends with "ℹ pass N" and "ℹ fail N" lines.
+    let count = |what: &str| {
+        stdout.lines().find_map(|l| l.trim_start_matches('ℹ').trim().strip_prefix(what)?.trim().parse::<u32>().ok())
+    };
+    let (passed, failed) = (count("pass"), count("fail"));
+    assert!(
+        output.status.success() && failed == Some(0),
+        "node --test failed: {passed:?} passed, {failed:?} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(passed.is_some_and(|n| n >= 15), "every case must run: {passed:?} passed\n{stdout}");
+    assert_eq!(count("skipped"), Some(0), "no case may be skipped\n{stdout}");
+    Ok(())
+}

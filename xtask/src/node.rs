@@ -1,0 +1,58 @@
+//! The Node.js environment for interop tests: the official Azure SDK from npm.
+//!
+//! [`ensure_node_modules`] copies `package.json` and `package-lock.json` from
+//! [`NODE_PROJECT`] into `<target>/node-sdk` and runs `npm ci` there, once: a stamp
+//! records the lock file that was installed, and a file lock serializes concurrent callers.
+//! The lock file pins every package, so CI installs what was tested.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::paths;
+
+/// Where the pinned Node.js project of the interop tests lives, from the repository root.
+pub const NODE_PROJECT: &str = "crates/servicebus-emulator/tests/node";
+
+/// The `node_modules` directory with the SDK installed, installing it if needed.
+pub fn ensure_node_modules() -> Result<PathBuf> {
+    let target = paths::target_dir();
+    fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let lock_path = target.join("node-sdk.lock");
+    let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+
+    let project = paths::repo_root().join(NODE_PROJECT);
+    let dir = target.join("node-sdk");
+    let modules = dir.join("node_modules");
+    let stamp = dir.join("installed.stamp");
+    let manifest = fs::read_to_string(project.join("package.json")).context("reading the tests' package.json")?;
+    let locked =
+        fs::read_to_string(project.join("package-lock.json")).context("reading the tests' package-lock.json")?;
+    let wanted = format!("{manifest}\n{locked}");
+    if modules.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(modules);
+    }
+    eprintln!("installing the Node.js SDK for interop tests into {}", dir.display());
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::write(dir.join("package.json"), &manifest)?;
+    fs::write(dir.join("package-lock.json"), &locked)?;
+    let npm = std::env::var("NPM").unwrap_or_else(|_| "npm".into());
+    let status = Command::new(&npm)
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .with_context(|| format!("running `{npm} ci` (are Node.js and npm installed?)"))?;
+    if !status.success() {
+        bail!("`{npm} ci` in {} failed ({status})", dir.display());
+    }
+    fs::write(&stamp, &wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(modules)
+}
+
+/// The `node` binary (`$NODE`, else `node` on the path).
+pub fn node() -> String {
+    std::env::var("NODE").unwrap_or_else(|_| "node".into())
+}
