@@ -9,14 +9,16 @@
 //! SAS validation, queues and topic subscriptions with peek-lock and
 //! receive-and-delete, the settled echoes the SDKs wait for, lock expiry and
 //! `MaxDeliveryCount` dead-lettering, dead-letter queues, deferral, scheduling,
-//! TTL, the `$management` operations, local transactions (`$coordinator`), TLS.
+//! TTL, message sessions (`RequiresSession`: session receivers, session locks and state),
+//! the `$management` operations, local transactions (`$coordinator`), TLS.
 //!
 //! # Layout
 //! - `codec`: protocol headers, frames, message sections.
-//! - `connection`: one connection's engine (sessions, links, deliveries, dispositions).
+//! - `connection`: one connection's engine, a file per protocol layer (SASL, AMQP sessions,
+//!   links, session receivers, inbound transfers, nodes, outbound transfers, settlement).
 //! - `management`: `$cbs` and `$management` requests.
 //! - `transaction`: the coordinator's transactions.
-//! - `namespace`, `queue`, `message`: entities, their messages and locks.
+//! - `namespace`, `queue`, `message`: entities, their messages, locks and message sessions.
 //! - [`auth`]: keys, SAS tokens, grants.
 //! - [`config`]: Microsoft's `Config.json` schema.
 //!

@@ -1,0 +1,183 @@
+//! Loading `Config.json`: Microsoft's samples, the service's limits, and clear errors.
+
+use super::*;
+
+/// The sample `Config.json` shipped with Microsoft's emulator installer, as documented.
+const MICROSOFT_SAMPLE: &str = r#"{
+  "UserConfig": {
+"Namespaces": [
+  {
+    "Name": "sbemulatorns",
+    "Queues": [
+      {
+        "Name": "queue.1",
+        "Properties": {
+          "DeadLetteringOnMessageExpiration": false,
+          "DefaultMessageTimeToLive": "PT1H",
+          "DuplicateDetectionHistoryTimeWindow": "PT20S",
+          "ForwardDeadLetteredMessagesTo": "",
+          "ForwardTo": "",
+          "LockDuration": "PT1M",
+          "MaxDeliveryCount": 3,
+          "RequiresDuplicateDetection": false,
+          "RequiresSession": false
+        }
+      }
+    ],
+    "Topics": [
+      {
+        "Name": "topic.1",
+        "Properties": {
+          "DefaultMessageTimeToLive": "PT1H",
+          "DuplicateDetectionHistoryTimeWindow": "PT20S",
+          "RequiresDuplicateDetection": false
+        },
+        "Subscriptions": [
+          {
+            "Name": "subscription.1",
+            "Properties": {
+              "DeadLetteringOnMessageExpiration": false,
+              "DefaultMessageTimeToLive": "PT1H",
+              "LockDuration": "PT1M",
+              "MaxDeliveryCount": 3,
+              "ForwardDeadLetteredMessagesTo": "",
+              "ForwardTo": "",
+              "RequiresSession": false
+            },
+            "Rules": [
+              {
+                "Name": "app-prop-filter-1",
+                "Properties": {
+                  "FilterType": "Correlation",
+                  "CorrelationFilter": { "ContentType": "application/text" }
+                }
+              }
+            ]
+          }
+        ]
+      }
+    ]
+  }
+],
+"Logging": { "Type": "File" }
+  }
+}"#;
+
+#[test]
+fn microsofts_sample_loads_unchanged() {
+    let c = Config::parse(MICROSOFT_SAMPLE, "Config.json").unwrap();
+    assert_eq!(c.namespace, "sbemulatorns");
+    assert_eq!(c.queues.len(), 1);
+    let q = &c.queues[0].properties;
+    assert_eq!(q.lock_duration, Duration::from_secs(60));
+    assert_eq!(q.max_delivery_count, 3);
+    assert_eq!(q.default_message_ttl, Some(Duration::from_secs(3600)));
+    assert_eq!(c.topics[0].subscriptions[0].name, "subscription.1");
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("Rules are not implemented"));
+}
+
+#[test]
+fn a_bad_value_names_file_line_and_key() {
+    let text = MICROSOFT_SAMPLE.replace("\"LockDuration\": \"PT1M\"", "\"LockDuration\": \"one minute\"");
+    let e = Config::parse(&text, "cfg/Config.json").unwrap_err().to_string();
+    assert!(e.starts_with("cfg/Config.json:15:"), "{e}");
+    assert!(e.contains("UserConfig.Namespaces[0].Queues[0].Properties.LockDuration"), "{e}");
+    assert!(e.contains("\"PT30S\""), "{e}");
+}
+
+#[test]
+fn a_missing_required_key_is_named() {
+    let e = Config::parse(r#"{"UserConfig": {"Namespaces": [{"Queues": []}]}}"#, "c.json").unwrap_err().to_string();
+    assert!(e.contains("Name"), "{e}");
+    assert!(e.contains("UserConfig.Namespaces[0]"), "{e}");
+}
+
+#[test]
+fn bad_json_names_the_position() {
+    let e = Config::parse("{\n  \"UserConfig\": [\n", "c.json").unwrap_err().to_string();
+    assert!(e.starts_with("c.json:2:"), "{e}");
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[{"Name":"a"},{"Name":"A"}]}]}}"#;
+    let e = Config::parse(text, "c.json").unwrap_err().to_string();
+    assert!(e.contains("used twice"), "{e}");
+}
+
+#[test]
+fn unimplemented_properties_warn_but_load() {
+    let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[
+        {"Name":"a","Properties":{"RequiresSession":true,"ForwardTo":"b","Colour":"red"}}]}]}}"#;
+    let c = Config::parse(text, "c.json").unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.queues[0].properties.requires_session, "sessions are implemented: no warning");
+}
+
+#[test]
+fn limits_the_service_enforces_are_enforced_with_the_key_named() {
+    let with = |props: &str| {
+        Config::parse(
+            &format!(
+                r#"{{"UserConfig":{{"Namespaces":[{{"Name":"n","Queues":[{{"Name":"a","Properties":{{{props}}}}}]}}]}}}}"#
+            ),
+            "c.json",
+        )
+    };
+    // Finding 9: a lock this long overflowed the lock arithmetic and stuck the message.
+    let e = with(r#""LockDuration":"P106751991167301D""#).unwrap_err().to_string();
+    assert!(e.contains("Properties.LockDuration") && e.contains("longest the service allows"), "{e}");
+    let e = with(r#""LockDuration":"PT6M""#).unwrap_err().to_string();
+    assert!(e.contains("at most PT5M"), "{e}");
+    assert_eq!(with(r#""LockDuration":"PT5M""#).unwrap().queues[0].properties.lock_duration, MAX_LOCK_DURATION);
+    let e = with(r#""DefaultMessageTimeToLive":"P99999999999999999999999D""#).unwrap_err().to_string();
+    assert!(e.contains("Properties.DefaultMessageTimeToLive"), "{e}");
+    // Finding 7: MaxSizeInMegabytes was an unknown key.
+    let c = with(r#""MaxSizeInMegabytes":100"#).unwrap();
+    assert_eq!((c.queues[0].properties.max_size_megabytes, c.warnings.len()), (100, 0));
+    for bad in ["0", "-1", "81921"] {
+        let e = with(&format!(r#""MaxSizeInMegabytes":{bad}"#)).unwrap_err().to_string();
+        assert!(e.contains("MaxSizeInMegabytes must be from 1 to 81920"), "{e}");
+    }
+    assert_eq!(with("").unwrap().queues[0].properties.max_size_megabytes, crate::DEFAULT_MAX_SIZE_MEGABYTES);
+}
+
+#[test]
+fn shared_access_policies_give_keys_with_rights() {
+    let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[{"Name":"q"}],"SharedAccessPolicies":[
+        {"Name":"sender","Key":"s-key","Rights":["Send"]},
+        {"Name":"admin","Key":"a-key","Rights":["Manage"]}]}]}}"#;
+    let keys = Config::parse(text, "c.json").unwrap().keys.unwrap();
+    assert_eq!(format!("{keys:?}"), "[(\"sender\", Rights(Send)), (\"admin\", Rights(Manage))]");
+    assert!(!format!("{keys:?}").contains("s-key"));
+    let bad = text.replace("[\"Send\"]", "[\"Read\"]");
+    let e = Config::parse(&bad, "c.json").unwrap_err().to_string();
+    assert!(e.contains("SharedAccessPolicies[0].Rights") && e.contains("Manage, Send or Listen"), "{e}");
+    assert_eq!(Config::parse(&text.replace("SharedAccessPolicies", "X"), "c.json").unwrap().keys, None);
+}
+
+#[test]
+fn a_topics_size_limit_applies_to_each_subscription() {
+    let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Topics":[{"Name":"t",
+        "Properties":{"MaxSizeInMegabytes":5},"Subscriptions":[{"Name":"s"}]}]}]}}"#;
+    let c = Config::parse(text, "c.json").unwrap();
+    assert_eq!(c.topics[0].subscriptions[0].properties.max_size_megabytes, 5);
+}
+
+#[test]
+fn iso_durations() {
+    assert_eq!(parse_iso_duration("PT5S").unwrap(), Duration::from_secs(5));
+    assert_eq!(parse_iso_duration("PT1H30M").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_iso_duration("P1DT1S").unwrap(), Duration::from_secs(86401));
+    assert_eq!(parse_iso_duration("PT0.5S").unwrap(), Duration::from_millis(500));
+    for bad in ["", "P", "PT", "5S", "PT5X", "PTS", "PT1S2"] {
+        assert!(parse_iso_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_default_config_has_the_demo_queues() {
+    let names: Vec<_> = Config::default().queues.into_iter().map(|q| q.name).collect();
+    assert_eq!(names, ["orders", "payments", "review"]);
+}
