@@ -135,3 +135,76 @@ fn put_token_accepts_a_valid_sas_with_202_and_refuses_a_bad_one_with_401() {
     assert_eq!(r.application_properties.as_ref().unwrap().0.get("status-code"), Some(&SimpleValue::Int(401)));
     assert!(fresh.authorized_until("q", Rights::NONE, auth::now_secs()).is_none());
 }
+
+fn session_queue() -> std::sync::Arc<Queue> {
+    Queue::new("sq", QueueProperties { requires_session: true, ..QueueProperties::default() })
+}
+
+fn in_session(id: &str) -> StoredMessage {
+    use fe2o3_amqp_types::messaging::message::__private::Serializable;
+    let message = Message::builder()
+        .properties(Properties { group_id: Some(id.into()), ..Default::default() })
+        .data(Binary::from(b"m".to_vec()))
+        .build();
+    let bytes = Bytes::from(serde_amqp::to_vec(&Serializable(message)).unwrap());
+    StoredMessage::parse(&bytes).unwrap()
+}
+
+fn with_sessions(q: &Queue, held: &[SessionClaim], op: &str, body: Value) -> Message<Body<Value>> {
+    let mut cb = no_settle();
+    decode(&management(
+        &request(op, body),
+        ManagementContext { queue: q, authorize: &|_| Ok(()), on_settled: &mut cb, sessions: held, max_state_size: 8 },
+    ))
+}
+
+fn body_field(m: &Message<Body<Value>>, key: &str) -> Value {
+    match &m.body {
+        Body::Value(v) => match &v.0 {
+            Value::Map(map) => map.get(&Value::String(key.into())).cloned().unwrap_or(Value::Null),
+            other => panic!("the body must be a map: {other:?}"),
+        },
+        other => panic!("the body must be an amqp-value: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn session_state_needs_the_session_held_on_this_connection_and_fits_the_limit() {
+    let q = session_queue();
+    let claim = q.lock_session("a").unwrap();
+    let id = || ("session-id", Value::String("a".into()));
+    let not_held = with_sessions(&q, &[], "com.microsoft:get-session-state", map([id()]));
+    assert_eq!(status(&not_held), (410, Some("com.microsoft:session-lock-lost".into())));
+    let held = [claim];
+    let empty = with_sessions(&q, &held, "com.microsoft:get-session-state", map([id()]));
+    assert_eq!((status(&empty).0, body_field(&empty, "session-state")), (200, Value::Null));
+    let state = |b: &[u8]| ("session-state", Value::Binary(Binary::from(b.to_vec())));
+    let too_big = with_sessions(&q, &held, "com.microsoft:set-session-state", map([id(), state(b"123456789")]));
+    assert_eq!(status(&too_big), (403, Some("amqp:link:message-size-exceeded".into())));
+    let set = with_sessions(&q, &held, "com.microsoft:set-session-state", map([id(), state(b"1234")]));
+    assert_eq!(status(&set).0, 200);
+    let got = with_sessions(&q, &held, "com.microsoft:get-session-state", map([id()]));
+    assert_eq!(body_field(&got, "session-state"), Value::Binary(Binary::from(b"1234".to_vec())));
+    let renewed = with_sessions(&q, &held, "com.microsoft:renew-session-lock", map([id()]));
+    assert!(matches!(body_field(&renewed, "expiration"), Value::Timestamp(_)), "{renewed:?}");
+}
+
+#[tokio::test]
+async fn message_sessions_are_listed_in_pages_and_none_is_204() {
+    let q = session_queue();
+    let all = || ("last-updated-time", Value::Timestamp(Timestamp::from_milliseconds(ALL_ACTIVE_SESSIONS_MS)));
+    let none = with_sessions(&q, &[], "com.microsoft:get-message-sessions", map([all()]));
+    assert_eq!(status(&none).0, 204);
+    q.enqueue(vec![in_session("a"), in_session("b"), in_session("a")]).unwrap();
+    let page = |skip: i32, top: i32| {
+        let body = map([all(), ("skip", Value::Int(skip)), ("top", Value::Int(top))]);
+        with_sessions(&q, &[], "com.microsoft:get-message-sessions", body)
+    };
+    let first = page(0, 1);
+    assert_eq!(status(&first).0, 200);
+    assert_eq!(body_field(&first, "sessions-ids"), Value::Array(Array(vec![Value::String("a".into())])));
+    assert_eq!(body_field(&first, "skip"), Value::Int(1));
+    let second = page(1, 10);
+    assert_eq!(body_field(&second, "sessions-ids"), Value::Array(Array(vec![Value::String("b".into())])));
+    assert_eq!(status(&page(2, 10)).0, 204);
+}

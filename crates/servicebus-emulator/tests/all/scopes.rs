@@ -405,3 +405,22 @@ async fn frames_after_the_peers_end_are_dropped_and_the_connection_lives_on() {
     client.good_exchange(0).await;
     emulator.shutdown().await;
 }
+
+/// fe2o3 answers a refused attach with two detaches, the first echoing the broker's error.
+/// The second names a free handle; it must cost nothing (it ended the session once).
+#[tokio::test]
+async fn a_second_detach_of_a_refused_link_is_let_pass() {
+    let emulator = start(vec![queue("q")]).await;
+    let mut client = connected(emulator.local_addr()).await;
+    client.attach_victim(true, "nope", None).await;
+    let detach =
+        client.expect("the refusal", |c, b| matches!(b, FrameBody::Detach(d) if c == 0 && d.handle.0 == VICTIM)).await;
+    let FrameBody::Detach(refusal) = detach else { unreachable!() };
+    client.send_frame(0, &Detach { handle: Handle(VICTIM), closed: true, error: refusal.error }).await;
+    client.send_frame(0, &Detach { handle: Handle(VICTIM), closed: true, error: None }).await;
+    client.good_exchange(0).await;
+    // The handle is free again.
+    client.attach_victim(true, "q", None).await;
+    client.good_exchange(1).await;
+    emulator.shutdown().await;
+}
