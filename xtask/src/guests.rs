@@ -43,11 +43,7 @@ impl Components {
 
 /// Builds the guests if anything changed since the last build, and returns their components.
 pub fn ensure_built() -> Result<Components> {
-    let target = paths::target_dir();
-    fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-    let lock_path = target.join("guests.lock");
-    let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    let (target, lock) = paths::lock_in_target("guests")?;
 
     let names = guest_names()?;
     let stamp_path = target.join("guests.stamp");

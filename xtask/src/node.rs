@@ -18,11 +18,7 @@ pub const NODE_PROJECT: &str = "crates/servicebus-emulator/tests/node";
 
 /// The `node_modules` directory with the SDK installed, installing it if needed.
 pub fn ensure_node_modules() -> Result<PathBuf> {
-    let target = paths::target_dir();
-    fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-    let lock_path = target.join("node-sdk.lock");
-    let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    let (target, _lock) = paths::lock_in_target("node-sdk")?;
 
     let project = paths::repo_root().join(NODE_PROJECT);
     let dir = target.join("node-sdk");

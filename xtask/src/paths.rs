@@ -1,6 +1,9 @@
 //! Where things are: the repository root, the shared target directory, the components.
 
+use std::fs;
 use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
 
 /// The repository root (the parent of `xtask/`).
 pub fn repo_root() -> PathBuf {
@@ -32,4 +35,15 @@ pub fn wit_dir() -> PathBuf {
 /// Where built components are placed: `<target>/components/<guest>.wasm`.
 pub fn components_dir() -> PathBuf {
     target_dir().join("components")
+}
+
+/// Takes `<target>/<name>.lock` (creating the target directory), so that one process at a
+/// time prepares what it guards; the lock goes with the returned file.
+pub fn lock_in_target(name: &str) -> Result<(PathBuf, fs::File)> {
+    let target = target_dir();
+    fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let lock_path = target.join(format!("{name}.lock"));
+    let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    Ok((target, lock))
 }

@@ -17,11 +17,7 @@ pub const REQUIREMENTS: &[&str] = &["azure-servicebus==7.15.0", "pytest==8.4.2"]
 
 /// The venv's python, creating the venv and installing [`REQUIREMENTS`] if needed.
 pub fn ensure_venv() -> Result<PathBuf> {
-    let target = paths::target_dir();
-    fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-    let lock_path = target.join("python-venv.lock");
-    let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    let (target, _lock) = paths::lock_in_target("python-venv")?;
 
     let venv = target.join("python-venv");
     let python = venv.join("bin").join("python");

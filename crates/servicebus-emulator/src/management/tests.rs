@@ -38,17 +38,7 @@ fn no_settle() -> impl FnMut(uuid::Uuid) {
 async fn renewing_an_unknown_lock_is_410_lock_lost_and_correlated() {
     let q = Queue::new("q", QueueProperties::default());
     let body = map([("lock-tokens", Value::Array(Array(vec![Value::Uuid(amqp_uuid(uuid::Uuid::new_v4()))])))]);
-    let mut cb = no_settle();
-    let r = decode(&management(
-        &request("com.microsoft:renew-lock", body),
-        ManagementContext {
-            queue: &q,
-            authorize: &|_| Ok(()),
-            on_settled: &mut cb,
-            sessions: &[],
-            max_state_size: 1024,
-        },
-    ));
+    let r = with_sessions(&q, &[], "com.microsoft:renew-lock", body);
     assert_eq!(status(&r), (410, Some("com.microsoft:message-lock-lost".into())));
     assert_eq!(r.properties.unwrap().correlation_id, Some(MessageId::String("req-1".into())));
     assert!(matches!(r.body, Body::Value(v) if matches!(v.0, Value::Map(_))));
@@ -84,34 +74,14 @@ async fn each_operation_needs_its_right() {
 async fn peek_of_an_empty_queue_is_204() {
     let q = Queue::new("q", QueueProperties::default());
     let body = map([("from-sequence-number", Value::Long(1)), ("message-count", Value::Int(5))]);
-    let mut cb = no_settle();
-    let r = decode(&management(
-        &request("com.microsoft:peek-message", body),
-        ManagementContext {
-            queue: &q,
-            authorize: &|_| Ok(()),
-            on_settled: &mut cb,
-            sessions: &[],
-            max_state_size: 1024,
-        },
-    ));
+    let r = with_sessions(&q, &[], "com.microsoft:peek-message", body);
     assert_eq!(status(&r), (204, None));
 }
 
 #[tokio::test]
 async fn unknown_operations_are_501_not_implemented() {
     let q = Queue::new("q", QueueProperties::default());
-    let mut cb = no_settle();
-    let r = decode(&management(
-        &request("com.microsoft:add-rule", map([])),
-        ManagementContext {
-            queue: &q,
-            authorize: &|_| Ok(()),
-            on_settled: &mut cb,
-            sessions: &[],
-            max_state_size: 1024,
-        },
-    ));
+    let r = with_sessions(&q, &[], "com.microsoft:add-rule", map([]));
     assert_eq!(status(&r), (501, Some("amqp:not-implemented".into())));
 }
 
@@ -150,6 +120,7 @@ fn in_session(id: &str) -> StoredMessage {
     StoredMessage::parse(&bytes).unwrap()
 }
 
+/// Runs `op` on `q` with every right, holding the sessions `held`; state up to 8 bytes.
 fn with_sessions(q: &Queue, held: &[SessionClaim], op: &str, body: Value) -> Message<Body<Value>> {
     let mut cb = no_settle();
     decode(&management(

@@ -7,7 +7,7 @@ use bytes::{Buf as _, BufMut as _, BytesMut};
 use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
 use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Source, Target};
-use fe2o3_amqp::types::performatives::{Attach, Begin, Open};
+use fe2o3_amqp::types::performatives::{Attach, Begin, Open, Transfer};
 use fe2o3_amqp::types::primitives::Binary;
 use fe2o3_amqp::types::sasl::SaslInit;
 use fe2o3_amqp::{Receiver, Sender, Session};
@@ -65,8 +65,8 @@ impl Raw {
         h
     }
 
-    /// The next frame, or `None` when the socket closes.
-    pub(crate) async fn next(&mut self) -> Option<Got> {
+    /// The next frame's bytes after its size, or `None` when the socket closes.
+    async fn next_bytes(&mut self) -> Option<BytesMut> {
         if !self.fill(4).await {
             return None;
         }
@@ -75,7 +75,12 @@ impl Raw {
             return None;
         }
         self.buf.advance(4);
-        let mut body = self.buf.split_to(size - 4);
+        Some(self.buf.split_to(size - 4))
+    }
+
+    /// The next frame, or `None` when the socket closes.
+    pub(crate) async fn next(&mut self) -> Option<Got> {
+        let mut body = self.next_bytes().await?;
         if body[1] == 1 {
             return Some(Got::Sasl(body));
         }
@@ -85,15 +90,7 @@ impl Raw {
 
     /// The next AMQP frame with its channel, or `None` when the socket closes.
     pub(crate) async fn next_on_channel(&mut self) -> Option<(u16, FrameBody)> {
-        if !self.fill(4).await {
-            return None;
-        }
-        let size = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
-        if !self.fill(size).await {
-            return None;
-        }
-        self.buf.advance(4);
-        let mut body = self.buf.split_to(size - 4);
+        let mut body = self.next_bytes().await?;
         let f = (FrameDecoder {}).decode(&mut body).unwrap().unwrap();
         Some((f.channel, f.body))
     }
@@ -168,6 +165,46 @@ pub(crate) fn pipelined(attach: &Attach, idle_ms: Option<u32>) -> BytesMut {
     frame(&mut out, 0, 0, &begin());
     frame(&mut out, 0, 0, attach);
     out
+}
+
+/// SASL PLAIN with the default key, the AMQP header and `open`, ready to write.
+pub(crate) fn plain_preamble() -> BytesMut {
+    let mut out = BytesMut::new();
+    out.put_slice(&SASL_HEADER);
+    let credentials = b"\0RootManageSharedAccessKey\0SAS_KEY_VALUE".to_vec();
+    let init =
+        SaslInit { mechanism: "PLAIN".into(), initial_response: Some(Binary::from(credentials)), hostname: None };
+    frame(&mut out, 1, 0, &init);
+    out.put_slice(&AMQP_HEADER);
+    frame(&mut out, 0, 0, &open(None));
+    out
+}
+
+/// An unsettled transfer on `handle`; `delivery_id` (and a tag) for a delivery's first frame.
+pub(crate) fn transfer(handle: u32, delivery_id: Option<u32>, more: bool) -> Transfer {
+    Transfer {
+        handle: Handle(handle),
+        delivery_id,
+        delivery_tag: delivery_id.map(|id| id.to_be_bytes().to_vec().into()),
+        message_format: Some(0),
+        settled: Some(false),
+        more,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    }
+}
+
+/// Appends a transfer frame carrying `payload`.
+pub(crate) fn transfer_frame(out: &mut BytesMut, channel: u16, transfer: &Transfer, payload: &[u8]) {
+    let encoded = serde_amqp::to_vec(transfer).unwrap();
+    out.put_u32((8 + encoded.len() + payload.len()) as u32);
+    out.put_slice(&[2, 0]);
+    out.put_u16(channel);
+    out.put_slice(&encoded);
+    out.put_slice(payload);
 }
 
 /// Reads the handshake replies: SASL header, mechanisms, outcome, AMQP header, open, begin.
@@ -365,16 +402,8 @@ pub(crate) async fn send_raw(
     queue: &str,
     payload: &[u8],
 ) -> Option<fe2o3_amqp::types::messaging::DeliveryState> {
-    use fe2o3_amqp::types::performatives::Transfer;
     let mut raw = Raw::connect(emulator.local_addr()).await;
-    let mut out = BytesMut::new();
-    out.put_slice(&SASL_HEADER);
-    let credentials = b"\0RootManageSharedAccessKey\0SAS_KEY_VALUE".to_vec();
-    let init =
-        SaslInit { mechanism: "PLAIN".into(), initial_response: Some(Binary::from(credentials)), hostname: None };
-    frame(&mut out, 1, 0, &init);
-    out.put_slice(&AMQP_HEADER);
-    frame(&mut out, 0, 0, &open(None));
+    let mut out = plain_preamble();
     frame(&mut out, 0, 0, &begin());
     let attach = Attach {
         name: "raw-sender".into(),
@@ -391,25 +420,8 @@ pub(crate) async fn send_raw(
     assert!(matches!(raw.next_amqp().await, FrameBody::Attach(a) if a.target.is_some()));
     assert!(matches!(raw.next_amqp().await, FrameBody::Flow(f) if f.link_credit > Some(0)));
 
-    let transfer = Transfer {
-        handle: Handle(0),
-        delivery_id: Some(0),
-        delivery_tag: Some(vec![1u8].into()),
-        message_format: Some(0),
-        settled: Some(false),
-        more: false,
-        rcv_settle_mode: None,
-        state: None,
-        resume: false,
-        aborted: false,
-        batchable: false,
-    };
-    let encoded = serde_amqp::to_vec(&transfer).unwrap();
     let mut out = BytesMut::new();
-    out.put_u32((8 + encoded.len() + payload.len()) as u32);
-    out.put_slice(&[2, 0, 0, 0]);
-    out.put_slice(&encoded);
-    out.put_slice(payload);
+    transfer_frame(&mut out, 0, &transfer(0, Some(0), false), payload);
     raw.send(&out).await;
     match raw.next_amqp().await {
         FrameBody::Disposition(d) => {

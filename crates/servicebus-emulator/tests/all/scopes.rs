@@ -4,15 +4,14 @@
 //! chosen by a seeded generator. The good links must never notice: every exchange completes,
 //! and no frame ever names them, their session, or the connection in an error.
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::FrameBody;
 use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, FilterSet, Message, Modified, Rejected, Source, Target};
 use fe2o3_amqp::types::performatives::{Attach, Detach, Disposition, End, Flow, Transfer};
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
-use fe2o3_amqp::types::sasl::SaslInit;
 
-use super::frames::{AMQP_HEADER, Raw, SASL_HEADER, begin, frame, open, receiver_attach};
+use super::frames::{Raw, begin, frame, plain_preamble, receiver_attach, transfer, transfer_frame};
 use super::support::{queue, start};
 
 const GOOD_SENDER: u32 = 0;
@@ -53,13 +52,8 @@ impl Client {
     }
 
     async fn send_transfer(&mut self, channel: u16, transfer: &Transfer, payload: &[u8]) {
-        let encoded = serde_amqp::to_vec(transfer).unwrap();
         let mut out = BytesMut::new();
-        out.put_u32((8 + encoded.len() + payload.len()) as u32);
-        out.put_slice(&[2, 0]);
-        out.put_u16(channel);
-        out.put_slice(&encoded);
-        out.put_slice(payload);
+        transfer_frame(&mut out, channel, transfer, payload);
         self.raw.send(&out).await;
     }
 
@@ -171,22 +165,6 @@ impl Client {
     }
 }
 
-fn transfer(handle: u32, delivery_id: Option<u32>, more: bool) -> Transfer {
-    Transfer {
-        handle: Handle(handle),
-        delivery_id,
-        delivery_tag: delivery_id.map(|id| id.to_be_bytes().to_vec().into()),
-        message_format: Some(0),
-        settled: Some(false),
-        more,
-        rcv_settle_mode: None,
-        state: None,
-        resume: false,
-        aborted: false,
-        batchable: false,
-    }
-}
-
 fn message(body: &[u8]) -> Vec<u8> {
     let message = Message::builder().data(Binary::from(body.to_vec())).build();
     serde_amqp::to_vec(&fe2o3_amqp::types::messaging::message::__private::Serializable(message)).unwrap()
@@ -210,15 +188,7 @@ fn flow(handle: u32, credit: u32) -> Flow {
 
 async fn connected(addr: std::net::SocketAddr) -> Client {
     let mut raw = Raw::connect(addr).await;
-    let mut out = BytesMut::new();
-    out.put_slice(&SASL_HEADER);
-    let credentials = b"\0RootManageSharedAccessKey\0SAS_KEY_VALUE".to_vec();
-    let init =
-        SaslInit { mechanism: "PLAIN".into(), initial_response: Some(Binary::from(credentials)), hostname: None };
-    frame(&mut out, 1, 0, &init);
-    out.put_slice(&AMQP_HEADER);
-    frame(&mut out, 0, 0, &open(None));
-    raw.send(&out).await;
+    raw.send(&plain_preamble()).await;
     super::frames::read_handshake_without_begin(&mut raw).await;
     let mut client = Client { raw, next_delivery: 0 };
     for channel in [0, 1] {
