@@ -1,10 +1,13 @@
-//! The client: one shared connection and session, made lazily, authorized per
-//! entity through CBS, and remade after a loss.
+//! The client: one shared connection, made lazily, authorized per entity through
+//! CBS, and remade after a loss.
 //!
-//! Every sender, receiver and management link of a [`ServiceBusClient`] shares
-//! one AMQP connection and one session. Each (re)connection gets a new
-//! *generation*; links remember the generation they were made on, so a link
-//! whose connection died is remade on the next one instead of being used.
+//! Every sender, receiver and management link of a [`ServiceBusClient`] shares one
+//! AMQP connection, and each has an AMQP session of its own on it ([`LinkSession`]),
+//! as the official SDKs do: a link error, or a session that ends under a failed attach,
+//! costs that link alone. The `$cbs` links have the connection's control session; a
+//! receiver's transaction controller shares that receiver's session. Each (re)connection gets a new *generation*; links
+//! remember the generation they were made on, so a link whose connection died is remade
+//! on the next one instead of being used.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,8 +93,6 @@ pub(crate) struct Inner {
     tokens: Arc<StdMutex<HashMap<String, u64>>>,
     pub(crate) management: StdMutex<HashMap<String, ManagementLink>>,
     link_generation: AtomicU64,
-    /// The transaction controller of the current connection (generation, controller).
-    pub(crate) controller: Mutex<Option<(u64, fe2o3_amqp::transaction::Controller)>>,
 }
 
 #[derive(Default)]
@@ -115,19 +116,26 @@ impl Drop for Live {
     }
 }
 
-/// Access to the live session, held while attaching a link.
+/// Access to the live connection, held while a session is begun.
 pub(crate) struct SessionGuard<'a> {
     guard: MutexGuard<'a, State>,
 }
 
 impl SessionGuard<'_> {
-    pub(crate) fn session(&mut self) -> &mut SessionHandle<()> {
-        &mut self.guard.live.as_mut().expect("a guard exists only while connected").session
+    fn live(&mut self) -> &mut Live {
+        self.guard.live.as_mut().expect("a guard exists only while connected")
     }
 
     pub(crate) fn generation(&self) -> u64 {
         self.guard.generation
     }
+}
+
+/// An AMQP session of one link's own, on the connection of `generation`. Dropping it ends
+/// the session (and so detaches its link).
+pub(crate) struct LinkSession {
+    pub(crate) session: SessionHandle<()>,
+    pub(crate) generation: u64,
 }
 
 impl ServiceBusClient {
@@ -146,7 +154,6 @@ impl ServiceBusClient {
                 tokens: Arc::new(StdMutex::new(HashMap::new())),
                 management: StdMutex::new(HashMap::new()),
                 link_generation: AtomicU64::new(0),
-                controller: Mutex::new(None),
             }),
         }
     }
@@ -235,6 +242,19 @@ impl ServiceBusClient {
         Ok(SessionGuard { guard })
     }
 
+    /// A new AMQP session for one link, on the live connection (connecting if needed), with
+    /// `entity` authorized.
+    pub(crate) async fn link_session(&self, entity: &str) -> Result<LinkSession> {
+        let mut guard = self.session_for(entity).await?;
+        let generation = guard.generation();
+        let begin = begin_session(&mut guard.live().connection);
+        let session = tokio::time::timeout(self.inner.options.operation_timeout, begin)
+            .await
+            .map_err(|_| Error::Timeout { entity: entity.into(), description: "beginning a session timed out".into() })?
+            .map_err(|e| Error::connection(entity, format!("beginning a session failed: {e}")))?;
+        Ok(LinkSession { session, generation })
+    }
+
     /// Marks the connection of `generation` broken, so the next use reconnects.
     pub(crate) async fn invalidate(&self, generation: u64) {
         let mut guard = self.inner.state.lock().await;
@@ -242,25 +262,6 @@ impl ServiceBusClient {
             tracing::info!(host = %self.inner.settings.host, generation, "connection lost; will reconnect");
             self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
-    }
-
-    /// The transaction controller of the live connection, attached on first use.
-    pub(crate) async fn controller(
-        &self,
-        entity: &str,
-    ) -> Result<MutexGuard<'_, Option<(u64, fe2o3_amqp::transaction::Controller)>>> {
-        let mut slot = self.inner.controller.lock().await;
-        let current = self.generation().await?;
-        if slot.as_ref().is_none_or(|(g, _)| *g != current) {
-            let mut guard = self.session_for(entity).await?;
-            let generation = guard.generation();
-            let name = format!("controller-{}", uuid::Uuid::new_v4().simple());
-            let controller = fe2o3_amqp::transaction::Controller::attach(guard.session(), name)
-                .await
-                .map_err(|e| sender_attach_error(e, "$coordinator"))?;
-            *slot = Some((generation, controller));
-        }
-        Ok(slot)
     }
 
     /// Whether the connection of `generation` is still the live one.
@@ -334,10 +335,7 @@ impl ServiceBusClient {
             builder.open_with_stream(Guarded::new(tcp)).await
         }
         .map_err(|e| Error::connection(entity, format!("opening the AMQP connection to {host}:{port} failed: {e}")))?;
-        let mut session = Session::builder()
-            .incoming_window(50_000)
-            .outgoing_window(50_000)
-            .begin(&mut connection)
+        let mut session = begin_session(&mut connection)
             .await
             .map_err(|e| Error::connection(entity, format!("beginning a session failed: {e}")))?;
         let (cbs, refresher) = if options.dialect == Dialect::ServiceBus {
@@ -357,6 +355,13 @@ impl ServiceBusClient {
         };
         Ok(Live { connection, session, cbs, refresher })
     }
+}
+
+/// Begins an AMQP session on `connection`, with the windows every session of the client uses.
+async fn begin_session(
+    connection: &mut ConnectionHandle<()>,
+) -> std::result::Result<SessionHandle<()>, fe2o3_amqp::session::BeginError> {
+    Session::builder().incoming_window(50_000).outgoing_window(50_000).begin(connection).await
 }
 
 /// Puts a token for `audience`; returns its expiry (Unix seconds).

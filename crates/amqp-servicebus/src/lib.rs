@@ -6,7 +6,8 @@
 //!   renewed before they expire.
 //! - TLS (rustls, web PKI roots plus an optional extra CA) on 5671; plain TCP for the
 //!   development emulator (`UseDevelopmentEmulator=true`).
-//! - One shared connection per client; links are made lazily and reused, and come back
+//! - One shared connection per client, and an AMQP session per link on it (a refused or
+//!   failed link costs that link alone); links are made lazily and reused, and come back
 //!   after a connection loss without the caller rebuilding anything.
 //! - [`Sender`]: send, batches split to the broker's size limit, schedule, cancel.
 //! - [`Receiver`]: peek-lock or receive-and-delete, prefetch, `receive(max, timeout)`,

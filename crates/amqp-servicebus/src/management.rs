@@ -119,22 +119,28 @@ impl ServiceBusClient {
             return Ok(l.clone());
         }
         let node = format!("{entity}/$management");
+        let entity_name = entity.to_string();
         let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4().simple());
-        let mut guard = self.session_for(entity).await?;
-        let generation = guard.generation();
-        let sender = AmqpSender::attach(guard.session(), format!("mgmt-sender-{}", uuid::Uuid::new_v4()), node.clone())
-            .await
-            .map_err(|e| sender_attach_error(e, entity))?;
+        // The pair shares one AMQP session of its own.
+        let mut own = self.link_session(entity).await?;
+        let generation = own.generation;
+        let sender =
+            AmqpSender::attach(&mut own.session, format!("mgmt-sender-{}", uuid::Uuid::new_v4()), node.clone())
+                .await
+                .map_err(|e| sender_attach_error(e, entity))?;
         let receiver = AmqpReceiver::builder()
             .name(format!("mgmt-receiver-{}", uuid::Uuid::new_v4()))
             .source(node.clone())
             .target(reply_to.clone())
-            .attach(guard.session())
+            .attach(&mut own.session)
             .await
             .map_err(|e| receiver_attach_error(e, entity))?;
-        drop(guard);
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(run(sender, receiver, rx, reply_to, entity.to_string()));
+        let session = own.session;
+        tokio::spawn(async move {
+            run(sender, receiver, rx, reply_to, entity_name).await;
+            drop(session); // Ends the pair's session once both links are done.
+        });
         let link = ManagementLink { generation, tx };
         self.inner.management.lock().unwrap_or_else(|p| p.into_inner()).insert(entity.to_string(), link.clone());
         Ok(link)

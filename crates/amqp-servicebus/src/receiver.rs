@@ -29,7 +29,7 @@ use futures_util::{FutureExt as _, Stream};
 use serde_amqp::Value;
 use tokio::sync::Mutex;
 
-use crate::client::{Dialect, ServiceBusClient, receiver_attach_error};
+use crate::client::{Dialect, ServiceBusClient, receiver_attach_error, sender_attach_error};
 use crate::error::{Error, Result};
 use crate::message::{Message, ReceivedMessage, system_time};
 
@@ -63,7 +63,15 @@ struct Link {
     receiver: AmqpReceiver,
     generation: u64,
     connection_generation: u64,
+    /// The link's own AMQP session; dropped after the link.
+    session: fe2o3_amqp::session::SessionHandle<()>,
 }
+
+/// A transaction controller on a receive link's own session (for `complete_and_send`), and
+/// the generation of that link. On the same session, the transactional disposition is on
+/// the wire before the discharge that commits it: the session writes its frames in order,
+/// and separate sessions would not.
+type TxnController = Option<(u64, fe2o3_amqp::transaction::Controller)>;
 
 /// Receives from one queue, subscription or dead-letter queue.
 pub struct Receiver {
@@ -82,6 +90,8 @@ pub struct Receiver {
     /// Settles deliveries of the current link (its generation first) without taking `link`,
     /// which a `receive` holds while it waits for messages.
     disposer: StdMutex<Option<(u64, ReceiverDisposer)>>,
+    /// Held for a whole transaction of `complete_and_send`.
+    controller: Mutex<TxnController>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -110,6 +120,7 @@ impl Receiver {
             attached: AtomicU64::new(0),
             deliveries: StdMutex::new(HashMap::new()),
             disposer: StdMutex::new(None),
+            controller: Mutex::new(None),
         }
     }
 
@@ -423,7 +434,7 @@ impl Receiver {
             self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).get(&token).cloned().ok_or_else(|| {
                 Error::LockLost { entity: self.entity.clone(), description: "the message was already settled".into() }
             })?;
-        let controller = self.client.controller(&self.entity).await?;
+        let controller = self.controller(generation).await?;
         let (_, ctl) = controller.as_ref().expect("controller() attaches one");
         let mut txn = Transaction::declare(ctl, None)
             .await
@@ -565,8 +576,8 @@ impl Receiver {
             self.discard_link(slot);
         }
         if slot.is_none() {
-            let mut guard = self.client.session_for(&self.entity).await?;
-            let connection_generation = guard.generation();
+            let mut own = self.client.link_session(&self.entity).await?;
+            let connection_generation = own.generation;
             let generation = self.client.next_link_generation();
             let (snd, rcv) = match self.options.mode {
                 ReceiveMode::PeekLock => (SenderSettleMode::Unsettled, ReceiverSettleMode::First),
@@ -584,9 +595,8 @@ impl Receiver {
                 .receiver_settle_mode(rcv)
                 .credit_mode(credit)
                 .auto_accept(false)
-                .attach(guard.session())
+                .attach(&mut own.session)
                 .await;
-            drop(guard);
             let receiver = match receiver {
                 Ok(r) => r,
                 Err(e) => return Err(self.explain_refusal(receiver_attach_error(e, &self.entity)).await),
@@ -596,13 +606,35 @@ impl Receiver {
             self.link_connection.store(connection_generation, Ordering::Release);
             self.attached.fetch_add(1, Ordering::Relaxed);
             *self.disposer.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, receiver.disposer()));
-            *slot = Some(Link { receiver, generation, connection_generation });
+            *slot = Some(Link { receiver, generation, connection_generation, session: own.session });
         }
         Ok(slot.as_mut().expect("set just above"))
     }
 }
 
 impl Receiver {
+    /// The transaction controller on the session of the receive link of `generation`,
+    /// attached on first use; held for the whole transaction.
+    async fn controller(&self, generation: u64) -> Result<tokio::sync::MutexGuard<'_, TxnController>> {
+        let mut controller = self.controller.lock().await;
+        if controller.as_ref().is_none_or(|(g, _)| *g != generation) {
+            *controller = None;
+            let mut slot = self.link.lock().await;
+            let Some(link) = slot.as_mut().filter(|l| l.generation == generation) else {
+                return Err(Error::LockLost {
+                    entity: self.entity.clone(),
+                    description: "the receive link that delivered the message was lost".into(),
+                });
+            };
+            let name = format!("controller-{}", uuid::Uuid::new_v4().simple());
+            let attached = fe2o3_amqp::transaction::Controller::attach(&mut link.session, name)
+                .await
+                .map_err(|e| sender_attach_error(e, "$coordinator"))?;
+            *controller = Some((generation, attached));
+        }
+        Ok(controller)
+    }
+
     /// fe2o3 reports a refused receiver attach (null source, then a detach with the reason)
     /// without the reason. Attaching the entity's `$management` node, a sender-side attach
     /// that does carry the broker's error, tells why (not found, unauthorized).

@@ -27,6 +27,8 @@ struct Link {
     sender: AmqpSender,
     generation: u64,
     max_message_size: usize,
+    /// The link's own AMQP session; dropped after the link.
+    _session: fe2o3_amqp::session::SessionHandle<()>,
 }
 
 /// Sends to one queue or topic. Sends through one sender are serialized; make more
@@ -228,17 +230,17 @@ impl Sender {
             *slot = None;
         }
         if slot.is_none() {
-            let mut guard = self.client.session_for(&self.entity).await?;
-            let generation = guard.generation();
+            let mut own = self.client.link_session(&self.entity).await?;
+            let generation = own.generation;
             let name = format!("sender-{}-{}", self.entity, uuid::Uuid::new_v4().simple());
-            let sender = AmqpSender::attach(guard.session(), name, self.entity.clone())
+            let sender = AmqpSender::attach(&mut own.session, name, self.entity.clone())
                 .await
                 .map_err(|e| sender_attach_error(e, &self.entity))?;
             let max_message_size = match sender.max_message_size() {
                 Some(0) | None => DEFAULT_MAX_MESSAGE_SIZE,
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             };
-            *slot = Some(Link { sender, generation, max_message_size });
+            *slot = Some(Link { sender, generation, max_message_size, _session: own.session });
             self.attached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(slot.as_mut().expect("set just above"))
