@@ -1,6 +1,8 @@
 //! The client's per-message costs: AMQP 1.0 encoding and decoding of a 1 KiB message with
 //! typical properties (decoding includes the nesting check), the nesting check alone, and SAS
-//! token generation.
+//! token generation. And what a link costs to set up against the in-process emulator: a new
+//! sender's first send (its own AMQP session, the attach, the send), and the AMQP session
+//! alone (`begin` + `end`), which is what a session per link adds.
 
 use amqp_servicebus::{Message, ReceivedMessage};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -37,5 +39,43 @@ fn sas(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, amqp, sas);
+fn link_setup(c: &mut Criterion) {
+    use servicebus_emulator::{Config, Emulator, QueueConfig, QueueProperties};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let emulator = runtime.block_on(async {
+        let queues = vec![QueueConfig { name: "q".into(), properties: QueueProperties::default() }];
+        let config = Config { queues, ..Config::default() };
+        Emulator::builder().config(config).bind("127.0.0.1:0".parse().unwrap()).start().await.unwrap()
+    });
+    let client = amqp_servicebus::ServiceBusClient::new(
+        &emulator.connection_string(),
+        amqp_servicebus::ClientOptions::default(),
+    )
+    .unwrap();
+    runtime.block_on(client.connect()).unwrap();
+    let mut connection = runtime.block_on(async {
+        let url = format!("amqp://RootManageSharedAccessKey:SAS_KEY_VALUE@{}", emulator.local_addr());
+        fe2o3_amqp::Connection::open("bench-sessions", url.as_str()).await.unwrap()
+    });
+    let mut group = c.benchmark_group("link_setup");
+    group.bench_function("new_sender_first_send", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let sender = client.sender("q");
+            sender.send(Message::new("x")).await.unwrap();
+        })
+    });
+    group.bench_function("session_begin_end", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut session = fe2o3_amqp::Session::begin(&mut connection).await.unwrap();
+                session.end().await.unwrap();
+            })
+        })
+    });
+    group.finish();
+    drop(client);
+    runtime.block_on(emulator.shutdown());
+}
+
+criterion_group!(benches, amqp, sas, link_setup);
 criterion_main!(benches);
