@@ -5,9 +5,10 @@
 //! AMQP connection, and each has an AMQP session of its own on it ([`LinkSession`]),
 //! as the official SDKs do: a link error, or a session that ends under a failed attach,
 //! costs that link alone. The `$cbs` links have the connection's control session; a
-//! receiver's transaction controller shares that receiver's session. Each (re)connection gets a new *generation*; links
-//! remember the generation they were made on, so a link whose connection died is remade
-//! on the next one instead of being used.
+//! receiver's transaction controller shares that receiver's session.
+//!
+//! Each (re)connection gets a new *generation*; links remember the generation they were
+//! made on, so a link whose connection died is remade on the next one instead of being used.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -188,13 +188,13 @@ impl Walker {
     }
 
     /// Also records where map keys encoded as strings (`str8`, `str32`) start.
-    pub fn collecting_string_keys(mut self) -> Self {
+    fn collecting_string_keys(mut self) -> Self {
         self.string_keys = Some(Vec::new());
         self
     }
 
     /// The offsets of the string-encoded map keys walked so far (empty unless collecting).
-    pub fn string_keys(&self) -> &[u64] {
+    fn string_keys(&self) -> &[u64] {
         self.string_keys.as_deref().unwrap_or_default()
     }
 

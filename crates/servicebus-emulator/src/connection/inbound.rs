@@ -23,9 +23,8 @@ use crate::transaction::Staged;
 impl Engine {
     pub(super) fn on_transfer(&mut self, channel: u16, transfer: Transfer, payload: Bytes) -> Step {
         let handle = transfer.handle.0;
-        self.session(channel)?;
-        if let Some(session) = self.sessions.get_mut(&channel) {
-            session.on_transfer_frame(&mut self.out, channel);
+        if let Some(flow) = self.session(channel)?.on_transfer_frame() {
+            self.out.put(channel, &flow);
         }
         let max_message_size = self.shared.max_message_size;
         let Some(link) = self.attached(channel, handle)? else { return Ok(()) };

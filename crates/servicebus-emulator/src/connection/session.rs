@@ -10,7 +10,6 @@ use fe2o3_amqp_types::performatives::{Begin, End, Flow};
 
 use super::link::{Link, Unsettled};
 use super::message_session::PendingAttach;
-use super::output::Output;
 use super::{Engine, Fault, Step};
 
 /// Session incoming window the broker advertises (and tops up at half).
@@ -49,14 +48,16 @@ impl Session {
         }
     }
 
-    /// Counts one incoming transfer frame against the window, topping the window up at half.
-    pub(super) fn on_transfer_frame(&mut self, out: &mut Output, channel: u16) {
+    /// Counts one incoming transfer frame against the window; at half, tops the window up
+    /// and returns the `flow` that tells the peer.
+    pub(super) fn on_transfer_frame(&mut self) -> Option<Flow> {
         self.next_incoming_id = self.next_incoming_id.wrapping_add(1);
         self.incoming_left = self.incoming_left.saturating_sub(1);
-        if self.incoming_left < INCOMING_WINDOW / 2 {
-            self.incoming_left = INCOMING_WINDOW;
-            out.put(channel, &self.flow(None));
+        if self.incoming_left >= INCOMING_WINDOW / 2 {
+            return None;
         }
+        self.incoming_left = INCOMING_WINDOW;
+        Some(self.flow(None))
     }
 
     /// Takes the window the peer announced in a `flow`.
@@ -65,13 +66,12 @@ impl Session {
             flow.next_incoming_id.unwrap_or(0).wrapping_add(flow.incoming_window).wrapping_sub(self.next_outgoing_id);
     }
 
-    /// Counts outgoing transfer frames against the peer's window; returns the delivery-id.
-    pub(super) fn sent_transfer(&mut self, frames: u32) -> u32 {
-        let delivery_id = self.next_delivery_id;
+    /// Counts a delivery sent as `frames` transfer frames: the next delivery-id, and the
+    /// peer's window.
+    pub(super) fn sent_transfer(&mut self, frames: u32) {
         self.next_delivery_id = self.next_delivery_id.wrapping_add(1);
         self.next_outgoing_id = self.next_outgoing_id.wrapping_add(frames);
         self.remote_incoming_window = self.remote_incoming_window.saturating_sub(frames);
-        delivery_id
     }
 
     /// A `flow` with this session's state, and the link state if `link` is given.
@@ -164,17 +164,15 @@ impl Engine {
     /// Ends a session from the broker's side: its links are gone at once, and the session
     /// stays half-closed until the peer's `end`.
     pub(super) fn end_session(&mut self, channel: u16, error: AmqpError) {
-        let Some(session) = self.sessions.get(&channel) else { return };
+        let Some(session) = self.sessions.get_mut(&channel) else { return };
         if session.ending {
             return;
         }
-        if let Some(session) = self.sessions.get_mut(&channel) {
-            session.links.clear();
-            session.unsettled.clear();
-            session.detached.clear();
-            session.pending.clear();
-            session.ending = true;
-        }
+        session.links.clear();
+        session.unsettled.clear();
+        session.detached.clear();
+        session.pending.clear();
+        session.ending = true;
         self.out.put(channel, &End { error: Some(error) });
     }
 

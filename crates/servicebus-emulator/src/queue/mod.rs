@@ -386,7 +386,7 @@ impl Queue {
             }
             if let Some(id) = entry.session.clone() {
                 // Its session's lock holds it; lapsed but not yet swept: the sweep releases it.
-                Self::check_session_lock(&mut st, &id)?;
+                Self::check_session_lock(&st, &id)?;
                 st.leave_session_lock(&id, seq);
             }
             st.locks.remove(&token);
@@ -490,7 +490,7 @@ impl Queue {
 
     /// Whether `token` holds an unexpired lock.
     pub(crate) fn check_lock(&self, token: uuid::Uuid) -> Result<(), SettleError> {
-        let mut st = self.lock();
+        let st = self.lock();
         let seq = *st.locks.get(&token).ok_or(SettleError::LockLost)?;
         let entry = st.entries.get(&seq).ok_or(SettleError::LockLost)?;
         match entry.state {
@@ -498,7 +498,7 @@ impl Queue {
             _ => return Err(SettleError::LockLost),
         }
         match entry.session.clone() {
-            Some(id) => Self::check_session_lock(&mut st, &id),
+            Some(id) => Self::check_session_lock(&st, &id),
             None => Ok(()),
         }
     }
@@ -556,7 +556,7 @@ impl Queue {
         let mut st = self.lock();
         if self.properties.requires_session {
             let claim = session.ok_or(DeferredError::SessionRequired)?;
-            Self::check_claim(&mut st, claim).map_err(DeferredError::Session)?;
+            Self::check_claim(&st, claim).map_err(DeferredError::Session)?;
         }
         for seq in sequence_numbers {
             let entry = st.entries.get(seq);

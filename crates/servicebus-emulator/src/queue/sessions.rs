@@ -96,7 +96,7 @@ impl State {
 
 impl Queue {
     /// Checks that `claim` still holds its session's lock.
-    pub(super) fn check_claim(st: &mut State, claim: &SessionClaim) -> Result<(), SessionError> {
+    pub(super) fn check_claim(st: &State, claim: &SessionClaim) -> Result<(), SessionError> {
         let held = st
             .sessions
             .get(&claim.id)
@@ -106,7 +106,7 @@ impl Queue {
     }
 
     /// Checks that session `id` is locked (its messages may be settled).
-    pub(super) fn check_session_lock(st: &mut State, id: &str) -> Result<(), SettleError> {
+    pub(super) fn check_session_lock(st: &State, id: &str) -> Result<(), SettleError> {
         let held = st.sessions.get(id).and_then(|s| s.lock.as_ref()).is_some_and(|l| l.until > Instant::now());
         if held { Ok(()) } else { Err(SettleError::SessionLockLost) }
     }
@@ -158,7 +158,7 @@ impl Queue {
     /// Extends the session lock `claim` holds; returns its new expiry (ms since the epoch).
     pub(crate) fn renew_session_lock(&self, claim: &SessionClaim) -> Result<i64, SessionError> {
         let mut st = self.lock();
-        Self::check_claim(&mut st, claim)?;
+        Self::check_claim(&st, claim)?;
         let until = instant_after(Instant::now(), self.properties.lock_duration);
         let until_ms = now_ms().saturating_add(millis(self.properties.lock_duration));
         if let Some(lock) = st.sessions.get_mut(&claim.id).and_then(|s| s.lock.as_mut()) {
@@ -172,7 +172,7 @@ impl Queue {
 
     /// Whether `claim` still holds its session.
     pub(crate) fn holds(&self, claim: &SessionClaim) -> bool {
-        Self::check_claim(&mut self.lock(), claim).is_ok()
+        Self::check_claim(&self.lock(), claim).is_ok()
     }
 
     /// Lets go of the session `claim` holds (its receiver closed): the messages it holds
@@ -222,15 +222,15 @@ impl Queue {
 
     /// The state of the session `claim` holds (`None`: never set, or cleared).
     pub(crate) fn session_state(&self, claim: &SessionClaim) -> Result<Option<Bytes>, SessionError> {
-        let mut st = self.lock();
-        Self::check_claim(&mut st, claim)?;
+        let st = self.lock();
+        Self::check_claim(&st, claim)?;
         Ok(st.sessions.get(&claim.id).and_then(|s| s.state.clone()))
     }
 
     /// Sets (or, with `None`, clears) the state of the session `claim` holds.
     pub(crate) fn set_session_state(&self, claim: &SessionClaim, state: Option<Bytes>) -> Result<(), SessionError> {
         let mut st = self.lock();
-        Self::check_claim(&mut st, claim)?;
+        Self::check_claim(&st, claim)?;
         if let Some(s) = st.sessions.get_mut(&claim.id) {
             s.state = state;
             s.state_updated_ms = now_ms();

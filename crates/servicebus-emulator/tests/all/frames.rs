@@ -154,6 +154,19 @@ pub(crate) fn receiver_attach(address: &str) -> Attach {
     }
 }
 
+/// A client sender's attach to `address` (handle 0), unsettled, with an initial delivery count.
+pub(crate) fn sender_attach(address: &str) -> Attach {
+    Attach {
+        name: "raw-sender".into(),
+        role: Role::Sender,
+        rcv_settle_mode: ReceiverSettleMode::First,
+        source: Some(Box::new(Source::builder().address("raw-source").build())),
+        target: Some(Box::new(Target::builder().address(address).build().into())),
+        initial_delivery_count: Some(0),
+        ..receiver_attach(address)
+    }
+}
+
 /// SASL ANONYMOUS, AMQP header, open, begin and attach, all written before reading anything.
 pub(crate) fn pipelined(attach: &Attach, idle_ms: Option<u32>) -> BytesMut {
     let mut out = BytesMut::new();
@@ -405,16 +418,7 @@ pub(crate) async fn send_raw(
     let mut raw = Raw::connect(emulator.local_addr()).await;
     let mut out = plain_preamble();
     frame(&mut out, 0, 0, &begin());
-    let attach = Attach {
-        name: "raw-sender".into(),
-        role: Role::Sender,
-        rcv_settle_mode: ReceiverSettleMode::First,
-        source: Some(Box::new(Source::builder().address("raw-source").build())),
-        target: Some(Box::new(Target::builder().address(queue).build().into())),
-        initial_delivery_count: Some(0),
-        ..receiver_attach(queue)
-    };
-    frame(&mut out, 0, 0, &attach);
+    frame(&mut out, 0, 0, &sender_attach(queue));
     raw.send(&out).await;
     read_handshake(&mut raw).await;
     assert!(matches!(raw.next_amqp().await, FrameBody::Attach(a) if a.target.is_some()));

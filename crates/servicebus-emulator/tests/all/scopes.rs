@@ -6,12 +6,12 @@
 
 use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::FrameBody;
-use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
-use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, FilterSet, Message, Modified, Rejected, Source, Target};
+use fe2o3_amqp::types::definitions::{Handle, Role, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, FilterSet, Message, Modified, Rejected, Source};
 use fe2o3_amqp::types::performatives::{Attach, Detach, Disposition, End, Flow, Transfer};
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 
-use super::frames::{Raw, begin, frame, plain_preamble, receiver_attach, transfer, transfer_frame};
+use super::frames::{Raw, begin, frame, plain_preamble, receiver_attach, sender_attach, transfer, transfer_frame};
 use super::support::{queue, start};
 
 const GOOD_SENDER: u32 = 0;
@@ -126,19 +126,22 @@ impl Client {
         self.send_frame(0, &Detach { handle: Handle(VICTIM), closed: true, error: None }).await;
     }
 
+    /// Expects delivery `id` of the victim refused with `condition`, then detaches the victim
+    /// (it lived on) and expects the answer.
+    async fn victim_delivery_refused(&mut self, id: u32, condition: &str) {
+        let outcome = self
+            .expect("the victim's outcome", |c, b| matches!(b, FrameBody::Disposition(d) if c == 0 && d.first == id))
+            .await;
+        assert!(format!("{outcome:?}").contains(condition), "expected {condition}: {outcome:?}");
+        self.send_frame(0, &Detach { handle: Handle(VICTIM), closed: true, error: None }).await;
+        self.expect("the detach's answer", |c, b| matches!(b, FrameBody::Detach(d) if c == 0 && d.handle.0 == VICTIM))
+            .await;
+    }
+
     /// Attaches the victim; `sender` is the client's role.
     async fn attach_victim(&mut self, sender: bool, address: &str, filter: Option<FilterSet>) {
         let attach = if sender {
-            Attach {
-                name: "victim".into(),
-                handle: Handle(VICTIM),
-                role: Role::Sender,
-                rcv_settle_mode: ReceiverSettleMode::First,
-                source: Some(Box::new(Source::builder().address("victim-source").build())),
-                target: Some(Box::new(Target::builder().address(address).build().into())),
-                initial_delivery_count: Some(0),
-                ..receiver_attach(address)
-            }
+            Attach { name: "victim".into(), handle: Handle(VICTIM), ..sender_attach(address) }
         } else {
             let mut source = Source::builder().address(address).build();
             source.filter = filter;
@@ -201,16 +204,7 @@ async fn connected(addr: std::net::SocketAddr) -> Client {
 
 impl Client {
     async fn attach_good_links(&mut self) {
-        let sender = Attach {
-            name: "good-sender".into(),
-            handle: Handle(GOOD_SENDER),
-            role: Role::Sender,
-            rcv_settle_mode: ReceiverSettleMode::First,
-            source: Some(Box::new(Source::builder().address("good-source").build())),
-            target: Some(Box::new(Target::builder().address("q").build().into())),
-            initial_delivery_count: Some(0),
-            ..receiver_attach("q")
-        };
+        let sender = Attach { name: "good-sender".into(), handle: Handle(GOOD_SENDER), ..sender_attach("q") };
         self.send_frame(0, &sender).await;
         let receiver = Attach {
             name: "good-receiver".into(),
@@ -258,19 +252,7 @@ impl Client {
                 let len = 1 + rng.below(300) as usize;
                 let garbage = rng.bytes(len);
                 self.send_transfer(0, &transfer(VICTIM, Some(id), false), &garbage).await;
-                let outcome = self
-                    .expect(
-                        "the garbage's outcome",
-                        |c, b| matches!(b, FrameBody::Disposition(d) if c == 0 && d.first == id),
-                    )
-                    .await;
-                assert!(format!("{outcome:?}").contains("DecodeError"), "{outcome:?}");
-                self.send_frame(0, &Detach { handle: Handle(VICTIM), closed: true, error: None }).await;
-                self.expect(
-                    "the detach's answer",
-                    |c, b| matches!(b, FrameBody::Detach(d) if c == 0 && d.handle.0 == VICTIM),
-                )
-                .await;
+                self.victim_delivery_refused(id, "DecodeError").await;
             }
             4 => {
                 // A delivery far past the size limit, in pieces: refused, nothing buffered.
@@ -281,19 +263,7 @@ impl Client {
                     let t = if i == 0 { transfer(VICTIM, Some(id), true) } else { transfer(VICTIM, None, i < 5) };
                     self.send_transfer(0, &t, &chunk).await;
                 }
-                let outcome = self
-                    .expect(
-                        "the oversized outcome",
-                        |c, b| matches!(b, FrameBody::Disposition(d) if c == 0 && d.first == id),
-                    )
-                    .await;
-                assert!(format!("{outcome:?}").contains("MessageSizeExceeded"), "{outcome:?}");
-                self.send_frame(0, &Detach { handle: Handle(VICTIM), closed: true, error: None }).await;
-                self.expect(
-                    "the detach's answer",
-                    |c, b| matches!(b, FrameBody::Detach(d) if c == 0 && d.handle.0 == VICTIM),
-                )
-                .await;
+                self.victim_delivery_refused(id, "MessageSizeExceeded").await;
             }
             5 => {
                 // Dispositions for deliveries that do not exist, with any outcome: ignored.
