@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 
 /// How the client proves who it is.
 #[derive(Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct ConnectionString {
 impl ConnectionString {
     /// Parses `Key=Value;...`. Keys are case-insensitive; values may contain `=`.
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let bad = |m: String| Error::InvalidConnectionString(m);
+        let bad = |m: String| Error::new(ErrorKind::InvalidConnectionString, m);
         let mut endpoint = None;
         let mut key_name = None;
         let mut key = None;
@@ -133,10 +133,10 @@ impl ConnectionString {
     pub fn from_parts(namespace: &str, key_name: &str, key: &str) -> Result<Self, Error> {
         let namespace = namespace.trim();
         if namespace.is_empty() {
-            return Err(Error::InvalidConnectionString("the namespace is empty".into()));
+            return Err(Error::new(ErrorKind::InvalidConnectionString, "the namespace is empty"));
         }
         if key_name.is_empty() || key.is_empty() {
-            return Err(Error::InvalidConnectionString("the key name and the key must not be empty".into()));
+            return Err(Error::new(ErrorKind::InvalidConnectionString, "the key name and the key must not be empty"));
         }
         let (host, port) = if namespace.contains("://") || namespace.contains('.') || namespace.contains(':') {
             parse_endpoint(namespace)?
@@ -171,7 +171,10 @@ impl ConnectionString {
                 .into_iter()
                 .filter_map(|(n, m)| m.then_some(n))
                 .collect();
-                Err(Error::InvalidConnectionString(format!("{} must be set too", missing.join(" and "))))
+                Err(Error::new(
+                    ErrorKind::InvalidConnectionString,
+                    format!("{} must be set too", missing.join(" and ")),
+                ))
             }
         }
     }
@@ -198,7 +201,7 @@ impl ConnectionString {
 }
 
 fn parse_endpoint(endpoint: &str) -> Result<(String, Option<u16>), Error> {
-    let bad = |m: String| Error::InvalidConnectionString(m);
+    let bad = |m: String| Error::new(ErrorKind::InvalidConnectionString, m);
     let rest = match endpoint.split_once("://") {
         Some((scheme, rest)) => {
             if !matches!(scheme.to_ascii_lowercase().as_str(), "sb" | "amqp" | "amqps" | "https" | "http") {

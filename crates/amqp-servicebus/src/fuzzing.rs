@@ -10,7 +10,7 @@ use fe2o3_amqp::types::messaging::{Body, Message};
 use serde_amqp::Value;
 use tokio_util::codec::Decoder as _;
 
-use crate::guard::Guarded;
+use crate::connection::guard::Guarded;
 
 /// Bytes a broker sends, after our protocol header: what the guard lets through is then decoded
 /// as fe2o3 would (frames, and each whole delivery as a message). Nothing may panic or overflow.
@@ -62,5 +62,5 @@ pub fn broker_bytes(bytes: &[u8]) {
 
 /// A message as `$management` returns it (peek, deferred receive), decoded as the client does.
 pub fn encoded_message(bytes: &[u8]) {
-    let _ = crate::ReceivedMessage::from_encoded(bytes, "q");
+    let _ = crate::message::ReceivedMessage::from_encoded(bytes, "q");
 }

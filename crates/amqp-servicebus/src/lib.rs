@@ -15,15 +15,16 @@
 //!   `$management`, so a lost lock is always reported); `complete_and_send` (forward and
 //!   complete in one transaction); deferred receive, renew-lock, peek. Receive from one
 //!   task and hand messages to workers, as `examples/drain.rs` does.
-//! - Typed errors ([`Error`]) and retries with exponential backoff and jitter ([`RetryPolicy`]).
+//! - Errors with a stable [`ErrorKind`] and their source chain ([`Error`]), and retries with exponential backoff and jitter ([`RetryPolicy`]).
 //!
 //! # Layout
-//! - [`connection_string`]: parsing and building connection settings.
-//! - [`sas`]: SAS tokens.
-//! - `client`: the shared connection, CBS, reconnection.
-//! - `sender`, `receiver`: the links.
-//! - `management`: `$management` requests with correlation.
-//! - `message`, [`error`], [`retry`].
+//! Layers, each depending only on those below it:
+//! - `connection` (private): the live connection, its transport (TCP, TLS, the guard),
+//!   CBS tokens, reconnection, and an AMQP session per link. Nothing else touches it.
+//! - `management`: `$management` request/response pairs, a task per entity.
+//! - `sender`; `receiver` (a handle, and a task that owns each receive link).
+//! - `client`: [`ServiceBusClient`], the façade that makes the others.
+//! - Beside them: [`connection_string`], [`sas`], `options`, `message`, [`error`], [`retry`].
 //!
 //! # Example
 //! ```no_run
@@ -47,24 +48,27 @@
 #![deny(missing_docs)]
 
 mod client;
+mod connection;
 pub mod connection_string;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod guard;
+mod link;
 mod management;
 mod message;
+mod options;
 mod receiver;
 pub mod retry;
 pub mod sas;
 mod sender;
 
-pub use client::{ClientOptions, Dialect, ServiceBusClient};
+pub use client::ServiceBusClient;
 pub use connection_string::{ConnectionString, Credential};
-pub use error::{Error, Result};
+pub use error::{BrokerError, Error, ErrorKind, Result};
 pub use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue};
 pub use message::{BodyKind, Message, ReceivedMessage};
-pub use receiver::{ReceiveMode, Receiver, ReceiverOptions, UNDECODABLE_REASON};
+pub use options::{ClientOptions, Dialect, ReceiveMode, ReceiverOptions};
+pub use receiver::{Receiver, UNDECODABLE_REASON};
 pub use retry::RetryPolicy;
 pub use sender::Sender;

@@ -1,8 +1,9 @@
 //! `$management` requests: a link pair per entity, owned by a task that matches
 //! responses to requests by correlation-id, so callers can have many requests in
-//! flight at once.
+//! flight at once. [`Management`] keeps the live pair of each entity.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
 
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageId, Properties};
 use fe2o3_amqp::types::primitives::{OrderedMap, SimpleValue};
@@ -10,8 +11,10 @@ use fe2o3_amqp::{Receiver as AmqpReceiver, Sender as AmqpSender};
 use serde_amqp::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{Dialect, ServiceBusClient, link_state_error, receiver_attach_error, sender_attach_error};
-use crate::error::{Error, Result};
+use crate::connection::{Connection, Epoch};
+use crate::error::{Error, ErrorKind, Result};
+use crate::link::{link_state_error, receiver_attach_error, sender_attach_error};
+use crate::options::Dialect;
 
 /// A successful response: its status (200, 202, 204) and body.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,82 +41,90 @@ struct Call {
 
 /// A handle on an entity's management link task.
 #[derive(Clone)]
-pub(crate) struct ManagementLink {
-    generation: u64,
+struct PairHandle {
+    epoch: Epoch,
     tx: mpsc::Sender<Call>,
 }
 
-impl ServiceBusClient {
-    /// Calls `operation` on `entity`'s `$management` node with a body map.
-    pub(crate) async fn management(
+/// The `$management` link pairs of one connection, one per entity, attached on first use.
+pub(crate) struct Management {
+    connection: Arc<Connection>,
+    pairs: StdMutex<HashMap<String, PairHandle>>,
+}
+
+impl Management {
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        Self { connection, pairs: StdMutex::new(HashMap::new()) }
+    }
+
+    fn pairs(&self) -> std::sync::MutexGuard<'_, HashMap<String, PairHandle>> {
+        self.pairs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls `operation` on `entity`'s `$management` node with a body map, retrying
+    /// transient failures.
+    pub(crate) async fn request(
         &self,
         entity: &str,
         operation: &'static str,
         body: Vec<(&str, Value)>,
     ) -> Result<Response> {
-        if self.inner.options.dialect == Dialect::GenericAmqp {
-            return Err(Error::NotSupported { operation });
+        if self.connection.dialect() == Dialect::GenericAmqp {
+            return Err(Error::not_supported(operation));
         }
         let body = Value::Map(body.into_iter().map(|(k, v)| (Value::String(k.into()), v)).collect());
-        self.inner.options.retry.run(operation, entity, || self.call_once(entity, operation, body.clone())).await
+        self.connection.options().retry.run(operation, entity, || self.call_once(entity, operation, body.clone())).await
     }
 
     async fn call_once(&self, entity: &str, operation: &'static str, body: Value) -> Result<Response> {
-        let link = self.management_link(entity).await?;
+        let pair = self.pair(entity).await?;
         let (reply, rx) = oneshot::channel();
-        if link.tx.send(Call { operation, body, reply }).await.is_err() {
-            self.forget_management(entity, link.generation);
-            return Err(Error::connection(entity, "the management link stopped"));
+        let stopped = || Error::new(ErrorKind::Connection, "the management link stopped").at(entity);
+        if pair.tx.send(Call { operation, body, reply }).await.is_err() {
+            self.forget(entity, pair.epoch);
+            return Err(stopped());
         }
-        let timeout = self.inner.options.operation_timeout;
+        let timeout = self.connection.options().operation_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => {
                 if let Err(e) = &result
-                    && matches!(e, Error::Connection { .. })
+                    && e.kind() == ErrorKind::Connection
                 {
-                    self.forget_management(entity, link.generation);
-                    self.invalidate(link.generation).await;
+                    self.forget(entity, pair.epoch);
+                    self.connection.forget(pair.epoch).await;
                 }
                 result
             }
             Ok(Err(_)) => {
-                self.forget_management(entity, link.generation);
-                Err(Error::connection(entity, "the management link stopped"))
+                self.forget(entity, pair.epoch);
+                Err(stopped())
             }
-            Err(_) => Err(Error::Timeout {
-                entity: entity.into(),
-                description: format!("{operation} got no answer in {timeout:?}"),
-            }),
+            Err(_) => Err(Error::timeout(entity, format!("{operation} got no answer in {timeout:?}"))),
         }
     }
 
-    fn forget_management(&self, entity: &str, generation: u64) {
-        let mut links = self.inner.management.lock().unwrap_or_else(|p| p.into_inner());
-        if links.get(entity).is_some_and(|l| l.generation == generation) {
-            links.remove(entity);
+    fn forget(&self, entity: &str, epoch: Epoch) {
+        let mut pairs = self.pairs();
+        if pairs.get(entity).is_some_and(|l| l.epoch == epoch) {
+            pairs.remove(entity);
         }
     }
 
-    /// Attaches `entity`'s management node (if not attached yet), to learn whether it exists.
-    pub(crate) async fn probe_management(&self, entity: &str) -> Result<()> {
-        self.management_link(entity).await.map(drop)
+    /// Forgets every pair (their connection is closing).
+    pub(crate) fn clear(&self) {
+        self.pairs().clear();
     }
 
-    /// Checks that `entity` exists and that the credentials reach it
-    /// ([`Error::EntityNotFound`], [`Error::Unauthorized`] otherwise). In generic AMQP mode
-    /// there is no cheap check, and this succeeds.
-    pub async fn check_entity(&self, entity: &str) -> Result<()> {
-        if self.inner.options.dialect == Dialect::GenericAmqp {
-            return Ok(());
-        }
-        let entity = entity.trim_matches('/');
-        self.inner.options.retry.run("checking the entity", entity, || self.probe_management(entity)).await
+    /// Attaches `entity`'s management node (if not attached yet): that tells whether the
+    /// entity exists and the credentials reach it.
+    pub(crate) async fn probe(&self, entity: &str) -> Result<()> {
+        self.pair(entity).await.map(drop)
     }
 
-    async fn management_link(&self, entity: &str) -> Result<ManagementLink> {
-        let current = self.generation().await?;
-        if let Some(l) = self.inner.management.lock().unwrap_or_else(|p| p.into_inner()).get(entity)
-            && l.generation == current
+    async fn pair(&self, entity: &str) -> Result<PairHandle> {
+        let current = self.connection.epoch().await?;
+        if let Some(l) = self.pairs().get(entity)
+            && l.epoch == current
             && !l.tx.is_closed()
         {
             return Ok(l.clone());
@@ -122,8 +133,7 @@ impl ServiceBusClient {
         let entity_name = entity.to_string();
         let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4().simple());
         // The pair shares one AMQP session of its own.
-        let mut own = self.link_session(entity).await?;
-        let generation = own.generation;
+        let mut own = self.connection.link_session(entity).await?;
         let sender =
             AmqpSender::attach(&mut own.session, format!("mgmt-sender-{}", uuid::Uuid::new_v4()), node.clone())
                 .await
@@ -141,9 +151,9 @@ impl ServiceBusClient {
             run(sender, receiver, rx, reply_to, entity_name).await;
             drop(session); // Ends the pair's session once both links are done.
         });
-        let link = ManagementLink { generation, tx };
-        self.inner.management.lock().unwrap_or_else(|p| p.into_inner()).insert(entity.to_string(), link.clone());
-        Ok(link)
+        let pair = PairHandle { epoch: own.epoch, tx };
+        self.pairs().insert(entity.to_string(), pair.clone());
+        Ok(pair)
     }
 }
 
@@ -186,7 +196,7 @@ async fn run(
                         let err = match e {
                             fe2o3_amqp::link::SendError::Detached(d) => link_state_error(d.into(), &entity),
                             fe2o3_amqp::link::SendError::LinkStateError(l) => link_state_error(l, &entity),
-                            other => Error::connection(&entity, format!("sending a management request failed: {other}")),
+                            other => Error::connection(&entity, "sending a management request failed", other),
                         };
                         let _ = call.reply.send(Err(err.clone()));
                         break Some(err);
@@ -196,7 +206,7 @@ async fn run(
             delivery = receiver.recv::<Body<Value>>() => {
                 let delivery = match delivery {
                     Ok(d) => d,
-                    Err(e) => break Some(Error::connection(&entity, format!("the management link stopped: {e}"))),
+                    Err(e) => break Some(Error::connection(&entity, "the management link stopped", e)),
                 };
                 let _ = receiver.accept(&delivery).await;
                 let message = delivery.into_message();
@@ -213,7 +223,7 @@ async fn run(
             }
         }
     };
-    let err = failure.unwrap_or_else(|| Error::connection(&entity, "the management link closed"));
+    let err = failure.unwrap_or_else(|| Error::new(ErrorKind::Connection, "the management link closed").at(&entity));
     for (_, reply) in pending {
         let _ = reply.send(Err(err.clone()));
     }
@@ -248,13 +258,16 @@ fn parse_response(message: Message<Body<Value>>, entity: &str) -> Result<Respons
     let description = text("statusDescription").or_else(|| text("status-description")).unwrap_or_default();
     Err(match text("errorCondition") {
         Some(condition) => Error::from_condition(&condition, entity, description),
-        None => match status {
-            401 | 403 => Error::Unauthorized { entity: entity.into(), description },
-            404 => Error::EntityNotFound { entity: entity.into(), description },
-            408 => Error::Timeout { entity: entity.into(), description },
-            410 => Error::LockLost { entity: entity.into(), description },
-            503 => Error::ServerBusy { entity: entity.into(), description },
-            _ => Error::protocol(entity, format!("status {status}: {description}")),
-        },
+        None => {
+            let kind = match status {
+                401 | 403 => ErrorKind::Unauthorized,
+                404 => ErrorKind::NotFound,
+                408 => ErrorKind::Timeout,
+                410 => ErrorKind::LockLost,
+                503 => ErrorKind::ServerBusy,
+                _ => ErrorKind::Protocol,
+            };
+            Error::new(kind, format!("status {status}: {description}")).at(entity)
+        }
     })
 }

@@ -151,8 +151,8 @@ pub struct ReceivedMessage {
     pub enqueued_time: Option<SystemTime>,
     /// The entity it was received from.
     pub entity: String,
-    /// The receiver link generation it came on; locks die with their link.
-    pub(crate) generation: u64,
+    /// Where its lock came from, which says whether and how it can be settled.
+    pub(crate) origin: LockOrigin,
     /// The key of its link delivery record (the lock token, or a generated id when the broker's
     /// delivery tags are not lock tokens, as on generic AMQP brokers).
     pub(crate) delivery_key: Option<uuid::Uuid>,
@@ -182,7 +182,7 @@ impl ReceivedMessage {
         tag: Option<&[u8]>,
         lock_token: Option<uuid::Uuid>,
         entity: &str,
-        generation: u64,
+        origin: LockOrigin,
     ) -> Self {
         let props = m.properties.unwrap_or_default();
         let annotations = m.message_annotations.map(|a| a.0).unwrap_or_default();
@@ -232,14 +232,14 @@ impl ReceivedMessage {
             },
             enqueued_time: time_annotation(&annotations, "x-opt-enqueued-time"),
             entity: entity.to_string(),
-            generation,
+            origin,
             delivery_key: token,
         }
     }
 
     /// Reads a message from its AMQP 1.0 encoding (as a peek or a deferred receive returns it).
     pub fn from_encoded(bytes: &[u8], entity: &str) -> Result<Self, serde_amqp::Error> {
-        Self::decode(bytes, None, entity, u64::MAX)
+        Self::decode(bytes, None, entity, LockOrigin::Peeked)
     }
 
     /// Reads an encoded message (from `$management`).
@@ -247,13 +247,39 @@ impl ReceivedMessage {
         bytes: &[u8],
         lock_token: Option<uuid::Uuid>,
         entity: &str,
-        generation: u64,
+        origin: LockOrigin,
     ) -> Result<Self, serde_amqp::Error> {
         // Walked first: the decode below recurses once per nesting level, and these bytes
         // come from a binary field the transport's own check does not look into.
         amqp_wire::check_values(bytes, amqp_wire::MAX_DEPTH).map_err(|e| serde_amqp::Error::Message(e.to_string()))?;
         let m = serde_amqp::from_slice::<Deserializable<AmqpMessage<Body<Value>>>>(bytes)?.0;
-        Ok(Self::from_amqp(m, None, lock_token, entity, generation))
+        Ok(Self::from_amqp(m, None, lock_token, entity, origin))
+    }
+}
+
+/// Where a received message's lock came from, and so whether and how it can be settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockOrigin {
+    /// Delivered on a receive link: the lock dies with that link.
+    Link(LinkId),
+    /// Received by sequence number through `$management`: the lock lasts until it expires.
+    Management,
+    /// Looked at without a lock (peek): nothing to settle.
+    Peeked,
+    /// Removed from the entity as it was delivered (receive-and-delete): already settled.
+    Deleted,
+}
+
+/// One receive link of any receiver of the process, to tell whether a lock's link is
+/// still the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct LinkId(u64);
+
+impl LinkId {
+    /// An id no other link of the process has.
+    pub(crate) fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -311,7 +337,7 @@ mod tests {
         m.session_id = Some("sess".into());
         m.time_to_live = Some(Duration::from_secs(30));
         m.partition_key = Some("pk".into());
-        let back = ReceivedMessage::decode(&m.encode(), None, "q", 0).unwrap();
+        let back = ReceivedMessage::decode(&m.encode(), None, "q", LockOrigin::Management).unwrap();
         assert_eq!(&back.body[..], b"payload");
         assert_eq!(back.body_kind, BodyKind::Data);
         assert_eq!(back.message_id.as_deref(), Some("m-1"));
@@ -329,7 +355,7 @@ mod tests {
             .body(Body::Value(fe2o3_amqp_types::messaging::AmqpValue(Value::String("x".into()))))
             .build();
         let tag = [0x44, 0x33, 0x22, 0x11, 0x66, 0x55, 0x88, 0x77, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x01];
-        let r = ReceivedMessage::from_amqp(m, Some(&tag), None, "q", 0);
+        let r = ReceivedMessage::from_amqp(m, Some(&tag), None, "q", LockOrigin::Link(LinkId::next()));
         assert_eq!(r.lock_token.unwrap().to_string(), "11223344-5566-7788-99aa-bbccddeeff01");
         assert_eq!(&r.body[..], b"x");
     }

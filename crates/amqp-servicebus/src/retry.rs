@@ -36,9 +36,14 @@ impl RetryPolicy {
 
     /// Runs `attempt` until it succeeds, fails for good, or the retries run out, sleeping
     /// [`RetryPolicy::backoff`] between tries. Only transient errors are retried.
-    pub(crate) async fn run<T, F>(&self, what: &str, entity: &str, mut attempt: impl FnMut() -> F) -> crate::Result<T>
+    pub(crate) async fn run<T, F>(
+        &self,
+        what: &str,
+        entity: &str,
+        mut attempt: impl FnMut() -> F,
+    ) -> crate::error::Result<T>
     where
-        F: std::future::Future<Output = crate::Result<T>>,
+        F: std::future::Future<Output = crate::error::Result<T>>,
     {
         let mut retries = 0;
         loop {

@@ -1,6 +1,7 @@
 //! Sending: one message, batches (split to fit the link's maximum message size),
 //! and scheduled messages.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fe2o3_amqp::link::SendError;
@@ -10,8 +11,10 @@ use fe2o3_amqp::{Sendable, Sender as AmqpSender};
 use serde_amqp::Value;
 use tokio::sync::Mutex;
 
-use crate::client::{ServiceBusClient, link_state_error, sender_attach_error};
-use crate::error::{Error, Result};
+use crate::connection::{Connection, Epoch};
+use crate::error::{Error, ErrorKind, Result};
+use crate::link::{link_state_error, sender_attach_error};
+use crate::management::Management;
 use crate::message::Message;
 
 /// The Service Bus batch message format.
@@ -25,7 +28,7 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024;
 
 struct Link {
     sender: AmqpSender,
-    generation: u64,
+    epoch: Epoch,
     max_message_size: usize,
     /// The link's own AMQP session; dropped after the link.
     _session: fe2o3_amqp::session::SessionHandle<()>,
@@ -34,7 +37,8 @@ struct Link {
 /// Sends to one queue or topic. Sends through one sender are serialized; make more
 /// senders for parallel sends.
 pub struct Sender {
-    client: ServiceBusClient,
+    connection: Arc<Connection>,
+    management: Arc<Management>,
     entity: String,
     link: Mutex<Option<Link>>,
     attached: std::sync::atomic::AtomicU64,
@@ -47,8 +51,14 @@ impl std::fmt::Debug for Sender {
 }
 
 impl Sender {
-    pub(crate) fn new(client: ServiceBusClient, entity: &str) -> Self {
-        Self { entity: entity_address(&client, entity), client, link: Mutex::new(None), attached: Default::default() }
+    pub(crate) fn new(connection: Arc<Connection>, management: Arc<Management>, entity: &str) -> Self {
+        Self {
+            entity: connection.address(entity),
+            connection,
+            management,
+            link: Mutex::new(None),
+            attached: Default::default(),
+        }
     }
 
     /// The entity this sender sends to.
@@ -80,7 +90,7 @@ impl Sender {
 
     /// Sends messages as batches: each batch is enqueued atomically, and messages are split
     /// into as many batches as the link's maximum message size requires. A single message
-    /// larger than the maximum fails with [`Error::MessageTooLarge`] before anything is sent.
+    /// larger than the maximum fails with [`ErrorKind::MessageTooLarge`](crate::error::ErrorKind::MessageTooLarge) before anything is sent.
     pub async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
         if messages.is_empty() {
             return Ok(());
@@ -130,8 +140,8 @@ impl Sender {
             .collect(),
         );
         let response = self
-            .client
-            .management(&self.entity, "com.microsoft:schedule-message", vec![("messages", Value::List(vec![item]))])
+            .management
+            .request(&self.entity, "com.microsoft:schedule-message", vec![("messages", Value::List(vec![item]))])
             .await?;
         match response.field("sequence-numbers") {
             Some(Value::Array(a)) => match a.0.first() {
@@ -148,8 +158,8 @@ impl Sender {
     /// Cancels a scheduled message.
     pub async fn cancel_scheduled(&self, sequence_number: i64) -> Result<()> {
         let seqs = Value::Array(fe2o3_amqp::types::primitives::Array(vec![Value::Long(sequence_number)]));
-        self.client
-            .management(&self.entity, "com.microsoft:cancel-scheduled-message", vec![("sequence-numbers", seqs)])
+        self.management
+            .request(&self.entity, "com.microsoft:cancel-scheduled-message", vec![("sequence-numbers", seqs)])
             .await?;
         Ok(())
     }
@@ -173,7 +183,7 @@ impl Sender {
             Ok(other) => Err(Error::protocol(&self.entity, format!("the transactional send ended {other:?}"))),
             Err(e) => {
                 *slot = None;
-                Err(Error::connection(&self.entity, format!("the transactional send failed: {e}")))
+                Err(Error::connection(&self.entity, "the transactional send failed", e))
             }
         }
     }
@@ -199,7 +209,7 @@ impl Sender {
         op: impl for<'a> Fn(&'a mut Link) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>,
     ) -> Result<T> {
         let op = &op;
-        self.client.inner.options.retry.run("send", &self.entity, || self.attempt(op)).await
+        self.connection.options().retry.run("send", &self.entity, || self.attempt(op)).await
     }
 
     /// One try of `op` on the link (attached if needed). A transient failure drops the link,
@@ -210,28 +220,27 @@ impl Sender {
     ) -> Result<T> {
         let mut slot = self.link.lock().await;
         let link = self.ensure_link(&mut slot).await.map_err(|e| e.in_entity(&self.entity))?;
-        let generation = link.generation;
-        let result =
-            tokio::time::timeout(self.client.inner.options.operation_timeout, op(link)).await.unwrap_or_else(|_| {
-                Err(Error::Timeout { entity: self.entity.clone(), description: "the send got no answer".into() })
-            });
+        let epoch = link.epoch;
+        let result = tokio::time::timeout(self.connection.options().operation_timeout, op(link))
+            .await
+            .unwrap_or_else(|_| Err(Error::timeout(&self.entity, "the send got no answer")));
         if let Err(e) = &result
             && e.is_transient()
         {
             *slot = None;
-            self.client.invalidate_if_broken(generation).await;
+            self.connection.forget_if_closed(epoch).await;
         }
         result.map_err(|e| e.in_entity(&self.entity))
     }
 
     async fn ensure_link<'a>(&self, slot: &'a mut Option<Link>) -> Result<&'a mut Link> {
-        let current = self.client.generation().await?;
-        if slot.as_ref().is_some_and(|l| l.generation != current) {
+        let current = self.connection.epoch().await?;
+        if slot.as_ref().is_some_and(|l| l.epoch != current) {
             *slot = None;
         }
         if slot.is_none() {
-            let mut own = self.client.link_session(&self.entity).await?;
-            let generation = own.generation;
+            let mut own = self.connection.link_session(&self.entity).await?;
+            let epoch = own.epoch;
             let name = format!("sender-{}-{}", self.entity, uuid::Uuid::new_v4().simple());
             let sender = AmqpSender::attach(&mut own.session, name, self.entity.clone())
                 .await
@@ -240,49 +249,33 @@ impl Sender {
                 Some(0) | None => DEFAULT_MAX_MESSAGE_SIZE,
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             };
-            *slot = Some(Link { sender, generation, max_message_size, _session: own.session });
+            *slot = Some(Link { sender, epoch, max_message_size, _session: own.session });
             self.attached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(slot.as_mut().expect("set just above"))
     }
 }
 
-/// The address links use: Service Bus entity paths lose surrounding slashes; in generic AMQP
-/// mode the address is used exactly as given (RabbitMQ's `/queue/name`, for instance).
-pub(crate) fn entity_address(client: &ServiceBusClient, entity: &str) -> String {
-    match client.inner.options.dialect {
-        crate::Dialect::ServiceBus => entity.trim_matches('/').to_string(),
-        crate::Dialect::GenericAmqp => entity.to_string(),
-    }
-}
-
 fn too_large(size: usize, max: usize) -> Error {
-    Error::MessageTooLarge {
-        entity: String::new(),
-        description: format!("the message is {size} bytes; the link accepts at most {max}"),
-    }
+    Error::new(ErrorKind::MessageTooLarge, format!("the message is {size} bytes; the link accepts at most {max}"))
 }
 
 fn outcome_result(outcome: std::result::Result<Outcome, SendError>) -> Result<()> {
     // The entity is filled in by the caller's error context; here we only classify.
+    let failed = |kind, what: String| Err(Error::new(kind, what));
     match outcome {
         Ok(Outcome::Accepted(_)) => Ok(()),
         Ok(Outcome::Rejected(r)) => match r.error {
             Some(e) => Err(Error::from_amqp(&e, "")),
-            None => Err(Error::protocol("", "the broker rejected the message without saying why")),
+            None => failed(ErrorKind::Protocol, "the broker rejected the message without saying why".into()),
         },
-        Ok(Outcome::Released(_)) => {
-            Err(Error::ServerBusy { entity: String::new(), description: "the broker released the message".into() })
-        }
-        Ok(Outcome::Modified(m)) => Err(Error::ServerBusy {
-            entity: String::new(),
-            description: format!("the broker modified the delivery: {m:?}"),
-        }),
-        Ok(other) => Err(Error::protocol("", format!("unexpected outcome for a send: {other:?}"))),
+        Ok(Outcome::Released(_)) => failed(ErrorKind::ServerBusy, "the broker released the message".into()),
+        Ok(Outcome::Modified(m)) => failed(ErrorKind::ServerBusy, format!("the broker modified the delivery: {m:?}")),
+        Ok(other) => failed(ErrorKind::Protocol, format!("unexpected outcome for a send: {other:?}")),
         Err(SendError::MessageSizeExceeded(e)) => Err(too_large(e.size as usize, e.max_size as usize)),
         Err(SendError::Detached(d)) => Err(link_state_error(d.into(), "")),
         Err(SendError::LinkStateError(l)) => Err(link_state_error(l, "")),
-        Err(other) => Err(Error::protocol("", format!("sending failed: {other}"))),
+        Err(other) => Err(Error::new(ErrorKind::Protocol, "sending failed").because(other)),
     }
 }
 

@@ -17,7 +17,7 @@ use wasmtime::Store;
 use crate::config::ChannelOptions;
 use crate::convert;
 use crate::engine::LoadedGuest;
-use crate::guest::{Delivery, SettleOp, Settlement, Shared, State, apply};
+use crate::guest::{Delivery, DeliveryState, Settlement, Shared, State, apply};
 
 /// How long a receive for a channel with `max-batch-size` > 1 waits, once it has a message,
 /// for more to fill the batch.
@@ -200,9 +200,9 @@ async fn settle_leftovers(shared: &Shared, deliveries: &[Arc<Delivery>], end: &C
     let what = if ok { "complete" } else { "abandon" };
     let leftovers = deliveries
         .iter()
-        .filter(|d| d.settlement() == Settlement::Unsettled && d.message.lock_token.is_some())
+        .filter(|d| d.state() == DeliveryState::Unsettled && d.message.lock_token.is_some())
         .map(|d| async move {
-            let op = if ok { SettleOp::Complete } else { SettleOp::Abandon };
+            let op = if ok { Settlement::Complete } else { Settlement::Abandon };
             if let Err(e) = apply(shared, d, op).await {
                 tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "could not {what} after the handler: {e}");
             } else if !ok {
@@ -224,7 +224,7 @@ async fn renew_locks(deliveries: Vec<Arc<Delivery>>, max_renewal: Duration, shar
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for (d, length) in deliveries.iter().zip(&lock_length) {
-            if d.settlement() != Settlement::Unsettled || d.received_at.elapsed() > max_renewal {
+            if d.state() != DeliveryState::Unsettled || d.received_at.elapsed() > max_renewal {
                 continue;
             }
             let Some(until) = d.locked_until() else { continue };
@@ -238,10 +238,10 @@ async fn renew_locks(deliveries: Vec<Arc<Delivery>>, max_renewal: Duration, shar
                     shared.metrics.renewed(&d.channel);
                 }
                 Err(e) => {
-                    if matches!(e, amqp_servicebus::Error::LockLost { .. }) && d.mark_lock_lost() {
+                    if e.is_lock_lost() && d.mark_lock_lost() {
                         shared.metrics.lock_lost(&d.channel);
                         tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "lock lost: {e}");
-                    } else if d.settlement() == Settlement::Unsettled {
+                    } else if d.state() == DeliveryState::Unsettled {
                         tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "renewing the lock failed: {e}");
                     }
                 }

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use amqp_servicebus::{Error as SbError, OrderedMap, ReceivedMessage, Receiver, Sender, ServiceBusClient, SimpleValue};
+use amqp_servicebus::{
+    Error as SbError, ErrorKind as SbErrorKind, OrderedMap, ReceivedMessage, Receiver, Sender, ServiceBusClient,
+    SimpleValue,
+};
 use tokio::sync::mpsc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits};
@@ -33,7 +36,7 @@ pub(crate) enum Outcome {
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settlement {
+pub(crate) enum DeliveryState {
     Unsettled,
     /// A settlement is on its way to the broker.
     Settling,
@@ -48,15 +51,15 @@ pub(crate) struct Delivery {
     pub(crate) message: ReceivedMessage,
     pub(crate) receiver: Arc<Receiver>,
     pub(crate) received_at: tokio::time::Instant,
-    pub(crate) state: Mutex<(Settlement, Option<SystemTime>)>,
+    pub(crate) state: Mutex<(DeliveryState, Option<SystemTime>)>,
 }
 
 impl Delivery {
-    pub(crate) fn settlement(&self) -> Settlement {
+    pub(crate) fn state(&self) -> DeliveryState {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
-    pub(crate) fn set(&self, s: Settlement) {
+    pub(crate) fn set(&self, s: DeliveryState) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = s;
     }
 
@@ -64,8 +67,8 @@ impl Delivery {
     /// completion sees the lock gone because the message is); returns whether it was recorded.
     pub(crate) fn mark_lock_lost(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0 == Settlement::Unsettled {
-            state.0 = Settlement::LockLost;
+        if state.0 == DeliveryState::Unsettled {
+            state.0 = DeliveryState::LockLost;
             true
         } else {
             false
@@ -156,7 +159,7 @@ impl Shared {
             message,
             receiver,
             received_at: tokio::time::Instant::now(),
-            state: Mutex::new((Settlement::Unsettled, None)),
+            state: Mutex::new((DeliveryState::Unsettled, None)),
         })
     }
 }
@@ -255,22 +258,22 @@ impl State {
                 ),
             ));
         }
-        match d.settlement() {
-            Settlement::Unsettled => Ok(d),
-            Settlement::Settled(o) => Err((
+        match d.state() {
+            DeliveryState::Unsettled => Ok(d),
+            DeliveryState::Settled(o) => Err((
                 ErrorKind::AlreadySettled,
                 format!("message {} was already settled ({o:?})", d.message.sequence_number),
             )),
-            Settlement::LockLost => {
+            DeliveryState::LockLost => {
                 Err((ErrorKind::LockLost, format!("the lock on message {} was lost", d.message.sequence_number)))
             }
-            Settlement::Settling => {
+            DeliveryState::Settling => {
                 Err((ErrorKind::AlreadySettled, format!("message {} is being settled", d.message.sequence_number)))
             }
         }
     }
 
-    async fn settle(&mut self, m: Message, op: SettleOp) -> wasmtime::Result<Result<(), Resource<GuestError>>> {
+    async fn settle(&mut self, m: Message, op: Settlement) -> wasmtime::Result<Result<(), Resource<GuestError>>> {
         let d = match self.settleable(&m) {
             Ok(d) => d,
             Err((kind, msg)) => return self.fail(kind, msg),
@@ -288,7 +291,7 @@ impl State {
 }
 
 /// A settlement requested by the guest, or by the host's matrix.
-pub(crate) enum SettleOp {
+pub(crate) enum Settlement {
     Complete,
     Abandon,
     DeadLetter { reason: String, description: String },
@@ -298,23 +301,23 @@ pub(crate) enum SettleOp {
 }
 
 /// Applies a settlement to a delivery and records its outcome.
-pub(crate) async fn apply(shared: &Shared, d: &Delivery, op: SettleOp) -> Result<(), SbError> {
+pub(crate) async fn apply(shared: &Shared, d: &Delivery, op: Settlement) -> Result<(), SbError> {
     // From here on a racing lock renewal leaves the delivery alone.
-    d.set(Settlement::Settling);
+    d.set(DeliveryState::Settling);
     let r = &d.receiver;
     let m = &d.message;
     let outcome = match op {
-        SettleOp::Complete => r.complete(m).await.map(|_| Outcome::Completed),
-        SettleOp::Abandon => r.abandon(m, OrderedMap::new()).await.map(|_| Outcome::Abandoned),
-        SettleOp::DeadLetter { reason, description } => {
+        Settlement::Complete => r.complete(m).await.map(|_| Outcome::Completed),
+        Settlement::Abandon => r.abandon(m, OrderedMap::new()).await.map(|_| Outcome::Abandoned),
+        Settlement::DeadLetter { reason, description } => {
             r.dead_letter(m, &reason, &description).await.map(|_| Outcome::DeadLettered)
         }
-        SettleOp::Defer => r.defer(m).await.map(|_| Outcome::Deferred),
-        SettleOp::Redirect(to) => {
+        Settlement::Defer => r.defer(m).await.map(|_| Outcome::Deferred),
+        Settlement::Redirect(to) => {
             let sender = shared.sender("default", &to).expect("the default connection exists");
             forward(r, m, &sender, copy_of(m)).await.map(|_| Outcome::Redirected)
         }
-        SettleOp::AbandonWithDelay(delay) => {
+        Settlement::AbandonWithDelay(delay) => {
             let sender = shared.sender("default", &d.channel).expect("the default connection exists");
             let mut copy = copy_of(m);
             let retries = match m.application_properties.get("delayed-retry-count") {
@@ -330,16 +333,16 @@ pub(crate) async fn apply(shared: &Shared, d: &Delivery, op: SettleOp) -> Result
     };
     match outcome {
         Ok(o) => {
-            d.set(Settlement::Settled(o));
+            d.set(DeliveryState::Settled(o));
             shared.metrics.settled(&d.channel, o);
             Ok(())
         }
         Err(e) => {
-            if matches!(e, SbError::LockLost { .. }) {
-                d.set(Settlement::LockLost);
+            if e.is_lock_lost() {
+                d.set(DeliveryState::LockLost);
                 shared.metrics.lock_lost(&d.channel);
             } else {
-                d.set(Settlement::Unsettled);
+                d.set(DeliveryState::Unsettled);
             }
             Err(e)
         }
@@ -357,7 +360,7 @@ async fn forward(
     copy: amqp_servicebus::Message,
 ) -> Result<(), SbError> {
     match r.complete_and_send(m, sender, copy.clone()).await {
-        Err(SbError::NotSupported { .. }) => {
+        Err(e) if e.kind() == SbErrorKind::NotSupported => {
             sender.send(copy).await?;
             r.complete(m).await
         }
@@ -383,15 +386,17 @@ fn copy_of(m: &ReceivedMessage) -> amqp_servicebus::Message {
 
 /// The guest-visible kind of a client error.
 pub(crate) fn kind_of(e: &SbError) -> ErrorKind {
-    match e {
-        SbError::LockLost { .. } => ErrorKind::LockLost,
-        SbError::EntityNotFound { .. } => ErrorKind::NotFound,
-        SbError::Unauthorized { .. } => ErrorKind::Unauthorized,
-        SbError::MessageTooLarge { .. } => ErrorKind::TooLarge,
-        SbError::Timeout { .. } => ErrorKind::Timeout,
-        SbError::ServerBusy { .. } | SbError::Connection { .. } => ErrorKind::Unavailable,
-        SbError::InvalidConnectionString(_) => ErrorKind::InvalidArgument,
-        SbError::NotSupported { .. } => ErrorKind::NotAllowed,
+    match e.kind() {
+        SbErrorKind::LockLost | SbErrorKind::SessionLockLost => ErrorKind::LockLost,
+        SbErrorKind::NotFound => ErrorKind::NotFound,
+        SbErrorKind::Unauthorized => ErrorKind::Unauthorized,
+        SbErrorKind::MessageTooLarge => ErrorKind::TooLarge,
+        SbErrorKind::Timeout => ErrorKind::Timeout,
+        SbErrorKind::ServerBusy | SbErrorKind::Connection | SbErrorKind::SessionCannotBeLocked => {
+            ErrorKind::Unavailable
+        }
+        SbErrorKind::InvalidConnectionString => ErrorKind::InvalidArgument,
+        SbErrorKind::NotSupported | SbErrorKind::InvalidOperation => ErrorKind::NotAllowed,
         _ => ErrorKind::Other,
     }
 }
@@ -541,11 +546,11 @@ impl consumer::Host for State {
         if self.is_receive_and_delete(&m) {
             return Ok(Ok(())); // Already removed when delivered.
         }
-        self.settle(m, SettleOp::Complete).await
+        self.settle(m, Settlement::Complete).await
     }
 
     async fn abandon_message(&mut self, m: Message) -> wasmtime::Result<Result<(), Resource<GuestError>>> {
-        self.settle(m, SettleOp::Abandon).await
+        self.settle(m, Settlement::Abandon).await
     }
 }
 
@@ -570,7 +575,7 @@ impl settlement::Host for State {
         if !self.shared.may_send_to(&to) {
             return self.fail(ErrorKind::NotAllowed, format!("channel {to:?} is not in this guest's allow-list"));
         }
-        self.settle(m, SettleOp::Redirect(to)).await
+        self.settle(m, Settlement::Redirect(to)).await
     }
 
     async fn dead_letter(
@@ -586,11 +591,11 @@ impl settlement::Host for State {
             return self
                 .fail(ErrorKind::InvalidArgument, "the dead-letter reason and description are limited to 4096 bytes");
         }
-        self.settle(m, SettleOp::DeadLetter { reason, description: description.unwrap_or_default() }).await
+        self.settle(m, Settlement::DeadLetter { reason, description: description.unwrap_or_default() }).await
     }
 
     async fn defer(&mut self, m: Message) -> wasmtime::Result<Result<(), Resource<GuestError>>> {
-        self.settle(m, SettleOp::Defer).await
+        self.settle(m, Settlement::Defer).await
     }
 
     async fn renew_lock(&mut self, m: Message) -> wasmtime::Result<Result<u64, Resource<GuestError>>> {
@@ -605,7 +610,7 @@ impl settlement::Host for State {
                 Ok(Ok(until.duration_since(std::time::UNIX_EPOCH).map(|x| x.as_millis() as u64).unwrap_or(0)))
             }
             Err(e) => {
-                if matches!(e, SbError::LockLost { .. }) && d.mark_lock_lost() {
+                if e.is_lock_lost() && d.mark_lock_lost() {
                     self.shared.metrics.lock_lost(&d.channel);
                 }
                 self.fail_sb(&e)
@@ -618,6 +623,6 @@ impl settlement::Host for State {
         m: Message,
         delay_ms: u32,
     ) -> wasmtime::Result<Result<(), Resource<GuestError>>> {
-        self.settle(m, SettleOp::AbandonWithDelay(Duration::from_millis(u64::from(delay_ms)))).await
+        self.settle(m, Settlement::AbandonWithDelay(Duration::from_millis(u64::from(delay_ms)))).await
     }
 }

@@ -1,6 +1,6 @@
 //! Errors are typed and name their entity.
 
-use amqp_servicebus::{ClientOptions, Error, Message, RetryPolicy, ServiceBusClient};
+use amqp_servicebus::{ClientOptions, ErrorKind, Message, RetryPolicy, ServiceBusClient};
 
 use super::support::{WAIT, client, emulator, queue};
 
@@ -9,9 +9,9 @@ async fn an_unknown_entity_is_entity_not_found() -> anyhow::Result<()> {
     let emu = emulator(vec![queue("q")]).await;
     let c = client(&emu);
     let err = c.sender("nope").send(Message::new("x")).await.unwrap_err();
-    assert!(matches!(&err, Error::EntityNotFound { entity, .. } if entity == "nope"), "{err}");
+    assert!(err.kind() == ErrorKind::NotFound && err.entity() == Some("nope"), "{err}");
     let err = c.receiver("nope").receive(1, WAIT).await.unwrap_err();
-    assert!(matches!(&err, Error::EntityNotFound { entity, .. } if entity == "nope"), "{err}");
+    assert!(err.kind() == ErrorKind::NotFound && err.entity() == Some("nope"), "{err}");
     emu.shutdown().await;
     Ok(())
 }
@@ -22,7 +22,7 @@ async fn a_wrong_key_is_unauthorized_without_retrying_forever() -> anyhow::Resul
     let cs = emu.connection_string().replace("SAS_KEY_VALUE", "wrong-key");
     let c = ServiceBusClient::new(&cs, ClientOptions { retry: RetryPolicy::none(), ..ClientOptions::default() })?;
     let err = c.sender("q").send(Message::new("x")).await.unwrap_err();
-    assert!(matches!(&err, Error::Unauthorized { entity, .. } if entity == "q"), "{err}");
+    assert!(err.kind() == ErrorKind::Unauthorized && err.entity() == Some("q"), "{err}");
     assert!(!err.to_string().contains("wrong-key"), "errors never show the key: {err}");
     emu.shutdown().await;
     Ok(())
@@ -39,7 +39,7 @@ async fn nothing_listening_is_a_connection_error() {
     let c =
         ServiceBusClient::new(&cs, ClientOptions { retry: RetryPolicy::none(), ..ClientOptions::default() }).unwrap();
     let err = c.sender("q").send(Message::new("x")).await.unwrap_err();
-    assert!(matches!(err, Error::Connection { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::Connection, "{err}");
     assert!(err.is_transient());
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
@@ -47,7 +47,7 @@ async fn nothing_listening_is_a_connection_error() {
 #[tokio::test]
 async fn a_bad_connection_string_is_rejected_up_front() {
     let err = ServiceBusClient::new("Endpoint=sb://h/", ClientOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::InvalidConnectionString(_)), "{err}");
+    assert!(err.kind() == ErrorKind::InvalidConnectionString, "{err}");
 }
 
 /// Sends racing to a missing entity each fail promptly as not found, and cost nothing else:
@@ -76,7 +76,7 @@ async fn concurrent_sends_to_an_unknown_entity_fail_promptly_and_held_locks_stay
         for send in sends {
             let result = tokio::time::timeout(std::time::Duration::from_secs(10), send).await;
             let err = result.expect("a send to a missing entity hung")?.unwrap_err();
-            assert!(matches!(&err, Error::EntityNotFound { entity, .. } if entity == "nope"), "{err}");
+            assert!(err.kind() == ErrorKind::NotFound && err.entity() == Some("nope"), "{err}");
         }
     }
     let completions = held.iter().map(|m| receiver.complete(m));

@@ -3,6 +3,7 @@
 
 mod errors;
 mod hostile;
+mod layers;
 mod recovery;
 mod send_receive;
 mod settlement;

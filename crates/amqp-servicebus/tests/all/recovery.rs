@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use amqp_servicebus::{ClientOptions, Error, Message, ServiceBusClient};
+use amqp_servicebus::{ClientOptions, ErrorKind, Message, ServiceBusClient};
 
 use super::support::{WAIT, client, emulator, options, queue_with_lock};
 
@@ -20,7 +20,7 @@ async fn after_a_dropped_connection_links_come_back_and_held_locks_are_lost() ->
 
     // The lock died with the link: reported, not dropped.
     let err = receiver.complete(&held).await.unwrap_err();
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::LockLost, "{err}");
     // Senders and receivers carry on without being rebuilt.
     sender.send(Message::new("after")).await?;
     let mut bodies = Vec::new();

@@ -74,7 +74,7 @@ async fn a_batch_is_split_to_fit_the_size_limit_and_keeps_its_order() -> anyhow:
     assert_eq!(seen, (0..40).map(|i| i as u8).collect::<Vec<_>>());
     // One message bigger than the limit fails before anything is sent.
     let err = sender.send_batch(vec![Message::new("small"), Message::new(vec![0u8; 40_000])]).await.unwrap_err();
-    assert!(matches!(err, amqp_servicebus::Error::MessageTooLarge { .. }), "{err}");
+    assert!(err.kind() == amqp_servicebus::ErrorKind::MessageTooLarge, "{err}");
     assert_eq!(emu.queue_counts("q").unwrap().active, 0);
     emu.shutdown().await;
     Ok(())
@@ -101,7 +101,7 @@ async fn scheduled_messages_appear_at_their_time_and_can_be_cancelled() -> anyho
     r.complete(&got[0]).await?;
     // Cancelling what is no longer scheduled names the problem.
     let err = sender.cancel_scheduled(kept).await.unwrap_err();
-    assert!(matches!(err, amqp_servicebus::Error::EntityNotFound { .. }), "{err}");
+    assert!(err.kind() == amqp_servicebus::ErrorKind::NotFound, "{err}");
     emu.shutdown().await;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use amqp_servicebus::{Error, Message, OrderedMap, SimpleValue};
+use amqp_servicebus::{ErrorKind, Message, OrderedMap, SimpleValue};
 
 use super::support::{WAIT, client, emulator, queue, queue_with_lock};
 
@@ -62,7 +62,7 @@ async fn deferred_messages_are_received_by_sequence_number() -> anyhow::Result<(
     assert!(d[0].lock_token.is_some());
     r.complete(&d[0]).await?;
     let err = r.receive_deferred(&[m.sequence_number]).await.unwrap_err();
-    assert!(matches!(err, Error::EntityNotFound { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::NotFound, "{err}");
     emu.shutdown().await;
     Ok(())
 }
@@ -113,13 +113,13 @@ async fn settling_twice_or_after_expiry_is_lock_lost() -> anyhow::Result<()> {
     let m = r.receive(1, WAIT).await?.remove(0);
     r.complete(&m).await?;
     let err = r.complete(&m).await.unwrap_err();
-    assert!(matches!(err, Error::LockLost { ref entity, .. } if entity == "q"), "{err}");
+    assert!(err.kind() == ErrorKind::LockLost && err.entity() == Some("q"), "{err}");
 
     sender.send(Message::new("two")).await?;
     let m = r.receive(1, WAIT).await?.remove(0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let err = r.abandon(&m, OrderedMap::new()).await.unwrap_err();
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::LockLost, "{err}");
     // The broker redelivers it.
     let again = r.receive(1, WAIT).await?.remove(0);
     assert_eq!(again.sequence_number, m.sequence_number);
@@ -145,7 +145,7 @@ async fn complete_and_send_moves_a_message_atomically() -> anyhow::Result<()> {
     assert_eq!(&got[0].body[..], b"forwarded");
     // Settled: a second attempt is refused and sends nothing.
     let err = r.complete_and_send(&m, &out, Message::new("again")).await.unwrap_err();
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::LockLost, "{err}");
     assert_eq!(emu.queue_counts("out").unwrap().locked, 1, "only the first copy exists");
     emu.shutdown().await;
     Ok(())
@@ -160,10 +160,49 @@ async fn complete_and_send_with_a_lost_lock_sends_nothing() -> anyhow::Result<()
     let m = r.receive(1, WAIT).await?.remove(0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let err = r.complete_and_send(&m, &c.sender("out"), Message::new("copy")).await.unwrap_err();
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::LockLost, "{err}");
     assert_eq!(emu.queue_counts("out").unwrap(), Default::default(), "the transaction sent nothing");
     // The original is still there, for redelivery.
     assert_eq!(r.receive(1, WAIT).await?.len(), 1);
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn settlements_and_transactions_do_not_wait_for_a_pending_receive() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("in"), queue("out")]).await;
+    let c = client(&emu);
+    for body in ["one", "two"] {
+        c.sender("in").send(Message::new(body)).await?;
+    }
+    let r = std::sync::Arc::new(c.receiver("in"));
+    let got = r.receive(2, WAIT).await?;
+    assert_eq!(got.len(), 2);
+    // Two receives wait on the same link, far longer than the test runs.
+    let long = Duration::from_secs(300);
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move { r.receive(1, long).await })
+        })
+        .collect();
+    r.complete(&got[0]).await?;
+    r.complete_and_send(&got[1], &c.sender("out"), Message::new("forwarded")).await?;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "the receives still wait");
+    assert_eq!(emu.queue_counts("in").unwrap(), Default::default());
+    assert_eq!(emu.queue_counts("out").unwrap().active, 1);
+    // Each waiting receive gets one of the next messages, in the order they asked.
+    for body in ["three", "four"] {
+        c.sender("in").send(Message::new(body)).await?;
+    }
+    let mut bodies = Vec::new();
+    for w in waiting {
+        let m = w.await??.remove(0);
+        r.complete(&m).await?;
+        bodies.push(String::from_utf8_lossy(&m.body).into_owned());
+    }
+    assert_eq!(bodies, ["three", "four"]);
+    assert_eq!(r.links_attached(), 1, "all of it on one link");
     emu.shutdown().await;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use amqp_servicebus::{ClientOptions, Dialect, Error, Message, RetryPolicy, ServiceBusClient};
+use amqp_servicebus::{ClientOptions, Dialect, ErrorKind, Message, RetryPolicy, ServiceBusClient};
 use servicebus_emulator::{Config, Emulator, QueueCounts};
 
 use super::support::{WAIT, options, queue};
@@ -39,7 +39,7 @@ async fn tls_with_an_extra_ca_reaches_the_emulators_tls_listener() -> anyhow::Re
     let untrusted =
         ServiceBusClient::new(&cs, ClientOptions { retry: RetryPolicy::none(), ..ClientOptions::default() })?;
     let err = untrusted.sender("q").send(Message::new("x")).await.unwrap_err();
-    assert!(matches!(&err, Error::Connection { description, .. } if description.contains("TLS")), "{err}");
+    assert!(err.kind() == ErrorKind::Connection && err.to_string().contains("TLS"), "{err}");
     emu.shutdown().await;
     Ok(())
 }
@@ -71,10 +71,10 @@ async fn generic_amqp_mode_uses_sasl_plain_and_link_settlement() -> anyhow::Resu
     let m = r.receive(1, WAIT).await?.remove(0);
     r.close().await;
     let err = r.complete(&m).await.unwrap_err();
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::LockLost, "{err}");
     // No $management in this mode.
     let err = r.peek(1, 1).await.unwrap_err();
-    assert!(matches!(err, Error::NotSupported { .. }), "{err}");
+    assert!(err.kind() == ErrorKind::NotSupported, "{err}");
     emu.shutdown().await;
     Ok(())
 }

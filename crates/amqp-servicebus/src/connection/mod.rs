@@ -1,0 +1,224 @@
+//! The connection layer: the one live AMQP connection a client shares, opened lazily,
+//! authorized per entity through CBS, and opened again after a loss. Nothing above this
+//! module sees the connection itself: links ask it for an AMQP session of their own
+//! ([`LinkSession`]) and tell it when their connection looked broken.
+//!
+//! - `transport`: TCP and TLS.
+//! - `guard`: the check of every byte the broker sends before fe2o3 decodes it.
+//! - `cbs`: SAS tokens on `$cbs`, and their renewal.
+//!
+//! Each connection a client opens has the next **epoch**. A link remembers the epoch it was
+//! attached on, so a link whose connection died is attached again on the next one instead
+//! of being used.
+
+mod cbs;
+pub(crate) mod guard;
+mod transport;
+
+use std::sync::Arc;
+
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::{Connection as AmqpConnection, Session};
+use fe2o3_amqp_cbs::client::CbsClient;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::connection_string::{ConnectionString, Credential};
+use crate::error::{Error, Result};
+use crate::options::{ClientOptions, Dialect};
+use cbs::Cbs;
+use guard::Guarded;
+
+/// The number of one of a client's connections: 1 for the first, one more for each reconnection.
+pub(crate) type Epoch = u64;
+
+/// The client's connection to one namespace, open or not.
+pub(crate) struct Connection {
+    settings: ConnectionString,
+    options: ClientOptions,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    epoch: Epoch,
+    live: Option<Live>,
+}
+
+/// An open connection: its control session (for `$cbs`) and the token renewal.
+struct Live {
+    connection: ConnectionHandle<()>,
+    control: SessionHandle<()>,
+    cbs: Option<Arc<Cbs>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Live {
+    fn is_open(&self) -> bool {
+        !self.connection.is_closed() && !self.control.is_ended()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(r) = &self.refresher {
+            r.abort();
+        }
+    }
+}
+
+/// An AMQP session of one link's own, on the connection of `epoch`. Dropping it ends the
+/// session, and with it every link still on it.
+pub(crate) struct LinkSession {
+    pub(crate) session: SessionHandle<()>,
+    pub(crate) epoch: Epoch,
+}
+
+impl Connection {
+    pub(crate) fn new(settings: ConnectionString, options: ClientOptions) -> Self {
+        Self { settings, options, state: Mutex::new(State::default()) }
+    }
+
+    pub(crate) fn settings(&self) -> &ConnectionString {
+        &self.settings
+    }
+
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.options.dialect
+    }
+
+    /// The address links use for `entity`: Service Bus entity paths lose surrounding slashes;
+    /// in generic AMQP mode the address is used exactly as given (RabbitMQ's `/queue/name`).
+    pub(crate) fn address(&self, entity: &str) -> String {
+        match self.options.dialect {
+            Dialect::ServiceBus => entity.trim_matches('/').to_string(),
+            Dialect::GenericAmqp => entity.to_string(),
+        }
+    }
+
+    /// The epoch of the live connection, connecting if needed.
+    pub(crate) async fn epoch(&self) -> Result<Epoch> {
+        Ok(self.live("(connection)").await?.epoch)
+    }
+
+    /// A new AMQP session for one link, on the live connection (connecting if needed), with
+    /// `entity` authorized.
+    pub(crate) async fn link_session(&self, entity: &str) -> Result<LinkSession> {
+        let mut state = self.live(entity).await?;
+        let cbs = state.live.as_ref().and_then(|l| l.cbs.clone());
+        if let Some(cbs) = cbs {
+            cbs.authorize(&self.audience(entity), entity).await?;
+        }
+        let epoch = state.epoch;
+        let live = state.live.as_mut().expect("live() leaves the connection open");
+        let session = tokio::time::timeout(self.options.operation_timeout, begin_session(&mut live.connection))
+            .await
+            .map_err(|_| Error::timeout(entity, "beginning a session timed out"))?
+            .map_err(|e| Error::connection(entity, "beginning a session failed", e))?;
+        Ok(LinkSession { session, epoch })
+    }
+
+    /// Whether the connection of `epoch` is the live one and still open.
+    pub(crate) async fn is_open(&self, epoch: Epoch) -> bool {
+        let state = self.state.lock().await;
+        state.epoch == epoch && state.live.as_ref().is_some_and(Live::is_open)
+    }
+
+    /// After a link failed: if the connection of `epoch` is closed, forget it, so the next
+    /// use opens a new one.
+    pub(crate) async fn forget_if_closed(&self, epoch: Epoch) {
+        let mut state = self.state.lock().await;
+        if state.epoch == epoch && state.live.as_ref().is_some_and(|l| !l.is_open()) {
+            state.live = None;
+            tracing::info!(host = %self.settings.host, epoch, "connection lost; will reconnect");
+        }
+    }
+
+    /// Forgets the connection of `epoch` (a link saw it fail), so the next use opens a new one.
+    pub(crate) async fn forget(&self, epoch: Epoch) {
+        let mut state = self.state.lock().await;
+        if state.epoch == epoch && state.live.take().is_some() {
+            tracing::info!(host = %self.settings.host, epoch, "connection lost; will reconnect");
+        }
+    }
+
+    /// Closes the live connection, if any. The next use opens a new one.
+    pub(crate) async fn close(&self) {
+        let live = self.state.lock().await.live.take();
+        if let Some(mut live) = live {
+            let _ = live.control.end().await;
+            let _ = live.connection.close().await;
+        }
+    }
+
+    /// The audience of an entity, as the SDKs write it.
+    fn audience(&self, entity: &str) -> String {
+        format!("sb://{}/{}", self.settings.fully_qualified_namespace(), entity.trim_matches('/'))
+    }
+
+    /// The state, with the connection open (opened now if it was not).
+    async fn live(&self, entity: &str) -> Result<MutexGuard<'_, State>> {
+        let mut state = self.state.lock().await;
+        if !state.live.as_ref().is_some_and(Live::is_open) {
+            state.live = None;
+            let live = tokio::time::timeout(self.options.operation_timeout, self.open())
+                .await
+                .map_err(|_| Error::timeout(entity, "connecting timed out"))??;
+            state.epoch += 1;
+            state.live = Some(live);
+            tracing::debug!(host = %self.settings.host, epoch = state.epoch, "connected");
+        }
+        Ok(state)
+    }
+
+    async fn open(&self) -> Result<Live> {
+        let host = self.settings.host.as_str();
+        let port = self.settings.effective_port();
+        let at = "(connection)";
+        let tcp = transport::tcp(host, port).await?;
+        let sasl = match (self.options.dialect, &self.settings.credential) {
+            (Dialect::GenericAmqp, Credential::SharedKey { name, key }) => {
+                SaslProfile::Plain { username: name.clone(), password: key.clone() }
+            }
+            _ => SaslProfile::Anonymous,
+        };
+        let builder = AmqpConnection::builder()
+            .container_id(format!("amqp-servicebus-{}", uuid::Uuid::new_v4().simple()))
+            .hostname(host)
+            .sasl_profile(sasl)
+            .max_frame_size(1024 * 1024u32)
+            .idle_time_out(60_000u32);
+        let mut connection = if self.settings.uses_tls() {
+            let tls = transport::tls(tcp, host, self.options.extra_ca_pem.as_deref()).await?;
+            builder.open_with_stream(Guarded::new(tls)).await
+        } else {
+            builder.open_with_stream(Guarded::new(tcp)).await
+        }
+        .map_err(|e| Error::connection(at, format!("opening the AMQP connection to {host}:{port} failed"), e))?;
+        let mut control =
+            begin_session(&mut connection).await.map_err(|e| Error::connection(at, "beginning a session failed", e))?;
+        let (cbs, refresher) = if self.options.dialect == Dialect::ServiceBus {
+            let client = CbsClient::attach(&mut control)
+                .await
+                .map_err(|e| Error::connection("$cbs", "attaching the $cbs links failed", e))?;
+            let cbs = Cbs::new(client, self.settings.credential.clone(), self.options.clone());
+            let refresher = tokio::spawn(cbs.clone().refresh());
+            (Some(cbs), Some(refresher))
+        } else {
+            (None, None)
+        };
+        Ok(Live { connection, control, cbs, refresher })
+    }
+}
+
+/// Begins an AMQP session on `connection`, with the windows every session of the client uses.
+async fn begin_session(
+    connection: &mut ConnectionHandle<()>,
+) -> std::result::Result<SessionHandle<()>, fe2o3_amqp::session::BeginError> {
+    Session::builder().incoming_window(50_000).outgoing_window(50_000).begin(connection).await
+}

@@ -1,0 +1,63 @@
+//! Settings beyond the connection string: the client's, and each receiver's.
+
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+
+/// Which dialect the broker speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Azure Service Bus (or its emulator): SASL ANONYMOUS + CBS tokens, `$management`.
+    #[default]
+    ServiceBus,
+    /// A plain AMQP 1.0 broker: SASL PLAIN with the key name and key (or ANONYMOUS), no CBS,
+    /// addresses used as given, no `$management` operations.
+    GenericAmqp,
+}
+
+/// Client settings beyond the connection string.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// Lifetime of the SAS tokens the client makes; they are renewed at four fifths of it.
+    pub token_lifetime: Duration,
+    /// An extra trusted root CA (PEM), besides the web PKI roots.
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// How long one operation (attach, send, management request) may take.
+    pub operation_timeout: Duration,
+    /// The broker's dialect.
+    pub dialect: Dialect,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            token_lifetime: Duration::from_secs(3600),
+            extra_ca_pem: None,
+            operation_timeout: Duration::from_secs(60),
+            dialect: Dialect::ServiceBus,
+        }
+    }
+}
+
+/// How messages are taken from the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReceiveMode {
+    /// Locked until settled (or the lock expires).
+    #[default]
+    PeekLock,
+    /// Removed when delivered; no settlement.
+    ReceiveAndDelete,
+}
+
+/// Receiver settings.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverOptions {
+    /// Peek-lock or receive-and-delete.
+    pub mode: ReceiveMode,
+    /// Messages the link keeps requested ahead of `receive` calls (their locks run while
+    /// they wait). 0: credit is granted per `receive` call only.
+    pub prefetch: u32,
+}
