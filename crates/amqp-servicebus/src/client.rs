@@ -7,8 +7,8 @@ use crate::connection::Connection;
 use crate::connection_string::ConnectionString;
 use crate::error::Result;
 use crate::management::Management;
-use crate::options::{ClientOptions, Dialect, ReceiveMode, ReceiverOptions};
-use crate::receiver::Receiver;
+use crate::options::{ClientOptions, Dialect, ReceiveMode, ReceiverOptions, SessionReceiverOptions};
+use crate::receiver::{Receiver, WantedSession};
 use crate::sender::Sender;
 
 /// A Service Bus (or AMQP 1.0) client. Cheap to clone; clones share the connection.
@@ -70,6 +70,27 @@ impl ServiceBusClient {
     /// A receive-and-delete receiver.
     pub fn receive_and_delete_receiver(&self, entity: &str) -> Receiver {
         self.receiver_with(entity, ReceiverOptions { mode: ReceiveMode::ReceiveAndDelete, ..Default::default() })
+    }
+
+    /// A session receiver for the message session `session_id` of an entity that requires
+    /// sessions. Fails with [`ErrorKind::SessionCannotBeLocked`](crate::error::ErrorKind::SessionCannotBeLocked)
+    /// if another receiver holds it. [`Receiver::session`] gives its id, lock and state.
+    pub async fn accept_session(
+        &self,
+        entity: &str,
+        session_id: &str,
+        options: SessionReceiverOptions,
+    ) -> Result<Receiver> {
+        let wanted = WantedSession::Id(session_id.to_string());
+        Receiver::accept_session(self.connection.clone(), self.management.clone(), entity, wanted, options).await
+    }
+
+    /// A session receiver for whichever message session comes free first (the one whose
+    /// oldest message is oldest), waiting up to `options.wait` for one; then it fails with
+    /// [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout).
+    pub async fn accept_next_session(&self, entity: &str, options: SessionReceiverOptions) -> Result<Receiver> {
+        let wanted = WantedSession::NextAvailable;
+        Receiver::accept_session(self.connection.clone(), self.management.clone(), entity, wanted, options).await
     }
 
     /// Connects now (otherwise the first operation does). Useful to fail fast on bad settings.

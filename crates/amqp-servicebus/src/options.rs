@@ -61,3 +61,21 @@ pub struct ReceiverOptions {
     /// they wait). 0: credit is granted per `receive` call only.
     pub prefetch: u32,
 }
+
+/// Session receiver settings.
+#[derive(Debug, Clone)]
+pub struct SessionReceiverOptions {
+    /// Mode and prefetch, as for any receiver.
+    pub receiver: ReceiverOptions,
+    /// How long to wait for a session to come free, when accepting the next available one.
+    pub wait: Duration,
+    /// Renew the session lock automatically, before it lapses, for up to this long after the
+    /// session is accepted (as the SDK processors do). Zero: renew only when asked.
+    pub max_lock_renewal: Duration,
+}
+
+impl Default for SessionReceiverOptions {
+    fn default() -> Self {
+        Self { receiver: ReceiverOptions::default(), wait: Duration::from_secs(60), max_lock_renewal: Duration::ZERO }
+    }
+}

@@ -10,6 +10,7 @@
 //! reports those messages' locks lost, and attaches a new link for the next receive.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fe2o3_amqp::Receiver as AmqpReceiver;
@@ -77,6 +78,8 @@ pub(super) struct LinkHandle {
     pub(super) id: LinkId,
     pub(super) epoch: Epoch,
     commands: mpsc::Sender<Command>,
+    /// Why the link ended, if it failed.
+    failure: Arc<OnceLock<Error>>,
 }
 
 impl LinkHandle {
@@ -84,7 +87,9 @@ impl LinkHandle {
     pub(super) fn spawn(link: AmqpReceiver, session: SessionHandle<()>, epoch: Epoch, context: LinkContext) -> Self {
         let id = LinkId::next();
         let (commands, rx) = mpsc::channel(64);
+        let failure = Arc::new(OnceLock::new());
         let task = Task {
+            failure: failure.clone(),
             link,
             session,
             id,
@@ -94,7 +99,7 @@ impl LinkHandle {
             deliveries: HashMap::new(),
         };
         tokio::spawn(task.run(rx));
-        Self { id, epoch, commands }
+        Self { id, epoch, commands, failure }
     }
 
     /// Whether the link still runs (it ends when it fails or is closed).
@@ -102,8 +107,13 @@ impl LinkHandle {
         !self.commands.is_closed()
     }
 
+    /// Why the link ended, if it ended with a failure.
+    pub(super) fn failure(&self) -> Option<Error> {
+        self.failure.get().cloned()
+    }
+
     fn stopped(&self, entity: &str) -> Error {
-        Error::new(ErrorKind::Connection, "the receive link stopped").at(entity)
+        self.failure().unwrap_or_else(|| Error::new(ErrorKind::Connection, "the receive link stopped").at(entity))
     }
 
     /// Up to `max` messages: waits until `deadline` for the first, then up to `linger` for more.
@@ -172,6 +182,7 @@ impl TransactionRetirement for InTransaction {
 
 struct Task {
     link: AmqpReceiver,
+    failure: Arc<OnceLock<Error>>,
     /// The link's own AMQP session; ended when the task ends.
     session: SessionHandle<()>,
     id: LinkId,
@@ -408,6 +419,9 @@ impl Task {
     /// its session. Messages that arrived and were not taken keep their locks until those
     /// expire, and the broker redelivers them.
     async fn end(mut self, failure: Option<Error>) {
+        if let Some(failure) = &failure {
+            let _ = self.failure.set(failure.clone());
+        }
         let failure = failure.unwrap_or_else(|| {
             Error::new(ErrorKind::Connection, "the receive link was closed").at(&self.context.entity)
         });

@@ -14,6 +14,7 @@
 //! nothing is lost silently. Where a message's lock came from is its `LockOrigin`.
 
 mod link;
+mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -33,9 +34,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::link::receiver_attach_error;
 use crate::management::{Management, Response};
 use crate::message::{LinkId, LockOrigin, Message, ReceivedMessage, system_time};
-use crate::options::{Dialect, ReceiveMode, ReceiverOptions};
+use crate::options::{Dialect, ReceiveMode, ReceiverOptions, SessionReceiverOptions};
 use crate::sender::Sender;
 use link::{LinkContext, LinkHandle, LinkOutcome};
+use session::SessionLock;
+pub(crate) use session::Wanted as WantedSession;
 
 pub use link::UNDECODABLE_REASON;
 
@@ -54,6 +57,8 @@ pub struct Receiver {
     /// The transaction controller of `complete_and_send`, on the session of the link it was
     /// attached for; held for a whole transaction.
     controller: Mutex<Option<(LinkId, Controller)>>,
+    /// A session receiver's message session: its one link holds the session's lock.
+    session: Option<Arc<SessionLock>>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -86,7 +91,45 @@ impl Receiver {
             attaching: Mutex::new(()),
             attached: AtomicU64::new(0),
             controller: Mutex::new(None),
+            session: None,
         }
+    }
+
+    /// A session receiver: attaches now, and holds the session it was granted until it is
+    /// closed or dropped, or its lock is lost.
+    pub(crate) async fn accept_session(
+        connection: Arc<Connection>,
+        management: Arc<Management>,
+        entity: &str,
+        wanted: WantedSession,
+        options: SessionReceiverOptions,
+    ) -> Result<Self> {
+        let mut receiver = Self::new(connection, management, entity, options.receiver);
+        let retry = &receiver.connection.options().retry;
+        // A lost connection is retried; no session coming free in time is the answer itself.
+        let (link, lock) = retry
+            .run("accepting a session", &receiver.entity, || async {
+                match receiver.attach_session(&wanted, options.wait).await {
+                    Err(e) if e.kind() == ErrorKind::Timeout => Ok(Err(e)),
+                    other => other.map(Ok),
+                }
+            })
+            .await??;
+        lock.renew_automatically(receiver.management.clone(), receiver.entity.clone(), options.max_lock_renewal);
+        receiver.session = Some(lock);
+        *receiver.link.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(link));
+        receiver.attached.fetch_add(1, Ordering::Relaxed);
+        Ok(receiver)
+    }
+
+    /// The message session this receiver holds, if it is a session receiver.
+    pub fn session(&self) -> Option<MessageSession<'_>> {
+        self.session.as_deref().map(|lock| MessageSession { receiver: self, lock })
+    }
+
+    /// The `session-id` a `$management` request about this receiver's messages names, if any.
+    fn session_field(&self) -> Option<(&'static str, Value)> {
+        self.session.as_ref().map(|s| ("session-id", Value::String(s.id.clone())))
     }
 
     /// The entity this receiver receives from.
@@ -176,13 +219,18 @@ impl Receiver {
     }
 
     fn link_lost(&self, message: &ReceivedMessage) -> Error {
-        Error::lock_lost(
-            &self.entity,
-            format!(
-                "message {} came on a receive link that was lost; the broker will redeliver it",
-                message.sequence_number
+        let seq = message.sequence_number;
+        match &self.session {
+            Some(session) => Error::new(
+                ErrorKind::SessionLockLost,
+                format!("message {seq} came on the link that held session {:?}, and it was lost", session.id),
+            )
+            .at(&self.entity),
+            None => Error::lock_lost(
+                &self.entity,
+                format!("message {seq} came on a receive link that was lost; the broker will redeliver it"),
             ),
-        )
+        }
     }
 
     /// The lock token of a message this receiver can settle.
@@ -222,6 +270,7 @@ impl Receiver {
             ),
         };
         body.push(("disposition-status", Value::String(status.into())));
+        body.extend(self.session_field());
         body.push(("lock-tokens", Value::Array(Array(vec![Value::Uuid(token.into_bytes().into())]))));
         self.management.request(&self.entity, "com.microsoft:update-disposition", body).await?;
         // Confirmed: the link may forget it.
@@ -306,8 +355,16 @@ impl Receiver {
         }
     }
 
-    /// Extends a message's lock; returns the new expiry.
+    /// Extends a message's lock; returns the new expiry. A session's messages are locked by
+    /// the session's lock: renew that ([`MessageSession::renew_lock`]).
     pub async fn renew_lock(&self, message: &ReceivedMessage) -> Result<SystemTime> {
+        if let Some(session) = &self.session {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("the messages of session {:?} are locked by the session lock: renew that", session.id),
+            )
+            .at(&self.entity));
+        }
         let token = self.lock_token(message).await?;
         let tokens = Value::Array(Array(vec![Value::Uuid(token.into_bytes().into())]));
         let response =
@@ -335,7 +392,10 @@ impl Receiver {
             .request(
                 &self.entity,
                 "com.microsoft:receive-by-sequence-number",
-                vec![("sequence-numbers", seqs), ("receiver-settle-mode", Value::Uint(mode))],
+                [("sequence-numbers", seqs), ("receiver-settle-mode", Value::Uint(mode))]
+                    .into_iter()
+                    .chain(self.session_field())
+                    .collect(),
             )
             .await?;
         self.messages_of(&response, origin)
@@ -348,10 +408,13 @@ impl Receiver {
             .request(
                 &self.entity,
                 "com.microsoft:peek-message",
-                vec![
+                [
                     ("from-sequence-number", Value::Long(from_sequence_number)),
                     ("message-count", Value::Int(max as i32)),
-                ],
+                ]
+                .into_iter()
+                .chain(self.session_field())
+                .collect(),
             )
             .await?;
         if response.status == 204 {
@@ -397,7 +460,24 @@ impl Receiver {
     }
 
     /// The current link, or a new one if there is none, it ended, or its connection was replaced.
+    /// A session receiver has one link: when it ends, the session's lock is lost with it.
     async fn current_or_attach(&self) -> Result<Arc<LinkHandle>> {
+        if let Some(session) = &self.session {
+            let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return match link {
+                Some(link) if link.is_alive() && self.connection.is_open(link.epoch).await => Ok(link),
+                link => Err(link.and_then(|l| l.failure()).filter(Error::is_lock_lost).unwrap_or_else(|| {
+                    Error::new(
+                        ErrorKind::SessionLockLost,
+                        format!(
+                            "the link that held session {:?} was lost or closed; accept the session again",
+                            session.id
+                        ),
+                    )
+                    .at(&self.entity)
+                })),
+            };
+        }
         let epoch = self.connection.epoch().await?;
         if let Some(link) = self.current().filter(|l| l.epoch == epoch) {
             return Ok(link);
@@ -414,6 +494,39 @@ impl Receiver {
 
     async fn attach(&self) -> Result<LinkHandle> {
         let mut own = self.connection.link_session(&self.entity).await?;
+        let receiver = self.attach_link(&mut own.session, self.entity.clone(), None).await;
+        let receiver = match receiver {
+            Ok(r) => r,
+            Err(e) => return Err(self.explain_refusal(receiver_attach_error(e, &self.entity)).await),
+        };
+        Ok(LinkHandle::spawn(receiver, own.session, own.epoch, self.link_context()))
+    }
+
+    /// Attaches a session receiver; the broker grants a session (or refuses, or times out).
+    async fn attach_session(&self, wanted: &WantedSession, wait: Duration) -> Result<(LinkHandle, Arc<SessionLock>)> {
+        let mut own = self.connection.link_session(&self.entity).await?;
+        let source = session::source(&self.entity, wanted);
+        let attach = self.attach_link(&mut own.session, source, session::properties(wanted, wait));
+        // The broker answers when a session comes free, or refuses when `wait` has passed.
+        let patience = wait + self.connection.options().operation_timeout;
+        let receiver = match tokio::time::timeout(patience, attach).await {
+            Err(_) => return Err(Error::timeout(&self.entity, "no session was granted in time")),
+            Ok(Err(e)) => return Err(self.explain_refusal(receiver_attach_error(e, &self.entity)).await),
+            Ok(Ok(r)) => r,
+        };
+        let (id, until) = session::granted(&receiver, &self.entity)?;
+        tracing::debug!(entity = %self.entity, session = %id, ?until, "session accepted");
+        let link = LinkHandle::spawn(receiver, own.session, own.epoch, self.link_context());
+        Ok((link, SessionLock::new(id, until)))
+    }
+
+    /// Attaches a receive link with this receiver's modes on `session`.
+    async fn attach_link(
+        &self,
+        session: &mut fe2o3_amqp::session::SessionHandle<()>,
+        source: impl Into<fe2o3_amqp::types::messaging::Source>,
+        properties: Option<fe2o3_amqp::types::definitions::Fields>,
+    ) -> std::result::Result<AmqpReceiver, fe2o3_amqp::link::ReceiverAttachError> {
         let (snd, rcv) = match self.options.mode {
             ReceiveMode::PeekLock => (SenderSettleMode::Unsettled, ReceiverSettleMode::First),
             ReceiveMode::ReceiveAndDelete => (SenderSettleMode::Settled, ReceiverSettleMode::First),
@@ -422,28 +535,28 @@ impl Receiver {
             0 => CreditMode::Manual,
             n => CreditMode::Auto(n),
         };
-        let receiver = AmqpReceiver::builder()
+        let mut builder = AmqpReceiver::builder()
             .name(format!("receiver-{}-{}", self.entity, uuid::Uuid::new_v4().simple()))
-            .source(self.entity.clone())
+            .source(source)
             .target(format!("receiver-{}", uuid::Uuid::new_v4().simple()))
             .sender_settle_mode(snd)
             .receiver_settle_mode(rcv)
             .credit_mode(credit)
-            .auto_accept(false)
-            .attach(&mut own.session)
-            .await;
-        let receiver = match receiver {
-            Ok(r) => r,
-            Err(e) => return Err(self.explain_refusal(receiver_attach_error(e, &self.entity)).await),
-        };
-        let context = LinkContext {
+            .auto_accept(false);
+        if let Some(properties) = properties {
+            builder = builder.properties(properties);
+        }
+        builder.attach(session).await
+    }
+
+    fn link_context(&self) -> LinkContext {
+        LinkContext {
             entity: self.entity.clone(),
             mode: self.options.mode,
             prefetch: self.options.prefetch,
             dialect: self.connection.dialect(),
             operation_timeout: self.connection.options().operation_timeout,
-        };
-        Ok(LinkHandle::spawn(receiver, own.session, own.epoch, context))
+        }
     }
 
     /// fe2o3 reports a refused receiver attach (null source, then a detach with the reason)
@@ -457,6 +570,57 @@ impl Receiver {
             Err(reason) if matches!(reason.kind(), ErrorKind::NotFound | ErrorKind::Unauthorized) => reason,
             _ => e,
         }
+    }
+}
+
+/// The message session a session receiver holds: its id, its lock and its state.
+#[derive(Clone, Copy)]
+pub struct MessageSession<'a> {
+    receiver: &'a Receiver,
+    lock: &'a SessionLock,
+}
+
+impl std::fmt::Debug for MessageSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageSession").field("id", &self.lock.id).field("locked_until", &self.locked_until()).finish()
+    }
+}
+
+impl MessageSession<'_> {
+    /// The session id (the messages' `session_id`).
+    pub fn id(&self) -> &str {
+        &self.lock.id
+    }
+
+    /// When the session lock lapses unless renewed.
+    pub fn locked_until(&self) -> SystemTime {
+        self.lock.locked_until()
+    }
+
+    /// Renews the session lock (and with it the locks of the session's messages); returns
+    /// the new expiry.
+    pub async fn renew_lock(&self) -> Result<SystemTime> {
+        self.lock.renew(&self.receiver.management, &self.receiver.entity).await
+    }
+
+    /// The session's state, if it has one.
+    pub async fn state(&self) -> Result<Option<bytes::Bytes>> {
+        let entity = &self.receiver.entity;
+        let body = vec![("session-id", Value::String(self.lock.id.clone()))];
+        let response = self.receiver.management.request(entity, "com.microsoft:get-session-state", body).await?;
+        match response.field("session-state") {
+            Some(Value::Binary(b)) => Ok(Some(bytes::Bytes::copy_from_slice(b))),
+            None | Some(Value::Null) => Ok(None),
+            Some(other) => Err(Error::protocol(entity, format!("get-session-state answered a state of {other:?}"))),
+        }
+    }
+
+    /// Sets the session's state; `None` clears it. It is kept until it is set again or cleared.
+    pub async fn set_state(&self, state: Option<&[u8]>) -> Result<()> {
+        let entity = &self.receiver.entity;
+        let state = state.map_or(Value::Null, |s| Value::Binary(s.to_vec().into()));
+        let body = vec![("session-id", Value::String(self.lock.id.clone())), ("session-state", state)];
+        self.receiver.management.request(entity, "com.microsoft:set-session-state", body).await.map(drop)
     }
 }
 

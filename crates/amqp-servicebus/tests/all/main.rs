@@ -6,6 +6,7 @@ mod hostile;
 mod layers;
 mod recovery;
 mod send_receive;
+mod sessions;
 mod settlement;
 mod support;
 mod transport;

@@ -13,6 +13,14 @@ pub(crate) fn queue_with_lock(name: &str, lock: Duration) -> QueueConfig {
     QueueConfig { name: name.into(), properties: QueueProperties { lock_duration: lock, ..QueueProperties::default() } }
 }
 
+/// A queue that requires sessions, with a lock of `lock`.
+pub(crate) fn session_queue(name: &str, lock: Duration) -> QueueConfig {
+    QueueConfig {
+        name: name.into(),
+        properties: QueueProperties { lock_duration: lock, requires_session: true, ..QueueProperties::default() },
+    }
+}
+
 pub(crate) async fn emulator(queues: Vec<QueueConfig>) -> Emulator {
     Emulator::builder()
         .config(Config { queues, ..Config::default() })
