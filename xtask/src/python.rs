@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::paths;
 
-/// What the interop tests need, pinned.
-pub const REQUIREMENTS: &[&str] = &["azure-servicebus==7.15.0", "pytest==8.4.2"];
+/// What the interop tests need, pinned (`websocket-client` carries the SDK's AMQP over WebSockets).
+pub const REQUIREMENTS: &[&str] = &["azure-servicebus==7.15.0", "pytest==8.4.2", "websocket-client==1.8.0"];
 
 /// The venv's python, creating the venv and installing [`REQUIREMENTS`] if needed.
 pub fn ensure_venv() -> Result<PathBuf> {

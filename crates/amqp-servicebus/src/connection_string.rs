@@ -184,6 +184,11 @@ impl ConnectionString {
         self.port.unwrap_or(if self.use_development_emulator { 5672 } else { 5671 })
     }
 
+    /// The port for AMQP over WebSockets: the endpoint's, else 443 (80 for the development emulator).
+    pub fn websocket_port(&self) -> u16 {
+        self.port.unwrap_or(if self.use_development_emulator { 80 } else { 443 })
+    }
+
     /// Whether the connection uses TLS (everything but the development emulator).
     pub fn uses_tls(&self) -> bool {
         !self.use_development_emulator

@@ -68,7 +68,9 @@ pub use connection_string::{ConnectionString, Credential};
 pub use error::{BrokerError, Error, ErrorKind, Result};
 pub use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue};
 pub use message::{BodyKind, Message, ReceivedMessage};
-pub use options::{ClientOptions, Dialect, ReceiveMode, ReceiverOptions, SessionReceiverOptions};
+pub use options::{
+    ClientOptions, Dialect, HttpProxy, ReceiveMode, ReceiverOptions, SessionReceiverOptions, TransportType,
+};
 pub use receiver::{MessageSession, Receiver, UNDECODABLE_REASON};
 pub use retry::RetryPolicy;
 pub use sender::Sender;

@@ -15,6 +15,36 @@ pub enum Dialect {
     GenericAmqp,
 }
 
+/// How the client reaches the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportType {
+    /// AMQP over TCP: TLS on 5671 (plain on 5672 for the development emulator).
+    #[default]
+    Amqp,
+    /// AMQP over WebSockets at `/$servicebus/websocket` (subprotocol `AMQPWSB10`): TLS on 443
+    /// (plain on 80 for the development emulator), for networks that let only HTTPS out; an
+    /// [`HttpProxy`] may carry it. A port in the connection string's endpoint wins.
+    AmqpWebSockets,
+}
+
+/// An HTTP proxy that AMQP over WebSockets goes through (an HTTP `CONNECT` tunnel).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpProxy {
+    /// The proxy's host.
+    pub host: String,
+    /// The proxy's port.
+    pub port: u16,
+    /// Basic authentication: user name and password.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for HttpProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.credentials.as_ref().map(|(user, _)| user);
+        f.debug_struct("HttpProxy").field("host", &self.host).field("port", &self.port).field("user", &user).finish()
+    }
+}
+
 /// Client settings beyond the connection string.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -28,6 +58,10 @@ pub struct ClientOptions {
     pub operation_timeout: Duration,
     /// The broker's dialect.
     pub dialect: Dialect,
+    /// AMQP over TCP, or over WebSockets.
+    pub transport: TransportType,
+    /// The HTTP proxy for [`TransportType::AmqpWebSockets`] (none: connect directly).
+    pub http_proxy: Option<HttpProxy>,
 }
 
 impl Default for ClientOptions {
@@ -38,6 +72,8 @@ impl Default for ClientOptions {
             extra_ca_pem: None,
             operation_timeout: Duration::from_secs(60),
             dialect: Dialect::ServiceBus,
+            transport: TransportType::Amqp,
+            http_proxy: None,
         }
     }
 }

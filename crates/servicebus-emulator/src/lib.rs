@@ -110,6 +110,9 @@ pub struct EmulatorBuilder {
     keys: Option<Keys>,
     addr: SocketAddr,
     tls: Option<TlsSettings>,
+    /// AMQP over WebSockets: plain, and with TLS (the certificate of `tls`).
+    ws_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
     max_message_size: usize,
     limits: Limits,
 }
@@ -119,6 +122,8 @@ pub struct EmulatorBuilder {
 pub struct Emulator {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     connections: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Control>>>>,
     stop: watch::Sender<bool>,
@@ -139,6 +144,8 @@ impl Emulator {
             keys: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 5672)),
             tls: None,
+            ws_addr: None,
+            wss_addr: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             limits: Limits::default(),
         }
@@ -152,6 +159,16 @@ impl Emulator {
     /// The TLS listener's address, if TLS is on.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The AMQP-over-WebSockets listener's address (`ws://<addr>/$servicebus/websocket`), if on.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// The AMQP-over-WebSockets-with-TLS listener's address (`wss://`), if on.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     /// A connection string for the plain listener with the first configured key, as the SDKs take it.
@@ -245,6 +262,20 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Also serve AMQP over WebSockets (at `/$servicebus/websocket`, subprotocol `AMQPWSB10`
+    /// or `amqp`) on `addr`, without TLS.
+    pub fn websocket(mut self, addr: SocketAddr) -> Self {
+        self.ws_addr = Some(addr);
+        self
+    }
+
+    /// Also serve AMQP over WebSockets with TLS on `addr`, as Azure does on 443. Needs the
+    /// certificate of [`EmulatorBuilder::tls`].
+    pub fn websocket_tls(mut self, addr: SocketAddr) -> Self {
+        self.wss_addr = Some(addr);
+        self
+    }
+
     /// The largest message accepted, in bytes.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
@@ -263,16 +294,26 @@ impl EmulatorBuilder {
             tracing::warn!("config: {w}");
         }
         let tls_acceptor = self.tls.as_ref().map(load_tls).transpose()?;
-        let listener = bind(self.addr).await?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: self.addr, source })?;
-        let tls_listener = match &self.tls {
-            Some(t) => Some(bind(t.addr).await?),
-            None => None,
+        if self.wss_addr.is_some() && tls_acceptor.is_none() {
+            return Err(StartError::Tls(
+                "a TLS WebSocket listener needs a certificate and key (--tls-cert and --tls-key)".into(),
+            ));
+        }
+        let mut listeners = vec![Listener::bind(self.addr, None, false).await?];
+        if let (Some(t), Some(acceptor)) = (&self.tls, &tls_acceptor) {
+            listeners.push(Listener::bind(t.addr, Some(acceptor.clone()), false).await?);
+        }
+        if let Some(addr) = self.ws_addr {
+            listeners.push(Listener::bind(addr, None, true).await?);
+        }
+        if let Some(addr) = self.wss_addr {
+            listeners.push(Listener::bind(addr, tls_acceptor.clone(), true).await?);
+        }
+        let addr_of = |tls: bool, websocket: bool| {
+            listeners.iter().find(|l| l.tls.is_some() == tls && l.websocket == websocket).map(|l| l.addr)
         };
-        let tls_addr = match &tls_listener {
-            Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind { addr: local_addr, source })?),
-            None => None,
-        };
+        let local_addr = addr_of(false, false).expect("the plain listener is always bound");
+        let (tls_addr, ws_addr, wss_addr) = (addr_of(true, false), addr_of(false, true), addr_of(true, true));
         let shared = Arc::new(Shared {
             namespace: Arc::new(namespace::Namespace::new(&self.config)),
             keys: self.keys.or_else(|| self.config.keys.clone()).unwrap_or_default(),
@@ -281,24 +322,43 @@ impl EmulatorBuilder {
         });
         let connections = Arc::new(Mutex::new(HashMap::new()));
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks =
-            vec![tokio::spawn(accept_loop(listener, None, shared.clone(), connections.clone(), stop_rx.clone()))];
-        if let (Some(l), Some(acceptor)) = (tls_listener, tls_acceptor) {
-            tasks.push(tokio::spawn(accept_loop(l, Some(acceptor), shared.clone(), connections.clone(), stop_rx)));
-        }
-        tracing::info!(%local_addr, tls = ?tls_addr, namespace = shared.namespace.name(), "servicebus emulator listening");
-        Ok(Emulator { local_addr, tls_addr, shared, connections, stop, tasks })
+        let tasks = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(accept_loop(l, shared.clone(), connections.clone(), stop_rx.clone())))
+            .collect();
+        tracing::info!(
+            %local_addr, tls = ?tls_addr, ws = ?ws_addr, wss = ?wss_addr,
+            namespace = shared.namespace.name(),
+            "servicebus emulator listening"
+        );
+        Ok(Emulator { local_addr, tls_addr, ws_addr, wss_addr, shared, connections, stop, tasks })
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| {
-        if source.kind() == std::io::ErrorKind::AddrInUse {
-            StartError::AddressInUse { addr }
-        } else {
-            StartError::Bind { addr, source }
-        }
-    })
+/// A bound listener and how its connections are opened.
+struct Listener {
+    tcp: TcpListener,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    websocket: bool,
+}
+
+impl Listener {
+    async fn bind(
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        websocket: bool,
+    ) -> Result<Self, StartError> {
+        let tcp = TcpListener::bind(addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::AddressInUse { addr }
+            } else {
+                StartError::Bind { addr, source }
+            }
+        })?;
+        let addr = tcp.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self { tcp, addr, tls, websocket })
+    }
 }
 
 fn load_tls(t: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, StartError> {
@@ -324,8 +384,7 @@ fn load_tls(t: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, StartError> {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    listener: Listener,
     shared: Arc<Shared>,
     connections: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Control>>>>,
     mut stop: watch::Receiver<bool>,
@@ -333,7 +392,7 @@ async fn accept_loop(
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = listener.tcp.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -357,24 +416,43 @@ async fn accept_loop(
         }
         let shared = shared.clone();
         let connections = connections.clone();
-        let tls = tls.clone();
+        let (tls, websocket) = (listener.tls.clone(), listener.websocket);
         tokio::spawn(async move {
             // Leaves the registry however the connection ends, a panic included: shutdown
             // waits for the registry to empty.
             let _registered = Registered { id, connections };
             let peer = peer.to_string();
+            // The TLS and WebSocket handshakes have the handshake timeout too (then AMQP's starts afresh).
+            let timeout = shared.limits.handshake_timeout;
             match tls {
-                None => connection::serve(stream, shared, rx, peer).await,
-                Some(acceptor) => {
-                    // The TLS handshake has the handshake timeout too (then AMQP's starts afresh).
-                    match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => connection::serve(s, shared, rx, peer).await,
-                        Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                    }
-                }
+                None => serve_over(stream, websocket, shared, rx, peer).await,
+                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => serve_over(s, websocket, shared, rx, peer).await,
+                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                },
             }
         });
+    }
+}
+
+/// Serves a connection on `stream`, after the WebSocket upgrade if `websocket`.
+async fn serve_over<S>(
+    stream: S,
+    websocket: bool,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Control>,
+    peer: String,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if !websocket {
+        return connection::serve(stream, shared, rx, peer).await;
+    }
+    match tokio::time::timeout(shared.limits.handshake_timeout, amqp_ws::accept(stream)).await {
+        Ok(Ok(ws)) => connection::serve(ws, shared, rx, peer).await,
+        Ok(Err(e)) => tracing::info!(%peer, "WebSocket upgrade failed: {e}"),
+        Err(_) => tracing::info!(%peer, "WebSocket upgrade timed out"),
     }
 }
 

@@ -36,6 +36,14 @@ struct Args {
     /// The TLS port; 0 picks a free one.
     #[arg(long, default_value_t = 5671)]
     tls_port: u16,
+    /// Also serve AMQP over WebSockets (ws://HOST:PORT/$servicebus/websocket) on this port;
+    /// 0 picks a free one.
+    #[arg(long)]
+    ws_port: Option<u16>,
+    /// Also serve AMQP over WebSockets with TLS (wss://, as Azure on 443) on this port, with the
+    /// certificate of --tls-cert; 0 picks a free one.
+    #[arg(long, requires = "tls_cert")]
+    wss_port: Option<u16>,
     /// A shared access key, NAME=VALUE (every right) or NAME=VALUE:RIGHTS (Manage, Send, Listen,
     /// comma-separated); repeat for more. Default: the config's SharedAccessPolicies, else
     /// RootManageSharedAccessKey=SAS_KEY_VALUE.
@@ -101,10 +109,22 @@ async fn run(args: Args) -> Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         builder = builder.tls(cert, key, SocketAddr::new(args.host, args.tls_port));
     }
+    if let Some(port) = args.ws_port {
+        builder = builder.websocket(SocketAddr::new(args.host, port));
+    }
+    if let Some(port) = args.wss_port {
+        builder = builder.websocket_tls(SocketAddr::new(args.host, port));
+    }
     let emulator = builder.start().await.context("starting the emulator")?;
     println!("servicebus-emulator listening on amqp://{}", emulator.local_addr());
     if let Some(tls) = emulator.tls_addr() {
         println!("servicebus-emulator listening on amqps://{tls}");
+    }
+    if let Some(ws) = emulator.ws_addr() {
+        println!("servicebus-emulator listening on ws://{ws}{}", amqp_ws::PATH);
+    }
+    if let Some(wss) = emulator.wss_addr() {
+        println!("servicebus-emulator listening on wss://{wss}{}", amqp_ws::PATH);
     }
     println!("connection string: {}", emulator.connection_string());
     tokio::select! {

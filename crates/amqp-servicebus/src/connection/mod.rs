@@ -3,7 +3,7 @@
 //! module sees the connection itself: links ask it for an AMQP session of their own
 //! ([`LinkSession`]) and tell it when their connection looked broken.
 //!
-//! - `transport`: TCP and TLS.
+//! - `transport`: TCP (direct, or through an HTTP proxy), TLS, WebSockets.
 //! - `guard`: the check of every byte the broker sends before fe2o3 decodes it.
 //! - `cbs`: SAS tokens on `$cbs`, and their renewal.
 //!
@@ -178,28 +178,23 @@ impl Connection {
 
     async fn open(&self) -> Result<Live> {
         let host = self.settings.host.as_str();
-        let port = self.settings.effective_port();
         let at = "(connection)";
-        let tcp = transport::tcp(host, port).await?;
+        let stream = transport::open(&self.settings, &self.options).await?;
         let sasl = match (self.options.dialect, &self.settings.credential) {
             (Dialect::GenericAmqp, Credential::SharedKey { name, key }) => {
                 SaslProfile::Plain { username: name.clone(), password: key.clone() }
             }
             _ => SaslProfile::Anonymous,
         };
-        let builder = AmqpConnection::builder()
+        let mut connection = AmqpConnection::builder()
             .container_id(format!("amqp-servicebus-{}", uuid::Uuid::new_v4().simple()))
             .hostname(host)
             .sasl_profile(sasl)
             .max_frame_size(1024 * 1024u32)
-            .idle_time_out(60_000u32);
-        let mut connection = if self.settings.uses_tls() {
-            let tls = transport::tls(tcp, host, self.options.extra_ca_pem.as_deref()).await?;
-            builder.open_with_stream(Guarded::new(tls)).await
-        } else {
-            builder.open_with_stream(Guarded::new(tcp)).await
-        }
-        .map_err(|e| Error::connection(at, format!("opening the AMQP connection to {host}:{port} failed"), e))?;
+            .idle_time_out(60_000u32)
+            .open_with_stream(Guarded::new(stream))
+            .await
+            .map_err(|e| Error::connection(at, format!("opening the AMQP connection to {host} failed"), e))?;
         let mut control =
             begin_session(&mut connection).await.map_err(|e| Error::connection(at, "beginning a session failed", e))?;
         let (cbs, refresher) = if self.options.dialect == Dialect::ServiceBus {

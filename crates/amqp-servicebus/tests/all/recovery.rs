@@ -63,11 +63,46 @@ async fn sends_retry_through_repeated_drops() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_long_lived_link_keeps_working_across_token_refreshes() -> anyhow::Result<()> {
     let emu = emulator(vec![queue_with_lock("q", Duration::from_secs(60))]).await;
-    // Tokens live 3 s; the emulator detaches links whose token lapsed.
-    let c = ServiceBusClient::new(
-        &emu.connection_string(),
-        ClientOptions { token_lifetime: Duration::from_secs(3), ..options() },
-    )?;
+    keeps_working_across_token_refreshes(&emu.connection_string(), options()).await?;
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_are_refreshed_over_tls_websockets_too() -> anyhow::Result<()> {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("cert.pem"), certified.cert.pem())?;
+    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem())?;
+    let any = "127.0.0.1:0".parse()?;
+    let emu = servicebus_emulator::Emulator::builder()
+        .config(servicebus_emulator::Config {
+            queues: vec![queue_with_lock("q", Duration::from_secs(60))],
+            ..Default::default()
+        })
+        .bind(any)
+        .tls(dir.path().join("cert.pem"), dir.path().join("key.pem"), any)
+        .websocket_tls(any)
+        .start()
+        .await?;
+    let port = emu.wss_addr().unwrap().port();
+    let cs = format!(
+        "Endpoint=sb://localhost:{port}/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE"
+    );
+    let options = ClientOptions {
+        transport: amqp_servicebus::TransportType::AmqpWebSockets,
+        extra_ca_pem: Some(certified.cert.pem().into_bytes()),
+        ..options()
+    };
+    keeps_working_across_token_refreshes(&cs, options).await?;
+    emu.shutdown().await;
+    Ok(())
+}
+
+/// Tokens live 3 s, and the emulator detaches links whose token lapsed: links that keep
+/// working for 8 s, without being attached again, had their tokens renewed.
+async fn keeps_working_across_token_refreshes(cs: &str, options: ClientOptions) -> anyhow::Result<()> {
+    let c = ServiceBusClient::new(cs, ClientOptions { token_lifetime: Duration::from_secs(3), ..options })?;
     let sender = c.sender("q");
     let receiver = c.receiver("q");
     sender.send(Message::new("held")).await?;
@@ -82,6 +117,5 @@ async fn a_long_lived_link_keeps_working_across_token_refreshes() -> anyhow::Res
     receiver.complete(&held).await?;
     assert_eq!(receiver.links_attached(), 1);
     assert_eq!(sender.links_attached(), 1);
-    emu.shutdown().await;
     Ok(())
 }

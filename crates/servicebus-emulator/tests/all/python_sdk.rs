@@ -9,7 +9,8 @@ use super::support::{queue, queue_with, session_queue};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
     let python = tokio::task::spawn_blocking(xtask::python::ensure_venv).await??;
-    let queues = ["basic", "settle", "abandon", "deadletter", "defer", "schedule", "peek", "rad", "auth", "rights"];
+    let queues =
+        ["basic", "settle", "abandon", "deadletter", "defer", "schedule", "peek", "rad", "auth", "rights", "websocket"];
     let mut config: Vec<_> = queues.iter().map(|q| queue(q)).collect();
     config.push(queue_with("renew", Duration::from_secs(4), 10));
     config.push(queue_with("lockexpiry", Duration::from_secs(2), 10));
@@ -30,6 +31,7 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
         .config(Config { queues: config, ..Config::default() })
         .keys(keys)
         .bind("127.0.0.1:0".parse()?)
+        .websocket("127.0.0.1:0".parse()?)
         .start()
         .await?;
 
@@ -39,6 +41,7 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
         .arg(tests)
         .env("EMULATOR_CONNECTION_STRING", emulator.connection_string())
         .env("EMULATOR_ENDPOINT", format!("sb://{}", emulator.local_addr()))
+        .env("EMULATOR_WS_ENDPOINT", format!("sb://{}", emulator.ws_addr().expect("the WebSocket listener is on")))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .await?;

@@ -3,7 +3,8 @@
 Run by `tests/all/python_sdk.rs`, which starts the emulator in-process on an
 ephemeral port with the queues these cases use, and passes:
 - EMULATOR_CONNECTION_STRING: the emulator's connection string (default key);
-- EMULATOR_ENDPOINT: `sb://127.0.0.1:<port>`.
+- EMULATOR_ENDPOINT: `sb://127.0.0.1:<port>`;
+- EMULATOR_WS_ENDPOINT: `sb://127.0.0.1:<port>` of the AMQP-over-WebSockets listener.
 
 Each case uses its own queue, so the cases do not see each other's messages. Queues whose
 name starts with `session` require sessions.
@@ -25,6 +26,7 @@ from azure.servicebus import (
     ServiceBusMessage,
     ServiceBusReceiveMode,
     ServiceBusSubQueue,
+    TransportType,
 )
 from azure.servicebus.exceptions import (
     MessageLockLostError,
@@ -40,6 +42,7 @@ from azure.servicebus.exceptions import (
 
 CS = os.environ["EMULATOR_CONNECTION_STRING"]
 ENDPOINT = os.environ["EMULATOR_ENDPOINT"]
+WS_ENDPOINT = os.environ["EMULATOR_WS_ENDPOINT"]
 DEFAULT_LOCK_SECONDS = 60
 
 
@@ -468,3 +471,23 @@ def test_sessions_refuse_what_the_service_refuses(client):
             with c.get_queue_receiver("sessions", max_wait_time=2) as r:
                 r.receive_messages(max_message_count=1, max_wait_time=1)
         assert "requires sessions" in str(not_sessionful.value)
+
+
+def test_websockets_carry_sends_receives_settlements_and_management():
+    # As on Azure's 443, with the emulator's plain WebSocket listener as the custom endpoint.
+    with ServiceBusClient.from_connection_string(
+        CS, transport_type=TransportType.AmqpOverWebsocket, custom_endpoint_address=WS_ENDPOINT
+    ) as c:
+        send(c, "websocket", "over websockets", "and again")
+        with c.get_queue_receiver("websocket", max_wait_time=5) as r:
+            got = []
+            while len(got) < 2:
+                batch = r.receive_messages(max_message_count=2, max_wait_time=5)
+                assert batch, "the messages came"
+                got.extend(batch)
+            assert sorted(str(m) for m in got) == ["and again", "over websockets"]
+            renewed = r.renew_message_lock(got[0])
+            assert renewed > utcnow()
+            for m in got:
+                r.complete_message(m)
+            assert r.peek_messages(max_message_count=5) == []
