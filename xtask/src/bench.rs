@@ -55,6 +55,12 @@ pub struct Options {
     /// Messages per handler call of the host (`--batch B`, its `max-batch-size`). With B > 1 the
     /// host runs C ÷ B calls of B messages, so as many messages are in flight as for the others.
     pub batch: usize,
+    /// The consumers to measure (`--consumers host,native,python`; all by default).
+    pub consumers: Vec<Consumer>,
+    /// Another build of the native consumer (`--baseline-drain PATH`, an `examples/drain` built
+    /// from another commit), measured in the same runs as (b): before and after a change, on
+    /// one machine at one time.
+    pub baseline_drain: Option<PathBuf>,
 }
 
 /// A part of the benchmarks, for `--only`.
@@ -68,13 +74,20 @@ pub enum Part {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { repeats: 3, cells: CELLS.to_vec(), only: None, batch: 1 }
+        Self {
+            repeats: 3,
+            cells: CELLS.to_vec(),
+            only: None,
+            batch: 1,
+            consumers: vec![Consumer::Host, Consumer::Native, Consumer::Python],
+            baseline_drain: None,
+        }
     }
 }
 
 impl Options {
     /// Parses `cargo xtask bench`'s arguments: `[--repeats N] [--cells QxC,QxC] [--only consumers|brokers]
-    /// [--batch B]`.
+    /// [--batch B] [--consumers host,native,python] [--baseline-drain PATH]`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self::default();
         let mut args = args.iter();
@@ -113,8 +126,27 @@ impl Options {
                         format!("'--batch' takes a number of messages per call of at least 1, but got '{value}'")
                     })?;
                 }
+                "--consumers" => {
+                    options.consumers = value
+                        .split(',')
+                        .map(|c| match c {
+                            "host" => Ok(Consumer::Host),
+                            "native" => Ok(Consumer::Native),
+                            "python" => Ok(Consumer::Python),
+                            other => bail!("'--consumers' takes host, native and python, but got '{other}'"),
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "--baseline-drain" => {
+                    let path = PathBuf::from(value);
+                    if !path.is_file() {
+                        bail!("'--baseline-drain' takes a built drain example, but {} is not a file", path.display());
+                    }
+                    options.baseline_drain = Some(path);
+                }
                 other => bail!(
-                    "'bench' takes --repeats <n>, --cells <QxC,…>, --only <part> and --batch <b>, but got '{other}'"
+                    "'bench' takes --repeats <n>, --cells <QxC,…>, --only <part>, --batch <b>, --consumers <list> \
+                     and --baseline-drain <path>, but got '{other}'"
                 ),
             }
         }
@@ -122,20 +154,25 @@ impl Options {
     }
 }
 
+/// A consumer of the benchmark's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Consumer {
+pub enum Consumer {
+    /// (a) `messaging-host` with the test guest.
     Host,
+    /// (b) `examples/drain`, this commit's build.
     Native,
+    /// (b0) `examples/drain`, the `--baseline-drain` build.
+    NativeBaseline,
+    /// (c) the official Python SDK.
     Python,
 }
 
 impl Consumer {
-    const ALL: [Consumer; 3] = [Consumer::Host, Consumer::Native, Consumer::Python];
-
     fn label(self) -> &'static str {
         match self {
             Consumer::Host => "(a) host + guest",
             Consumer::Native => "(b) native Rust",
+            Consumer::NativeBaseline => "(b0) native Rust, baseline build",
             Consumer::Python => "(c) Python SDK",
         }
     }
@@ -157,6 +194,8 @@ struct Bench {
     emulator: PathBuf,
     host: PathBuf,
     drain: PathBuf,
+    /// See [`Options::baseline_drain`].
+    baseline_drain: Option<PathBuf>,
     guest: PathBuf,
     python: PathBuf,
     dir: PathBuf,
@@ -215,6 +254,7 @@ pub fn run(options: Options) -> Result<()> {
         emulator: release.join("servicebus-emulator"),
         host: release.join("messaging-host"),
         drain: release.join("examples/drain"),
+        baseline_drain: options.baseline_drain.clone(),
         guest: components.path("test-guest")?,
         python: python::ensure_venv()?,
         config: config(&dir, &queue_names(10))?,
@@ -223,7 +263,12 @@ pub fn run(options: Options) -> Result<()> {
     };
     let repeats = options.repeats.max(1);
     if options.only != Some(Part::Brokers) {
-        bench.consumers(repeats, &options.cells)?;
+        let mut consumers = options.consumers.clone();
+        if options.baseline_drain.is_some() {
+            let after_native = consumers.iter().position(|c| *c == Consumer::Native).map_or(consumers.len(), |i| i + 1);
+            consumers.insert(after_native, Consumer::NativeBaseline);
+        }
+        bench.consumers(repeats, &options.cells, &consumers)?;
     }
     if options.only != Some(Part::Consumers) {
         bench.broker_comparison(repeats, &options.cells)?;
@@ -232,8 +277,8 @@ pub fn run(options: Options) -> Result<()> {
 }
 
 impl Bench {
-    /// Start-up, idle memory, and the three consumers in every cell.
-    fn consumers(&self, repeats: usize, cells: &[(usize, usize)]) -> Result<()> {
+    /// Start-up, idle memory, and `consumers` in every cell.
+    fn consumers(&self, repeats: usize, cells: &[(usize, usize)], consumers: &[Consumer]) -> Result<()> {
         let (emulator_ready, host_ready, idle_rss) = self.start_up()?;
         println!("| Measure | Result |");
         println!("|---|---|");
@@ -248,18 +293,22 @@ impl Bench {
         println!("|---|---|---|---|---|---|---|---|");
         let mut ratios = Vec::new();
         for &(queues, concurrency) in cells {
-            let mut rates = Vec::new();
-            for consumer in Consumer::ALL {
-                let mut runs = Vec::new();
-                let mut p50 = Vec::new();
-                let mut p99 = Vec::new();
-                for _ in 0..repeats {
-                    runs.push(self.throughput(consumer, queues, concurrency)?);
+            // Repeats go round the consumers, so each one meets the machine's drift alike.
+            let mut runs = vec![Vec::new(); consumers.len()];
+            let mut p50 = vec![Vec::new(); consumers.len()];
+            let mut p99 = vec![Vec::new(); consumers.len()];
+            for _ in 0..repeats {
+                for (i, &consumer) in consumers.iter().enumerate() {
+                    runs[i].push(self.throughput(consumer, queues, concurrency)?);
                     let mut samples = self.latency(consumer, queues, concurrency)?;
                     samples.sort_unstable();
-                    p50.push(percentile(&samples, 50));
-                    p99.push(percentile(&samples, 99));
+                    p50[i].push(percentile(&samples, 50));
+                    p99[i].push(percentile(&samples, 99));
                 }
+            }
+            let mut rates = Vec::new();
+            for (i, &consumer) in consumers.iter().enumerate() {
+                let runs = &runs[i];
                 let (rate, lo, hi) = summary(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
                 let consumer_cpu = summary(&runs.iter().map(|r| r.consumer_cpu_us).collect::<Vec<_>>()).0;
                 let broker_cpu = summary(&runs.iter().map(|r| r.broker_cpu_us).collect::<Vec<_>>()).0;
@@ -270,21 +319,31 @@ impl Bench {
                 println!(
                     "| {queues} × {concurrency} | {} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {consumer_cpu:.0} | {broker_cpu:.0} | {:.2} ms | {:.2} ms | {} |",
                     self.label(consumer),
-                    summary(&p50).0 / 1e3,
-                    summary(&p99).0 / 1e3,
+                    summary(&p50[i]).0 / 1e3,
+                    summary(&p99[i]).0 / 1e3,
                     rss.map_or("–".to_string(), |r| format!("{r:.1} MB")),
                 );
-                rates.push(rate);
+                rates.push((consumer, rate));
             }
-            ratios.push((queues, concurrency, rates[0] / rates[1], rates[0] / rates[2]));
+            let rate_of = |c: Consumer| rates.iter().find(|(x, _)| *x == c).map(|(_, r)| *r);
+            ratios.push((
+                queues,
+                concurrency,
+                rate_of(Consumer::Host),
+                rate_of(Consumer::Native),
+                rate_of(Consumer::Python),
+            ));
         }
         println!();
-        println!("| queues × concurrency | (a) ÷ (b) | (a) ÷ (c) |");
-        println!("|---|---|---|");
-        for (queues, concurrency, native, python) in ratios {
-            println!("| {queues} × {concurrency} | {native:.2} | {python:.1}× |");
+        if ratios.iter().all(|(_, _, h, n, p)| h.is_some() && n.is_some() && p.is_some()) {
+            println!("| queues × concurrency | (a) ÷ (b) | (a) ÷ (c) |");
+            println!("|---|---|---|");
+            for (queues, concurrency, host, native, python) in ratios {
+                let (host, native, python) = (host.unwrap_or_default(), native.unwrap_or(1.0), python.unwrap_or(1.0));
+                println!("| {queues} × {concurrency} | {:.2} | {:.1}× |", host / native, host / python);
+            }
+            println!();
         }
-        println!();
         Ok(())
     }
 
@@ -392,6 +451,9 @@ impl Bench {
     ) -> Result<(Child, std::io::Lines<BufReader<std::process::ChildStdout>>)> {
         let mut cmd = match consumer {
             Consumer::Native => Command::new(&self.drain),
+            Consumer::NativeBaseline => {
+                Command::new(self.baseline_drain.as_ref().context("--baseline-drain names the baseline build")?)
+            }
             Consumer::Python => {
                 let mut c = Command::new(&self.python);
                 c.arg(self.dir.join("bench_consumer.py"));
@@ -451,7 +513,7 @@ impl Bench {
                     peak_rss_mib: Some(peak),
                 })
             }
-            Consumer::Native | Consumer::Python => {
+            Consumer::Native | Consumer::NativeBaseline | Consumer::Python => {
                 let cs = emu.connection_string();
                 let (mut child, lines) =
                     self.start_consumer(consumer, &cs, &queues, THROUGHPUT_MESSAGES, concurrency, false)?;
@@ -499,7 +561,7 @@ impl Bench {
                 host.wait()?;
                 host.log_text().lines().map(String::from).collect()
             }
-            Consumer::Native | Consumer::Python => {
+            Consumer::Native | Consumer::NativeBaseline | Consumer::Python => {
                 let (mut child, lines) =
                     self.start_consumer(consumer, &cs, &queues, LATENCY_MESSAGES, concurrency, true)?;
                 self.paced_send(&client, &queues, LATENCY_MESSAGES)?;

@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::management::Management;
 use crate::options::{ClientOptions, Dialect, ReceiveMode, ReceiverOptions, SessionReceiverOptions};
 use crate::receiver::{Receiver, WantedSession};
+use crate::rules::RuleManager;
 use crate::sender::Sender;
 
 /// A Service Bus (or AMQP 1.0) client. Cheap to clone; clones share the connection.
@@ -91,6 +92,11 @@ impl ServiceBusClient {
     pub async fn accept_next_session(&self, entity: &str, options: SessionReceiverOptions) -> Result<Receiver> {
         let wanted = WantedSession::NextAvailable;
         Receiver::accept_session(self.connection.clone(), self.management.clone(), entity, wanted, options).await
+    }
+
+    /// The rules of `topic`'s subscription `subscription`.
+    pub fn rule_manager(&self, topic: &str, subscription: &str) -> RuleManager {
+        RuleManager::new(self.management.clone(), topic, subscription)
     }
 
     /// Connects now (otherwise the first operation does). Useful to fail fast on bad settings.

@@ -22,8 +22,12 @@ pub enum ErrorKind {
     InvalidConnectionString,
     /// The broker refused the credentials or token for the entity.
     Unauthorized,
-    /// The entity (or the message asked for) does not exist.
+    /// The entity (or the message or rule asked for) does not exist.
     NotFound,
+    /// What was to be created (a rule) already exists.
+    AlreadyExists,
+    /// The broker refused an argument: a rule's SQL, a name, a value out of range.
+    InvalidArgument,
     /// The message's lock expired, was already used, or died with its link.
     LockLost,
     /// The session's lock expired or was lost: every message of the session with it.
@@ -53,6 +57,8 @@ impl ErrorKind {
             Self::InvalidConnectionString => "invalid connection string",
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not found",
+            Self::AlreadyExists => "already exists",
+            Self::InvalidArgument => "invalid argument",
             Self::LockLost => "lock lost",
             Self::SessionLockLost => "session lock lost",
             Self::SessionCannotBeLocked => "session cannot be locked",
@@ -74,6 +80,10 @@ impl ErrorKind {
                 Self::Unauthorized
             }
             "amqp:not-found" | "com.microsoft:message-not-found" | "com.microsoft:entity-disabled" => Self::NotFound,
+            "com.microsoft:entity-already-exists" => Self::AlreadyExists,
+            "com.microsoft:argument-error" | "com.microsoft:argument-out-of-range" | "amqp:invalid-field" => {
+                Self::InvalidArgument
+            }
             "com.microsoft:message-lock-lost" | "com.microsoft:store-lock-lost" => Self::LockLost,
             "com.microsoft:session-lock-lost" => Self::SessionLockLost,
             "com.microsoft:session-cannot-be-locked" => Self::SessionCannotBeLocked,

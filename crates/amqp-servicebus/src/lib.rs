@@ -10,10 +10,13 @@
 //!   failed link costs that link alone); links are made lazily and reused, and come back
 //!   after a connection loss without the caller rebuilding anything.
 //! - [`Sender`]: send, batches split to the broker's size limit, schedule, cancel.
+//! - [`RuleManager`]: a subscription's rules (SQL and correlation filters, SQL actions).
+//! - AMQP over WebSockets, directly or through an HTTP proxy ([`TransportType`], [`HttpProxy`]).
 //! - [`Receiver`]: peek-lock or receive-and-delete, prefetch, `receive(max, timeout)`,
 //!   a stream; complete, abandon, dead-letter, defer with confirmed answers (through
 //!   `$management`, so a lost lock is always reported); `complete_and_send` (forward and
-//!   complete in one transaction); deferred receive, renew-lock, peek. Receive from one
+//!   complete in one transaction); deferred receive, renew-lock, peek; message sessions
+//!   ([`ServiceBusClient::accept_session`], [`MessageSession`]). Receive from one
 //!   task and hand messages to workers, as `examples/drain.rs` does.
 //! - Errors with a stable [`ErrorKind`] and their source chain ([`Error`]), and retries with exponential backoff and jitter ([`RetryPolicy`]).
 //!
@@ -22,11 +25,14 @@
 //! - `connection` (private): the live connection, its transport (TCP, TLS, the guard),
 //!   CBS tokens, reconnection, and an AMQP session per link. Nothing else touches it.
 //! - `management`: `$management` request/response pairs, a task per entity.
-//! - `sender`; `receiver` (a handle, and a task that owns each receive link).
-//! - `client`: [`ServiceBusClient`], the façade that makes the others.
-//! - Beside them: [`connection_string`], [`sas`], `options`, `message`, [`error`], [`retry`].
+//! - [`sender`]; [`receiver`] (a handle, and a task that owns each receive link).
+//! - [`rules`]: a subscription's rules, through `$management`.
+//! - [`client`]: [`ServiceBusClient`], the façade that makes the others.
+//! - Beside them: [`connection_string`], [`sas`], [`options`], [`message`], [`error`], [`retry`].
 //!
-//! # Example
+//! The types are re-exported here; each also lives in its public module.
+//!
+//! # Sending and receiving
 //! ```no_run
 //! use std::time::Duration;
 //! use amqp_servicebus::{ClientOptions, Message, ServiceBusClient};
@@ -44,10 +50,86 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # Settling, forwarding atomically, and errors to match on
+//! ```no_run
+//! use std::time::Duration;
+//! use amqp_servicebus::{ErrorKind, Message, ServiceBusClient};
+//!
+//! # async fn demo(client: ServiceBusClient) -> amqp_servicebus::Result<()> {
+//! let receiver = client.receiver("orders");
+//! let shipping = client.sender("shipping");
+//! for m in receiver.receive(10, Duration::from_secs(5)).await? {
+//!     // Send on and complete in one broker transaction: both happen, or neither.
+//!     match receiver.complete_and_send(&m, &shipping, Message::new(m.body.clone())).await {
+//!         Ok(()) => {}
+//!         // The lock lapsed: the broker redelivers the message; nothing was sent.
+//!         Err(e) if e.kind() == ErrorKind::LockLost => eprintln!("{e}"),
+//!         Err(e) => return Err(e),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Message sessions
+//! ```no_run
+//! use std::time::Duration;
+//! use amqp_servicebus::{Message, ServiceBusClient, SessionReceiverOptions};
+//!
+//! # async fn demo(client: ServiceBusClient) -> amqp_servicebus::Result<()> {
+//! let mut m = Message::new("step 1");
+//! m.session_id = Some("order-17".into());
+//! client.sender("workflows").send(m).await?;
+//!
+//! // The next session that comes free, its lock renewed for up to 5 minutes.
+//! let options = SessionReceiverOptions { max_lock_renewal: Duration::from_secs(300), ..Default::default() };
+//! let receiver = client.accept_next_session("workflows", options).await?;
+//! let session = receiver.session().expect("a session receiver");
+//! let state = session.state().await?;
+//! for m in receiver.receive(10, Duration::from_secs(5)).await? {
+//!     receiver.complete(&m).await?;
+//! }
+//! session.set_state(Some(b"after step 1")).await?;
+//! println!("{} was at {state:?}, locked until {:?}", session.id(), session.locked_until());
+//! # Ok(()) }
+//! ```
+//!
+//! # Subscription rules
+//! ```no_run
+//! use amqp_servicebus::{CorrelationFilter, RuleFilter, ServiceBusClient};
+//!
+//! # async fn demo(client: ServiceBusClient) -> amqp_servicebus::Result<()> {
+//! let rules = client.rule_manager("orders", "big-red");
+//! rules.delete_rule("$Default").await?;
+//! rules.create_rule("red", RuleFilter::Sql("color = 'red' AND quantity > 10".into()), None).await?;
+//! let vip = CorrelationFilter { subject: Some("vip".into()), ..Default::default() };
+//! rules.create_rule("vip", RuleFilter::Correlation(vip), Some("SET priority = 1")).await?;
+//! for rule in rules.rules().await? {
+//!     println!("{}: {:?}", rule.name, rule.filter);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # AMQP over WebSockets, through a proxy
+//! ```no_run
+//! use amqp_servicebus::{ClientOptions, HttpProxy, ServiceBusClient, TransportType};
+//!
+//! # fn demo() -> amqp_servicebus::Result<()> {
+//! let options = ClientOptions {
+//!     transport: TransportType::AmqpWebSockets,
+//!     http_proxy: Some(HttpProxy { host: "proxy.internal".into(), port: 3128, credentials: None }),
+//!     ..ClientOptions::default()
+//! };
+//! let client = ServiceBusClient::new(
+//!     "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=app;SharedAccessKey=c2VjcmV0",
+//!     options,
+//! )?;
+//! # Ok(()) }
+//! ```
 
 #![deny(missing_docs)]
 
-mod client;
+pub mod client;
 mod connection;
 pub mod connection_string;
 pub mod error;
@@ -56,12 +138,13 @@ pub mod error;
 pub mod fuzzing;
 mod link;
 mod management;
-mod message;
-mod options;
-mod receiver;
+pub mod message;
+pub mod options;
+pub mod receiver;
 pub mod retry;
+pub mod rules;
 pub mod sas;
-mod sender;
+pub mod sender;
 
 pub use client::ServiceBusClient;
 pub use connection_string::{ConnectionString, Credential};
@@ -73,4 +156,5 @@ pub use options::{
 };
 pub use receiver::{MessageSession, Receiver, UNDECODABLE_REASON};
 pub use retry::RetryPolicy;
+pub use rules::{CorrelationFilter, RuleFilter, RuleManager, RuleProperties};
 pub use sender::Sender;

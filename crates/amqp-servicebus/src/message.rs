@@ -153,9 +153,28 @@ pub struct ReceivedMessage {
     pub entity: String,
     /// Where its lock came from, which says whether and how it can be settled.
     pub(crate) origin: LockOrigin,
-    /// The key of its link delivery record (the lock token, or a generated id when the broker's
-    /// delivery tags are not lock tokens, as on generic AMQP brokers).
-    pub(crate) delivery_key: Option<uuid::Uuid>,
+    /// Its delivery on the link that brought it (peek-lock only), to settle it there.
+    pub(crate) delivery: Option<LinkDelivery>,
+}
+
+/// A delivery as its receive link knows it: what settling it on the link takes.
+#[derive(Clone)]
+pub(crate) struct LinkDelivery {
+    /// The delivery-id, which tells deliveries of one link apart.
+    pub(crate) id: u32,
+    pub(crate) info: fe2o3_amqp::link::delivery::DeliveryInfo,
+}
+
+impl std::fmt::Debug for LinkDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkDelivery").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for LinkDelivery {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
 }
 
 impl ReceivedMessage {
@@ -233,7 +252,7 @@ impl ReceivedMessage {
             enqueued_time: time_annotation(&annotations, "x-opt-enqueued-time"),
             entity: entity.to_string(),
             origin,
-            delivery_key: token,
+            delivery: None,
         }
     }
 

@@ -395,7 +395,7 @@ pub(crate) fn kind_of(e: &SbError) -> ErrorKind {
         SbErrorKind::ServerBusy | SbErrorKind::Connection | SbErrorKind::SessionCannotBeLocked => {
             ErrorKind::Unavailable
         }
-        SbErrorKind::InvalidConnectionString => ErrorKind::InvalidArgument,
+        SbErrorKind::InvalidConnectionString | SbErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
         SbErrorKind::NotSupported | SbErrorKind::InvalidOperation => ErrorKind::NotAllowed,
         _ => ErrorKind::Other,
     }

@@ -35,7 +35,7 @@ fn world() -> &'static World {
         };
         let config = Config {
             queues: vec![small("q")],
-            topics: vec![TopicConfig { name: "t".into(), subscriptions: vec![small("s")] }],
+            topics: vec![TopicConfig { name: "t".into(), subscriptions: vec![small("s")], rules: Default::default() }],
             ..Config::default()
         };
         let namespace = runtime.block_on(async { Arc::new(Namespace::new(&config)) });
@@ -123,4 +123,28 @@ pub fn message(bytes: &[u8], batch: bool) {
 pub fn sas_token(token: &str, audience: &str) {
     let keys = Keys::default().with_rights("sender", "sender-key", Rights::SEND);
     let _ = auth::validate(token, audience, &keys, auth::now_secs());
+}
+
+/// A subscription rule's SQL, as a filter (then evaluated against a message with a few
+/// properties) and as an action (then applied to it).
+pub fn sql_rule(text: &str) {
+    use crate::rules::sql::{self, Props};
+    use fe2o3_amqp_types::primitives::SimpleValue;
+    let mut props = Props {
+        label: Some("order".into()),
+        size: 1024,
+        user: vec![
+            ("color".into(), SimpleValue::String("blue".into())),
+            ("quantity".into(), SimpleValue::Long(7)),
+            ("price".into(), SimpleValue::Double(2.5.into())),
+            ("nothing".into(), SimpleValue::Null),
+        ],
+        ..Props::default()
+    };
+    if let Ok(predicate) = sql::parse_filter(text) {
+        let _ = sql::matches(&predicate, &props);
+    }
+    if let Ok(statements) = sql::parse_action(text) {
+        sql::apply(&statements, &mut props);
+    }
 }

@@ -10,7 +10,8 @@
 //! receive-and-delete, the settled echoes the SDKs wait for, lock expiry and
 //! `MaxDeliveryCount` dead-lettering, dead-letter queues, deferral, scheduling,
 //! TTL, message sessions (`RequiresSession`: session receivers, session locks and state),
-//! the `$management` operations, local transactions (`$coordinator`), TLS.
+//! subscription rules (SQL and correlation filters, SQL actions), the `$management`
+//! operations, local transactions (`$coordinator`), TLS, and AMQP over WebSockets.
 //!
 //! # Layout
 //! - `codec`: protocol headers, frames, message sections.
@@ -19,6 +20,7 @@
 //! - `management`: `$cbs` and `$management` requests.
 //! - `transaction`: the coordinator's transactions.
 //! - `namespace`, `queue`, `message`: entities, their messages, locks and message sessions.
+//! - [`rules`]: subscription rules and their SQL dialect.
 //! - [`auth`]: keys, SAS tokens, grants.
 //! - [`config`]: Microsoft's `Config.json` schema.
 //!
@@ -48,6 +50,7 @@ mod management;
 mod message;
 mod namespace;
 mod queue;
+pub mod rules;
 mod transaction;
 
 use std::collections::HashMap;
@@ -64,6 +67,7 @@ pub use auth::{Keys, Rights};
 pub use config::{Config, ConfigError, QueueConfig, TopicConfig};
 pub use limits::Limits;
 pub use queue::{DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
+pub use rules::{CorrelationFilter, RuleConfig, RuleFilter};
 
 use connection::{Control, Shared};
 

@@ -7,6 +7,7 @@ use crate::auth::normalize;
 use crate::config::Config;
 use crate::message::StoredMessage;
 use crate::queue::{Queue, QueueCounts, QuotaExceeded};
+use crate::rules::{Rule, RuleSet};
 
 /// A topic: a message sent to it is copied to each subscription.
 #[derive(Debug)]
@@ -66,12 +67,21 @@ impl Destination {
             Self::Queue(q) => q.enqueue(messages),
             Self::Topic(t) => {
                 self.check_room(StoredMessage::total_size(&messages))?;
+                // The sequence numbers of the subscription that took the most copies (all of
+                // them, when a subscription takes every message).
                 let mut seqs = Vec::new();
-                for (i, sub) in t.subscriptions.values().enumerate() {
+                for sub in t.subscriptions.values() {
+                    let copies: Vec<StoredMessage> = match sub.rules() {
+                        Some(rules) => messages.iter().flat_map(|m| rules.route(m)).collect(),
+                        None => messages.clone(),
+                    };
+                    if copies.is_empty() {
+                        continue;
+                    }
                     // Checked just above; a subscription filled by a concurrent send in between
                     // misses this message, as the log says.
-                    match sub.enqueue(messages.clone()) {
-                        Ok(s) if i == 0 => seqs = s,
+                    match sub.enqueue(copies) {
+                        Ok(s) if s.len() > seqs.len() => seqs = s,
                         Ok(_) => {}
                         Err(e) => tracing::warn!("a topic message missed a subscription: {e}"),
                     }
@@ -147,7 +157,10 @@ impl Namespace {
         for t in &config.topics {
             let mut subscriptions = HashMap::new();
             for s in &t.subscriptions {
-                let queue = Queue::new(&format!("{}/Subscriptions/{}", t.name, s.name), s.properties.clone());
+                let rules = t.rules.get(&s.name).into_iter().flatten().cloned().map(Rule::compile);
+                let rules = rules.collect::<Result<Vec<_>, _>>().expect("the configuration checked its rules");
+                let name = format!("{}/Subscriptions/{}", t.name, s.name);
+                let queue = Queue::subscription(&name, s.properties.clone(), RuleSet::new(rules));
                 ns.start_timers(&queue);
                 subscriptions.insert(s.name.to_ascii_lowercase(), queue);
             }
@@ -223,6 +236,7 @@ mod tests {
         c.topics.push(TopicConfig {
             name: "events".into(),
             subscriptions: vec![QueueConfig { name: "audit".into(), properties: Default::default() }],
+            rules: Default::default(),
         });
         Namespace::new(&c)
     }

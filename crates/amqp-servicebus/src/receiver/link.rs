@@ -3,19 +3,19 @@
 //! transaction controller on the link's session, close.
 //!
 //! Deliveries are taken from the link as soon as they arrive and kept, in order, until a
-//! receive asks for them; the task keeps each one's delivery record (to settle it on the
-//! link) by its key. A settlement is a command like any other: it never waits for a
-//! receive to let go of the link. When the link fails, the task answers what is waiting
+//! receive asks for them; each message carries its delivery, to settle it on the link. An
+//! acceptance goes straight out through fe2o3's disposer, which shares the link's state
+//! without the link itself; the other outcomes are commands like any other. Neither waits
+//! for a receive to let go of the link. When the link fails, the task answers what is waiting
 //! and ends, and with it every lock its deliveries held: the receiver sees the task gone,
 //! reports those messages' locks lost, and attaches a new link for the next receive.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fe2o3_amqp::Receiver as AmqpReceiver;
-use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::receiver::TerminalDeliveryState;
+use fe2o3_amqp::link::receiver::{ReceiverDisposer, TerminalDeliveryState};
 use fe2o3_amqp::link::{DispositionError, MessageDecodeError, RecvError};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::transaction::{Controller, TransactionBase, TransactionRetirement};
@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::connection::Epoch;
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::sender_attach_error;
-use crate::message::{LinkId, LockOrigin, ReceivedMessage};
+use crate::message::{LinkDelivery, LinkId, LockOrigin, ReceivedMessage};
 use crate::options::{Dialect, ReceiveMode};
 
 /// The `DeadLetterReason` of a message the receiver could not decode.
@@ -51,15 +51,13 @@ pub(super) struct LinkContext {
 pub(super) enum LinkOutcome {
     /// A terminal outcome, settled now.
     Terminal(TerminalDeliveryState),
-    /// Accepted as part of the transaction: the record stays until [`LinkHandle::forget`],
-    /// as a rolled-back transaction leaves the message locked.
+    /// Accepted as part of the transaction.
     AcceptIn(TransactionId),
 }
 
 enum Command {
     Receive(Request),
-    Settle { key: uuid::Uuid, outcome: LinkOutcome, reply: Option<oneshot::Sender<Result<()>>> },
-    Forget { key: uuid::Uuid },
+    Settle { delivery: LinkDelivery, outcome: LinkOutcome, reply: oneshot::Sender<Result<()>> },
     Controller { reply: oneshot::Sender<Result<Controller>> },
     Close { reply: oneshot::Sender<()> },
 }
@@ -78,9 +76,18 @@ pub(super) struct LinkHandle {
     pub(super) id: LinkId,
     pub(super) epoch: Epoch,
     commands: mpsc::Sender<Command>,
+    /// Accepts deliveries of the link without a trip through its task.
+    disposer: ReceiverDisposer,
+    /// The delivery-ids of the deliveries this receiver has not settled yet.
+    unsettled: Unsettled,
     /// Why the link ended, if it failed.
     failure: Arc<OnceLock<Error>>,
 }
+
+/// Delivery-ids not settled yet, shared by the task (which adds them) and the handle (which
+/// takes them out as it settles): settling twice is refused here, since fe2o3 ignores a
+/// disposition for a delivery it no longer holds.
+type Unsettled = Arc<Mutex<HashSet<u32>>>;
 
 impl LinkHandle {
     /// Starts the task for an attached `link` on its own `session`.
@@ -88,18 +95,20 @@ impl LinkHandle {
         let id = LinkId::next();
         let (commands, rx) = mpsc::channel(64);
         let failure = Arc::new(OnceLock::new());
+        let disposer = link.disposer();
+        let unsettled = Unsettled::default();
         let task = Task {
             failure: failure.clone(),
+            unsettled: unsettled.clone(),
             link,
             session,
             id,
             context,
             buffered: VecDeque::new(),
             waiting: VecDeque::new(),
-            deliveries: HashMap::new(),
         };
         tokio::spawn(task.run(rx));
-        Self { id, epoch, commands, failure }
+        Self { id, epoch, commands, disposer, unsettled, failure }
     }
 
     /// Whether the link still runs (it ends when it fails or is closed).
@@ -130,24 +139,43 @@ impl LinkHandle {
         rx.await.map_err(|_| self.stopped(entity))?
     }
 
-    /// Settles the delivery of `key` on the link, and waits until the disposition is written.
-    pub(super) async fn settle(&self, entity: &str, key: uuid::Uuid, outcome: LinkOutcome) -> Result<()> {
+    fn unsettled(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `delivery` is still unsettled.
+    pub(super) fn is_unsettled(&self, delivery: &LinkDelivery) -> bool {
+        self.unsettled().contains(&delivery.id)
+    }
+
+    /// Marks `delivery` settled; false if it was already.
+    pub(super) fn mark_settled(&self, delivery: &LinkDelivery) -> bool {
+        self.unsettled().remove(&delivery.id)
+    }
+
+    /// Settles `delivery` on the link, and waits until the disposition is written. A terminal
+    /// outcome marks it settled first (refused if it was already); a transactional one leaves
+    /// that to the caller, once the transaction commits.
+    pub(super) async fn settle(&self, entity: &str, delivery: &LinkDelivery, outcome: LinkOutcome) -> Result<()> {
+        if matches!(outcome, LinkOutcome::Terminal(_)) && !self.mark_settled(delivery) {
+            return Err(Error::lock_lost(entity, "the message was settled already"));
+        }
+        if let LinkOutcome::Terminal(TerminalDeliveryState::Accepted(_)) = outcome {
+            return self.accept(entity, delivery).await;
+        }
         let (reply, rx) = oneshot::channel();
-        let settle = Command::Settle { key, outcome, reply: Some(reply) };
+        let settle = Command::Settle { delivery: delivery.clone(), outcome, reply };
         self.commands.send(settle).await.map_err(|_| self.stopped(entity))?;
         rx.await.map_err(|_| self.stopped(entity))?
     }
 
-    /// Settles the delivery of `key` on the link as accepted, without waiting: the broker has
-    /// already settled it (through `$management`); this only lets the link forget it.
-    pub(super) async fn accepted_elsewhere(&self, key: uuid::Uuid) {
-        let outcome = LinkOutcome::Terminal(TerminalDeliveryState::Accepted(fe2o3_amqp::types::messaging::Accepted {}));
-        let _ = self.commands.send(Command::Settle { key, outcome, reply: None }).await;
-    }
-
-    /// Forgets the delivery record of `key` (its transaction committed).
-    pub(super) async fn forget(&self, key: uuid::Uuid) {
-        let _ = self.commands.send(Command::Forget { key }).await;
+    /// Accepts `delivery` on the link, through the disposer. A delivery the link no longer
+    /// holds (settled already) sends nothing.
+    pub(super) async fn accept(&self, entity: &str, delivery: &LinkDelivery) -> Result<()> {
+        self.disposer
+            .accept(delivery.info.clone())
+            .await
+            .map_err(|e| Error::connection(entity, "settling on the link failed", e))
     }
 
     /// A transaction controller on the link's session: on one session, a transactional
@@ -183,6 +211,7 @@ impl TransactionRetirement for InTransaction {
 struct Task {
     link: AmqpReceiver,
     failure: Arc<OnceLock<Error>>,
+    unsettled: Unsettled,
     /// The link's own AMQP session; ended when the task ends.
     session: SessionHandle<()>,
     id: LinkId,
@@ -191,8 +220,6 @@ struct Task {
     buffered: VecDeque<ReceivedMessage>,
     /// Receives waiting, oldest first.
     waiting: VecDeque<Request>,
-    /// Delivery records by key, to settle on the link.
-    deliveries: HashMap<uuid::Uuid, DeliveryInfo>,
 }
 
 impl Task {
@@ -249,14 +276,8 @@ impl Task {
                     self.grant_credit(max).await?;
                 }
             }
-            Command::Settle { key, outcome, reply } => {
-                let result = self.settle(key, outcome).await;
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
-            }
-            Command::Forget { key } => {
-                self.deliveries.remove(&key);
+            Command::Settle { delivery, outcome, reply } => {
+                let _ = reply.send(self.settle(delivery, outcome).await);
             }
             Command::Controller { reply } => {
                 let name = format!("controller-{}", uuid::Uuid::new_v4().simple());
@@ -285,18 +306,12 @@ impl Task {
             .map_err(|e| Error::connection(&self.context.entity, "granting credit failed", e))
     }
 
-    async fn settle(&mut self, key: uuid::Uuid, outcome: LinkOutcome) -> Result<()> {
-        let entity = &self.context.entity;
-        let failed = |e: DispositionError| Error::connection(entity, "settling on the link failed", e);
+    async fn settle(&mut self, delivery: LinkDelivery, outcome: LinkOutcome) -> Result<()> {
+        let failed = |e: DispositionError| Error::connection(&self.context.entity, "settling on the link failed", e);
         match outcome {
-            LinkOutcome::Terminal(state) => {
-                let info = self.deliveries.remove(&key).ok_or_else(|| Error::lock_lost(entity, "already settled"))?;
-                self.link.dispose(info, state).await.map_err(failed)
-            }
+            LinkOutcome::Terminal(state) => self.link.dispose(delivery.info, state).await.map_err(failed),
             LinkOutcome::AcceptIn(txn) => {
-                let info =
-                    self.deliveries.get(&key).cloned().ok_or_else(|| Error::lock_lost(entity, "already settled"))?;
-                InTransaction(txn).accept(&mut self.link, info).await.map_err(failed)
+                InTransaction(txn).accept(&mut self.link, delivery.info).await.map_err(failed)
             }
         }
     }
@@ -333,21 +348,16 @@ impl Task {
             Err(e) => return Err(Error::connection(&self.context.entity, "the receive link stopped", e)),
         };
         let peek_lock = self.context.mode == ReceiveMode::PeekLock;
-        let info = DeliveryInfo::from(&delivery);
-        // In receive-and-delete mode the tag is not a lock token.
-        let tag = peek_lock.then(|| delivery.delivery_tag().to_vec());
+        let link_delivery = LinkDelivery { id: *delivery.delivery_id(), info: (&delivery).into() };
+        // In receive-and-delete mode the tag is not a lock token; nor is it on generic brokers.
+        let lock_tag = peek_lock && self.context.dialect == Dialect::ServiceBus;
+        let tag = lock_tag.then(|| delivery.delivery_tag().to_vec());
         let origin = if peek_lock { LockOrigin::Link(self.id) } else { LockOrigin::Deleted };
         let mut message =
             ReceivedMessage::from_amqp(delivery.into_message(), tag.as_deref(), None, &self.context.entity, origin);
         if peek_lock {
-            if self.context.dialect == Dialect::GenericAmqp {
-                // Generic brokers' tags are not lock tokens: key the record by an id of our own.
-                message.lock_token = None;
-                message.delivery_key = Some(uuid::Uuid::new_v4());
-            }
-            if let Some(key) = message.delivery_key {
-                self.deliveries.insert(key, info);
-            }
+            self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(link_delivery.id);
+            message.delivery = Some(link_delivery);
         }
         if let Some(request) = self.waiting.front_mut() {
             request.first_at.get_or_insert_with(Instant::now);

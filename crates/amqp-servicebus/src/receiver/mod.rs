@@ -273,11 +273,13 @@ impl Receiver {
         body.extend(self.session_field());
         body.push(("lock-tokens", Value::Array(Array(vec![Value::Uuid(token.into_bytes().into())]))));
         self.management.request(&self.entity, "com.microsoft:update-disposition", body).await?;
-        // Confirmed: the link may forget it.
-        if let LockOrigin::Link(id) = message.origin
+        // Confirmed: accepted on the link too, so that the link forgets it (the broker has
+        // settled it already, and ignores the disposition).
+        if let (LockOrigin::Link(id), Some(delivery)) = (message.origin, &message.delivery)
             && let Some(link) = self.current().filter(|l| l.id == id)
+            && link.mark_settled(delivery)
         {
-            link.accepted_elsewhere(token).await;
+            let _ = link.accept(&self.entity, delivery).await;
         }
         Ok(())
     }
@@ -285,8 +287,9 @@ impl Receiver {
     /// Generic AMQP brokers have no `$management`: settle with the link's outcome.
     async fn settle_on_link(&self, message: &ReceivedMessage, settlement: Settlement) -> Result<()> {
         use fe2o3_amqp::types::messaging::{Accepted, Modified, Rejected};
-        let key = message
-            .delivery_key
+        let delivery = message
+            .delivery
+            .as_ref()
             .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "the message was not received in peek-lock mode"))?;
         let LockOrigin::Link(id) = message.origin else {
             return Err(Error::new(ErrorKind::InvalidOperation, "only messages received on a link can be settled"));
@@ -302,7 +305,7 @@ impl Receiver {
             }
             Settlement::DeadLetter { .. } => Rejected { error: None }.into(),
         };
-        link.settle(&self.entity, key, LinkOutcome::Terminal(state)).await
+        link.settle(&self.entity, delivery, LinkOutcome::Terminal(state)).await
     }
 
     /// Sends `message` through `to` and completes `received`, atomically: both happen in one
@@ -313,7 +316,7 @@ impl Receiver {
         if self.connection.dialect() == Dialect::GenericAmqp {
             return Err(Error::not_supported("complete_and_send"));
         }
-        let token = self.lock_token(received).await?;
+        self.lock_token(received).await?;
         let LockOrigin::Link(id) = received.origin else {
             return Err(Error::new(
                 ErrorKind::NotSupported,
@@ -322,12 +325,17 @@ impl Receiver {
             .at(&self.entity));
         };
         let link = self.link_of(id).await.ok_or_else(|| self.link_lost(received))?;
+        let delivery = received.delivery.as_ref().ok_or_else(|| self.link_lost(received))?;
         let mut controller = self.controller.lock().await;
         if controller.as_ref().is_none_or(|(of, _)| *of != id) {
             *controller = None;
             *controller = Some((id, link.controller(&self.entity).await?));
         }
         let (_, ctl) = controller.as_ref().expect("attached just above");
+        // Checked under the controller's lock: one transaction at a time settles a message.
+        if !link.is_unsettled(delivery) {
+            return Err(Error::lock_lost(&self.entity, "the message was settled already"));
+        }
         let mut txn = Transaction::declare(ctl, None)
             .await
             .map_err(|e| Error::connection(&self.entity, "declaring a transaction failed", e))?;
@@ -335,13 +343,13 @@ impl Receiver {
             let _ = txn.discharge(true).await;
             return Err(e);
         }
-        if let Err(e) = link.settle(&self.entity, token, LinkOutcome::AcceptIn(txn.txn_id().clone())).await {
+        if let Err(e) = link.settle(&self.entity, delivery, LinkOutcome::AcceptIn(txn.txn_id().clone())).await {
             let _ = txn.discharge(true).await;
             return Err(e);
         }
         match txn.commit().await {
             Ok(()) => {
-                link.forget(token).await;
+                link.mark_settled(delivery);
                 Ok(())
             }
             Err(fe2o3_amqp::transaction::ControllerSendError::Rejected(r)) => Err(match r.error {

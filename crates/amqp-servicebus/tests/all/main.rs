@@ -1,10 +1,11 @@
 //! The client against the in-process emulator: every operation, errors, recovery,
-//! token refresh, TLS, and generic AMQP mode.
+//! token refresh, TLS, WebSockets, message sessions, rules, and generic AMQP mode.
 
 mod errors;
 mod hostile;
 mod layers;
 mod recovery;
+mod rules;
 mod send_receive;
 mod sessions;
 mod settlement;

@@ -57,6 +57,8 @@ async fn generic_amqp_mode_uses_sasl_plain_and_link_settlement() -> anyhow::Resu
     let m = r.receive(1, WAIT).await?.remove(0);
     assert_eq!(&m.body[..], b"plain");
     r.complete(&m).await?;
+    let err = r.complete(&m).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LockLost, "settled twice: {err}");
     // The link settlement is not confirmed; give it a moment to land.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(emu.queue_counts("q").unwrap(), Default::default());

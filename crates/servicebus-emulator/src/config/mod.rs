@@ -2,7 +2,8 @@
 //!
 //! A file written for Microsoft's emulator loads unchanged. Properties we do not
 //! implement yet are reported as warnings ([`Config::warnings`]) rather than
-//! failures. Errors name the file, the line and the key.
+//! failures. Errors name the file, the line and the key; a subscription rule that does not
+//! parse names its subscription and where it went wrong (`rules`).
 //!
 //! Size: past 600 lines, half of it tests; the schema and its checks stay in one place.
 
@@ -15,6 +16,9 @@ use crate::auth::{Keys, Rights};
 use serde::Deserialize;
 
 use crate::queue::QueueProperties;
+use crate::rules::RuleConfig;
+
+mod rules;
 
 /// A configuration error: where, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,9 @@ pub struct TopicConfig {
     pub name: String,
     /// Its subscriptions.
     pub subscriptions: Vec<QueueConfig>,
+    /// The rules of subscriptions, by subscription name; a subscription without any gets
+    /// `$Default` (every message).
+    pub rules: BTreeMap<String, Vec<RuleConfig>>,
 }
 
 /// The emulator's entities.
@@ -213,7 +220,7 @@ struct Subscription {
     #[serde(default)]
     properties: Properties,
     #[serde(default)]
-    rules: Vec<serde_json::Value>,
+    rules: Vec<rules::Rule>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_json::Value>,
 }
@@ -417,6 +424,7 @@ impl File {
             // A subscription holds as much as its topic may: the topic's quota applies to each.
             let topic_max_size = t.properties.resolve(&what, &mut warnings).max_size_megabytes;
             let mut subscriptions = Vec::new();
+            let mut topic_rules = BTreeMap::new();
             let mut sub_names = std::collections::HashSet::new();
             for s in t.subscriptions {
                 let what = format!("subscription {:?} of topic {:?}", s.name.0, t.name.0);
@@ -427,10 +435,21 @@ impl File {
                     });
                 }
                 unknown(&mut warnings, &what, &s.other);
-                if !s.rules.is_empty() {
-                    warnings.push(format!(
-                        "{what}: Rules are not implemented yet; the subscription receives every message of the topic"
-                    ));
+                let mut rules = Vec::new();
+                for rule in s.rules {
+                    let rule = rule
+                        .resolve(&what, &mut warnings)
+                        .map_err(|message| ConfigError::Entities { path: origin.into(), message })?;
+                    if rules.iter().any(|r: &RuleConfig| r.name.eq_ignore_ascii_case(&rule.name)) {
+                        return Err(ConfigError::Entities {
+                            path: origin.into(),
+                            message: format!("{what}: the rule {:?} is listed twice", rule.name),
+                        });
+                    }
+                    rules.push(rule);
+                }
+                if !rules.is_empty() {
+                    topic_rules.insert(s.name.0.clone(), rules);
                 }
                 let properties = QueueProperties {
                     max_size_megabytes: topic_max_size,
@@ -438,7 +457,7 @@ impl File {
                 };
                 subscriptions.push(QueueConfig { name: s.name.0, properties });
             }
-            config.topics.push(TopicConfig { name: t.name.0, subscriptions });
+            config.topics.push(TopicConfig { name: t.name.0, subscriptions, rules: topic_rules });
         }
         config.warnings = warnings;
         Ok(config)

@@ -1,6 +1,8 @@
 //! Loading `Config.json`: Microsoft's samples, the service's limits, and clear errors.
 
 use super::*;
+use crate::rules::RuleFilter;
+use fe2o3_amqp_types::primitives::SimpleValue;
 
 /// The sample `Config.json` shipped with Microsoft's emulator installer, as documented.
 const MICROSOFT_SAMPLE: &str = r#"{
@@ -73,8 +75,55 @@ fn microsofts_sample_loads_unchanged() {
     assert_eq!(q.max_delivery_count, 3);
     assert_eq!(q.default_message_ttl, Some(Duration::from_secs(3600)));
     assert_eq!(c.topics[0].subscriptions[0].name, "subscription.1");
-    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].contains("Rules are not implemented"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let rules = &c.topics[0].rules["subscription.1"];
+    assert_eq!(rules[0].name, "app-prop-filter-1");
+    let RuleFilter::Correlation(filter) = &rules[0].filter else { panic!("{rules:?}") };
+    assert_eq!(filter.content_type.as_deref(), Some("application/text"));
+}
+
+#[test]
+fn rules_load_with_sql_filters_actions_and_correlation_properties() {
+    let text = MICROSOFT_SAMPLE.replace(
+        r#""CorrelationFilter": { "ContentType": "application/text" }"#,
+        r#""CorrelationFilter": { "Label": "order", "Properties": { "prio": 2, "vip": true, "region": "eu" } }"#,
+    );
+    let text = text.replace(
+        r#"            "Rules": [
+              {"#,
+        r#"            "Rules": [
+              { "Name": "sql-1", "Properties": { "FilterType": "Sql",
+                "SqlFilter": { "SqlExpression": "sys.Label = 'x' AND n > 1" },
+                "Action": { "SqlExpression": "SET n = n + 1" } } },
+              {"#,
+    );
+    let c = Config::parse(&text, "Config.json").unwrap();
+    let rules = &c.topics[0].rules["subscription.1"];
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].filter, RuleFilter::Sql("sys.Label = 'x' AND n > 1".into()));
+    assert_eq!(rules[0].action.as_deref(), Some("SET n = n + 1"));
+    let RuleFilter::Correlation(filter) = &rules[1].filter else { panic!("{rules:?}") };
+    assert_eq!(filter.label.as_deref(), Some("order"));
+    assert!(filter.properties.contains(&("prio".into(), SimpleValue::Long(2))));
+    assert!(filter.properties.contains(&("vip".into(), SimpleValue::Bool(true))));
+}
+
+#[test]
+fn a_rule_that_does_not_parse_stops_the_load_and_says_which_and_where() {
+    let text = MICROSOFT_SAMPLE.replace(
+        r#""FilterType": "Correlation",
+                  "CorrelationFilter": { "ContentType": "application/text" }"#,
+        r#""FilterType": "Sql", "SqlFilter": { "SqlExpression": "color = " }"#,
+    );
+    let e = Config::parse(&text, "Config.json").unwrap_err().to_string();
+    assert!(
+        e.starts_with("Config.json: subscription \"subscription.1\" of topic \"topic.1\", rule \"app-prop-filter-1\""),
+        "{e}"
+    );
+    assert!(e.contains("does not parse, at position 9: expected a value"), "{e}");
+    let unknown_type = MICROSOFT_SAMPLE.replace(r#""FilterType": "Correlation""#, r#""FilterType": "Regex""#);
+    let e = Config::parse(&unknown_type, "Config.json").unwrap_err().to_string();
+    assert!(e.contains("FilterType \"Regex\" is not Sql or Correlation"), "{e}");
 }
 
 #[test]

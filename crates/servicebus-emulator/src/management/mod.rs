@@ -13,6 +13,8 @@ use fe2o3_amqp_types::primitives::{Array, OrderedMap, SimpleValue, Symbol, Times
 use serde_amqp::Value;
 use serde_amqp::primitives::Binary;
 
+mod rules;
+
 use crate::auth::{self, Authorizations, Keys, Rights};
 use crate::message::{StoredMessage, amqp_uuid, simple_value};
 use crate::queue::{
@@ -227,6 +229,9 @@ fn handle(request: &Request, op: &str, ctx: ManagementContext<'_>) -> OpResult {
         "com.microsoft:get-session-state" => get_session_state(request, &ctx),
         "com.microsoft:set-session-state" => set_session_state(request, &ctx),
         "com.microsoft:get-message-sessions" => message_sessions(request, ctx.queue),
+        "com.microsoft:add-rule" => rules::add_rule(request, ctx.queue),
+        "com.microsoft:remove-rule" => rules::remove_rule(request, ctx.queue),
+        "com.microsoft:enumerate-rules" => rules::enumerate_rules(request, ctx.queue),
         "" => Err(bad_request("the request has no 'operation' application property")),
         other => Err(fail(501, "amqp:not-implemented", format!("the emulator does not implement {other}"))),
     }

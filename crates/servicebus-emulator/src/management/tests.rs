@@ -81,7 +81,7 @@ async fn peek_of_an_empty_queue_is_204() {
 #[tokio::test]
 async fn unknown_operations_are_501_not_implemented() {
     let q = Queue::new("q", QueueProperties::default());
-    let r = with_sessions(&q, &[], "com.microsoft:add-rule", map([]));
+    let r = with_sessions(&q, &[], "com.microsoft:no-such-operation", map([]));
     assert_eq!(status(&r), (501, Some("amqp:not-implemented".into())));
 }
 

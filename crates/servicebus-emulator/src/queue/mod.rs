@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::message::{DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON, MessageState, Stamp, StoredMessage, now_ms};
+use crate::rules::RuleSet;
 
 /// `now + d`, or the far future when that is past what an `Instant` holds.
 fn instant_after(now: Instant, d: Duration) -> Instant {
@@ -144,6 +145,8 @@ pub(crate) struct Queue {
     name: String,
     properties: QueueProperties,
     dead_letter: Option<Arc<Queue>>,
+    /// A subscription's rules (none for queues and dead-letter queues).
+    rules: Option<RuleSet>,
     state: Mutex<State>,
     timer: Notify,
 }
@@ -157,6 +160,15 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// A queue with its dead-letter queue.
     pub(crate) fn new(name: &str, properties: QueueProperties) -> Arc<Self> {
+        Self::with_rules(name, properties, None)
+    }
+
+    /// A topic's subscription, with its rules and its dead-letter queue.
+    pub(crate) fn subscription(name: &str, properties: QueueProperties, rules: RuleSet) -> Arc<Self> {
+        Self::with_rules(name, properties, Some(rules))
+    }
+
+    fn with_rules(name: &str, properties: QueueProperties, rules: Option<RuleSet>) -> Arc<Self> {
         // A dead-lettered message is never refused: the dead-letter queue has no quota.
         let dlq_props = QueueProperties {
             max_delivery_count: u32::MAX,
@@ -168,7 +180,9 @@ impl Queue {
             ..properties.clone()
         };
         let dead_letter = Arc::new(Self::bare(&format!("{name}/$DeadLetterQueue"), dlq_props, None));
-        Arc::new(Self::bare(name, properties, Some(dead_letter)))
+        let mut queue = Self::bare(name, properties, Some(dead_letter));
+        queue.rules = rules;
+        Arc::new(queue)
     }
 
     fn bare(name: &str, properties: QueueProperties, dead_letter: Option<Arc<Queue>>) -> Self {
@@ -176,6 +190,7 @@ impl Queue {
             name: name.to_string(),
             properties,
             dead_letter,
+            rules: None,
             state: Mutex::new(State { next_sequence: 1, ..State::default() }),
             timer: Notify::new(),
         }
@@ -187,6 +202,11 @@ impl Queue {
 
     pub(crate) fn requires_session(&self) -> bool {
         self.properties.requires_session
+    }
+
+    /// A subscription's rules; `None` for a queue.
+    pub(crate) fn rules(&self) -> Option<&RuleSet> {
+        self.rules.as_ref()
     }
 
     pub(crate) fn dead_letter_queue(&self) -> Option<&Arc<Queue>> {

@@ -86,7 +86,11 @@ async fn a_full_entity_refuses_sends_with_resource_limit_exceeded() -> anyhow::R
     };
     let config = Config {
         queues: vec![small("q")],
-        topics: vec![servicebus_emulator::TopicConfig { name: "t".into(), subscriptions: vec![small("s")] }],
+        topics: vec![servicebus_emulator::TopicConfig {
+            name: "t".into(),
+            subscriptions: vec![small("s")],
+            rules: Default::default(),
+        }],
         ..Config::default()
     };
     let emulator = Emulator::builder().config(config).bind("127.0.0.1:0".parse()?).start().await?;

@@ -18,7 +18,14 @@ async fn the_node_sdk_works_against_the_emulator() -> anyhow::Result<()> {
     for name in ["n-sessions", "n-sessionnext", "n-sessionsettle"] {
         queues.push(session_queue(name, Duration::from_secs(60), 10));
     }
-    let topics = vec![TopicConfig { name: "n-topic".into(), subscriptions: vec![queue("a"), queue("b")] }];
+    let topics = vec![
+        TopicConfig { name: "n-topic".into(), subscriptions: vec![queue("a"), queue("b")], rules: Default::default() },
+        TopicConfig {
+            name: "n-rules".into(),
+            subscriptions: vec![queue("filtered"), queue("all")],
+            rules: Default::default(),
+        },
+    ];
     let emulator = Emulator::builder()
         .config(Config { queues, topics, ..Config::default() })
         .bind("127.0.0.1:0".parse()?)
@@ -45,7 +52,7 @@ async fn the_node_sdk_works_against_the_emulator() -> anyhow::Result<()> {
         output.status.success() && failed == Some(0),
         "node --test failed: {passed:?} passed, {failed:?} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
-    assert!(passed.is_some_and(|n| n >= 15), "every case must run: {passed:?} passed\n{stdout}");
+    assert!(passed.is_some_and(|n| n >= 16), "every case must run: {passed:?} passed\n{stdout}");
     assert_eq!(count("skipped"), Some(0), "no case may be skipped\n{stdout}");
     Ok(())
 }

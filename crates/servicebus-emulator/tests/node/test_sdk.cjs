@@ -241,6 +241,56 @@ test("a topic copies each message to every subscription", () =>
     }
   }));
 
+test("rules: create, list and delete; SQL and correlation filters and actions decide what a subscription gets", () =>
+  withClient(async (c) => {
+    const rules = c.createRuleManager("n-rules", "filtered");
+    const list = async () => {
+      const all = [];
+      for await (const r of rules.listRules()) all.push(r);
+      return all;
+    };
+    assert.deepEqual((await list()).map((r) => r.name), ["$Default"]);
+    await rules.deleteRule("$Default");
+    await rules.createRule("red", { sqlExpression: "color = 'red' AND quantity > 1" });
+    await rules.createRule(
+      "vip",
+      { subject: "vip", applicationProperties: { tier: "gold" } },
+      { sqlExpression: "SET quantity = quantity * 10" },
+    );
+    const listed = await list();
+    assert.deepEqual(listed.map((r) => r.name), ["red", "vip"]);
+    assert.equal(listed[0].filter.sqlExpression, "color = 'red' AND quantity > 1");
+    assert.equal(listed[1].filter.subject, "vip");
+    assert.equal(listed[1].filter.applicationProperties.tier, "gold");
+    assert.equal(listed[1].action.sqlExpression, "SET quantity = quantity * 10");
+
+    const exists = await failure(() => rules.createRule("red", { sqlExpression: "1=1" }));
+    assert.equal(exists.code, "MessagingEntityAlreadyExists", exists.message);
+    const bad = await failure(() => rules.createRule("bad", { sqlExpression: "color = " }));
+    assert.match(bad.message, /position 9/);
+
+    await send(
+      c,
+      "n-rules",
+      { body: "red-3", subject: "plain", applicationProperties: { color: "red", quantity: 3 } },
+      { body: "red-1", subject: "plain", applicationProperties: { color: "red", quantity: 1 } },
+      { body: "vip-gold", subject: "vip", applicationProperties: { tier: "gold", quantity: 2 } },
+      { body: "vip-silver", subject: "vip", applicationProperties: { tier: "silver", quantity: 2 } },
+    );
+    const receiver = c.createReceiver("n-rules", "filtered");
+    const got = await receive(receiver, 3, 3000);
+    assert.deepEqual(got.map((m) => m.body).sort(), ["red-3", "vip-gold"]);
+    const vip = got.find((m) => m.body === "vip-gold");
+    assert.equal(vip.applicationProperties.quantity, 20);
+    assert.equal(vip.applicationProperties.RuleName, "vip");
+    for (const m of got) await receiver.completeMessage(m);
+    // The other subscription kept $Default and got everything.
+    const all = c.createReceiver("n-rules", "all");
+    const everything = await receive(all, 4);
+    assert.equal(everything.length, 4);
+    for (const m of everything) await all.completeMessage(m);
+  }));
+
 test("sessions: a named session, in order, with its state and lock renewal", () =>
   withClient(async (c) => {
     await send(
