@@ -90,7 +90,7 @@ impl Sender {
 
     /// Sends messages as batches: each batch is enqueued atomically, and messages are split
     /// into as many batches as the link's maximum message size requires. A single message
-    /// larger than the maximum fails with [`ErrorKind::MessageTooLarge`](crate::error::ErrorKind::MessageTooLarge) before anything is sent.
+    /// larger than the maximum fails with [`ErrorKind::MessageTooLarge`](crate::error::ErrorKind) before anything is sent.
     pub async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
         if messages.is_empty() {
             return Ok(());

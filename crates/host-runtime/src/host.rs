@@ -96,9 +96,22 @@ pub struct ShutdownReport {
 }
 
 impl Host {
-    /// Loads the guest, runs `configure()`, checks every channel, and starts the workers.
+    /// Loads the guest, runs `configure()`, checks every channel, and starts the workers:
+    /// [`Host::prepare`], then [`Prepared::serve`].
     pub async fn start(options: HostOptions) -> Result<Self, StartError> {
-        let guest = Arc::new(engine::load(&options.component, options.engine.clone())?);
+        Ok(Self::prepare(options).await?.serve())
+    }
+
+    /// Everything [`Host::start`] does but start the workers: load (and compile) the guest,
+    /// run `configure()`, check every channel. Nothing is received until [`Prepared::serve`],
+    /// so a host told to stop meanwhile stops having taken nothing.
+    pub async fn prepare(options: HostOptions) -> Result<Prepared, StartError> {
+        // Compiling takes a while; off the runtime's threads, so a caller can stop waiting.
+        let (component, settings) = (options.component.clone(), options.engine.clone());
+        let guest = tokio::task::spawn_blocking(move || engine::load(&component, settings))
+            .await
+            .map_err(|e| StartError::Configure(format!("loading the guest stopped: {e}")))??;
+        let guest = Arc::new(guest);
         let mut connections = HashMap::new();
         connections.insert(
             "default".to_string(),
@@ -110,7 +123,7 @@ impl Host {
             connections.insert(name.clone(), client);
         }
         let metrics = Arc::new(Metrics::default());
-        let (updates_tx, mut updates_rx) = mpsc::unbounded_channel::<GuestConfiguration>();
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel::<GuestConfiguration>();
         let env: Vec<(String, String)> = options.config.guest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let shared = Arc::new(Shared::new(connections, HashSet::new(), metrics.clone(), updates_tx, env));
         let rt = Arc::new(Runtime { guest: guest.clone(), shared: shared.clone() });
@@ -133,49 +146,7 @@ impl Host {
             allowed.extend(initial.keys().map(|c| c.to_ascii_lowercase()));
             allowed.extend(options.config.guest.allowed_targets.iter().map(|c| c.to_ascii_lowercase()));
         }
-        let (hard_stop, _) = watch::channel(false);
-        let channels = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-        for (channel, opts) in initial {
-            start_worker(&rt, &channels, &hard_stop, channel, opts);
-        }
-
-        // Configuration updates from the guest: start and stop workers.
-        let updates = {
-            let rt = rt.clone();
-            let channels = channels.clone();
-            let hard_stop = hard_stop.clone();
-            let host_config = options.config.clone();
-            tokio::spawn(async move {
-                while let Some(gc) = updates_rx.recv().await {
-                    let next = match plan(&gc, &host_config) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::warn!("update-guest-configuration ignored: {e}");
-                            continue;
-                        }
-                    };
-                    let current: Vec<String> =
-                        channels.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-                    for removed in current.iter().filter(|c| !next.contains_key(*c)) {
-                        if let Some((_, w)) = channels.lock().unwrap_or_else(|p| p.into_inner()).remove(removed) {
-                            tracing::info!(channel = %removed, "channel removed by update-guest-configuration; its worker finishes its calls and stops");
-                            let _ = w.stop.send(true);
-                        }
-                    }
-                    for (channel, opts) in next {
-                        if !current.contains(&channel) {
-                            rt.shared
-                                .allowed
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(channel.to_ascii_lowercase());
-                            start_worker(&rt, &channels, &hard_stop, channel, opts);
-                        }
-                    }
-                }
-            })
-        };
-        Ok(Self { rt, channels, hard_stop, updates, from_cache: guest.from_cache })
+        Ok(Prepared { rt, initial, host_config: options.config, updates_rx, from_cache: guest.from_cache })
     }
 
     /// The channels being consumed, with their options.
@@ -218,6 +189,71 @@ impl Host {
             client.close().await;
         }
         ShutdownReport { drained }
+    }
+}
+
+/// A host ready to serve: its guest loaded and configured, its channels checked, and no
+/// worker started yet.
+pub struct Prepared {
+    rt: Arc<Runtime>,
+    initial: BTreeMap<String, ChannelOptions>,
+    host_config: HostConfig,
+    updates_rx: mpsc::UnboundedReceiver<GuestConfiguration>,
+    from_cache: bool,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("channels", &self.initial.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Prepared {
+    /// Starts a worker per channel, and follows the guest's configuration updates.
+    pub fn serve(self) -> Host {
+        let Self { rt, initial, host_config, mut updates_rx, from_cache } = self;
+        let (hard_stop, _) = watch::channel(false);
+        let channels = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        for (channel, opts) in initial {
+            start_worker(&rt, &channels, &hard_stop, channel, opts);
+        }
+
+        // Configuration updates from the guest: start and stop workers.
+        let updates = {
+            let rt = rt.clone();
+            let channels = channels.clone();
+            let hard_stop = hard_stop.clone();
+            tokio::spawn(async move {
+                while let Some(gc) = updates_rx.recv().await {
+                    let next = match plan(&gc, &host_config) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!("update-guest-configuration ignored: {e}");
+                            continue;
+                        }
+                    };
+                    let current: Vec<String> =
+                        channels.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                    for removed in current.iter().filter(|c| !next.contains_key(*c)) {
+                        if let Some((_, w)) = channels.lock().unwrap_or_else(|p| p.into_inner()).remove(removed) {
+                            tracing::info!(channel = %removed, "channel removed by update-guest-configuration; its worker finishes its calls and stops");
+                            let _ = w.stop.send(true);
+                        }
+                    }
+                    for (channel, opts) in next {
+                        if !current.contains(&channel) {
+                            rt.shared
+                                .allowed
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(channel.to_ascii_lowercase());
+                            start_worker(&rt, &channels, &hard_stop, channel, opts);
+                        }
+                    }
+                }
+            })
+        };
+        Host { rt, channels, hard_stop, updates, from_cache }
     }
 }
 

@@ -13,7 +13,9 @@
 //! - `guest`: the store data and the messaging imports.
 //! - [`convert`]: messages ↔ the WIT record (metadata keys).
 //! - `dispatch`: workers, handler calls, lock renewal, the matrix.
-//! - [`host`]: start, configuration updates, shutdown.
+//! - [`host`]: start ([`Host::prepare`], then [`Prepared::serve`]: nothing is received before
+//!   `serve`, so a program told to stop during start-up stops having taken nothing),
+//!   configuration updates, shutdown.
 //! - [`metrics`]: counters and the Prometheus endpoint.
 //!
 //! # Example
@@ -49,4 +51,4 @@ pub mod host;
 pub mod metrics;
 
 pub use guest::State;
-pub use host::{Host, HostOptions, ShutdownReport, StartError};
+pub use host::{Host, HostOptions, Prepared, ShutdownReport, StartError};

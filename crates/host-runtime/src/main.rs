@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use amqp_servicebus::{ClientOptions, ConnectionString};
 use anyhow::{Context as _, Result, bail};
@@ -95,21 +97,28 @@ async fn run(args: Args) -> Result<()> {
     let cache_dir = args.cache_dir.clone().or_else(default_cache_dir);
     let engine = EngineSettings { max_memory: (max_memory_mib as usize) << 20, cache_dir, ..EngineSettings::default() };
     let started = std::time::Instant::now();
-    let start = Host::start(HostOptions {
+    let prepare = Host::prepare(HostOptions {
         component: args.component.clone(),
         connection,
         config,
         engine,
         client: ClientOptions::default(),
     });
-    let host = tokio::select! {
-        host = start => host.with_context(|| format!("starting {}", args.component.display()))?,
+    let prepared = tokio::select! {
+        biased;
         // Nothing was received yet, so there is nothing to settle.
         () = signals.recv() => {
             tracing::info!("stopped during start-up");
             return Ok(());
         }
+        prepared = prepare => prepared.with_context(|| format!("starting {}", args.component.display()))?,
     };
+    // A signal the runtime has not passed on yet still stops the host before it serves.
+    if signals.arrived() {
+        tracing::info!("stopped during start-up");
+        return Ok(());
+    }
+    let host = prepared.serve();
     tracing::info!(
         ready_in = ?started.elapsed(),
         compiled_from_cache = host.from_cache,
@@ -153,14 +162,27 @@ fn default_cache_dir() -> Option<PathBuf> {
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    /// Set by the signal handler itself, at once: the runtime passes a signal on to `recv`
+    /// only when its driver next runs, which may be after start-up has gone on.
+    arrived: Arc<AtomicBool>,
 }
 
 impl Signals {
     fn install() -> Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
+        let arrived = Arc::new(AtomicBool::new(false));
+        for (number, name) in [(signal_hook::consts::SIGTERM, "SIGTERM"), (signal_hook::consts::SIGINT, "SIGINT")] {
+            signal_hook::flag::register(number, arrived.clone())
+                .with_context(|| format!("installing the {name} flag"))?;
+        }
         let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        Ok(Self { term, int })
+        Ok(Self { term, int, arrived })
+    }
+
+    /// Whether a SIGTERM or SIGINT has arrived since start-up.
+    fn arrived(&self) -> bool {
+        self.arrived.load(Ordering::SeqCst)
     }
 
     /// Waits for the next SIGTERM or SIGINT.

@@ -153,3 +153,27 @@ async fn metrics_are_served_over_http() -> anyhow::Result<()> {
     emu.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_host_takes_nothing_until_it_serves() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("work"), queue("reports")]).await;
+    let c = client(&emu);
+    send_script(&c, "work", "early", "complete").await;
+    let config = host_runtime::config::HostConfig::parse(
+        "[guest]\nallowed-targets = [\"reports\"]\nenv = { TEST_GUEST_CHANNELS = \"work\" }\n",
+        "host.toml",
+    )?;
+    let prepared = host_runtime::Host::prepare(options(&emu, guest("test-guest"), config)).await?;
+    // Loaded, configured, its channel checked, and no worker: a started host takes a waiting
+    // message within milliseconds; this one leaves it where it is.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(emu.queue_counts("work").unwrap(), QueueCounts { active: 1, ..Default::default() });
+    let host = prepared.serve();
+    eventually("the message is handled once the host serves", Duration::from_secs(10), || {
+        emu.queue_counts("work").unwrap() == QueueCounts::default()
+    })
+    .await;
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    Ok(())
+}

@@ -8,7 +8,7 @@
 //! property. A subscription made without rules has `$Default`, a true filter.
 //!
 //! - `sql`: the SQL dialect (parsing, evaluation).
-//! - [`RuleConfig`]: a rule as `Config.json` or `$management` gives it; [`RuleSet`]: a
+//! - [`RuleConfig`]: a rule as `Config.json` or `$management` gives it; `RuleSet`: a
 //!   subscription's rules, compiled.
 
 pub(crate) mod sql;
