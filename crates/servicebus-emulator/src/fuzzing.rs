@@ -125,8 +125,9 @@ pub fn sas_token(token: &str, audience: &str) {
     let _ = auth::validate(token, audience, &keys, auth::now_secs());
 }
 
-/// A subscription rule's SQL, as a filter (then evaluated against a message with a few
-/// properties) and as an action (then applied to it).
+/// A subscription rule's SQL, as a filter (then printed and parsed back, which must give the
+/// same tree, and evaluated against a message with a few properties) and as an action (the
+/// same, then applied to it).
 pub fn sql_rule(text: &str) {
     use crate::rules::sql::{self, Props};
     use fe2o3_amqp_types::primitives::SimpleValue;
@@ -141,10 +142,28 @@ pub fn sql_rule(text: &str) {
         ],
         ..Props::default()
     };
+    // What parses prints as SQL that parses back to the same tree.
     if let Ok(predicate) = sql::parse_filter(text) {
+        round_trip(&predicate.to_string(), &predicate, sql::parse_filter);
         let _ = sql::matches(&predicate, &props);
     }
     if let Ok(statements) = sql::parse_action(text) {
+        let printed = statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        round_trip(&printed, &statements, sql::parse_action);
         sql::apply(&statements, &mut props);
+    }
+}
+
+/// `printed` parses back to `tree`, unless printing (which parenthesizes fully) made it longer
+/// or deeper than a rule may be.
+fn round_trip<T: PartialEq + std::fmt::Debug>(
+    printed: &str,
+    tree: &T,
+    parse: impl Fn(&str) -> Result<T, crate::rules::SqlError>,
+) {
+    match parse(printed) {
+        Ok(back) => assert_eq!(&back, tree, "{printed}"),
+        Err(e) if e.message.contains("nested more than") || e.message.contains("characters long") => {}
+        Err(e) => panic!("the printed form of a parsed rule does not parse: {printed}\n{e}"),
     }
 }

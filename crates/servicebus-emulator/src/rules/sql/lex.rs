@@ -100,7 +100,11 @@ fn number(chars: &[char], start: usize) -> Result<(Token, usize), SqlError> {
     let text: String = chars[start..i].iter().collect();
     let at = start + 1;
     let token = if double {
-        Token::Double(text.parse().map_err(|_| SqlError::at(at, format!("'{text}' is not a number")))?)
+        let value: f64 = text.parse().map_err(|_| SqlError::at(at, format!("'{text}' is not a number")))?;
+        if !value.is_finite() {
+            return Err(SqlError::at(at, format!("{text} is beyond the largest double")));
+        }
+        Token::Double(value)
     } else {
         Token::Long(text.parse().map_err(|_| SqlError::at(at, format!("{text} does not fit in a 64-bit integer")))?)
     };
@@ -170,5 +174,6 @@ mod tests {
         assert_eq!(tokens("a = 'open").unwrap_err().to_string(), "at position 5: this ' is never closed with '");
         assert_eq!(tokens("a ? b").unwrap_err().to_string(), "at position 3: unexpected character '?'");
         assert!(tokens("99999999999999999999").unwrap_err().to_string().contains("64-bit"));
+        assert!(tokens("1e400").unwrap_err().to_string().contains("beyond the largest double"));
     }
 }

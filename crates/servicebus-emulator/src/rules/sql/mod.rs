@@ -7,10 +7,12 @@
 //!   was expected.
 //! - `eval`: three-valued evaluation: a missing user property is *unknown*, and a filter
 //!   matches only when its predicate is true.
+//! - `print`: the trees as SQL again (`Display`), which parses back to the same tree.
 
 mod eval;
 mod lex;
 mod parse;
+mod print;
 
 pub(crate) use eval::{Props, Val, apply, matches};
 pub(crate) use parse::{parse_action, parse_filter};
