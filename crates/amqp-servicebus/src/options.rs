@@ -79,7 +79,7 @@ impl Default for ClientOptions {
 }
 
 /// How messages are taken from the entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ReceiveMode {
     /// Locked until settled (or the lock expires).
     #[default]

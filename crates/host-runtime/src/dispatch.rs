@@ -58,7 +58,7 @@ pub(crate) async fn run_worker(
 ) {
     let client = rt.shared.default_client().clone();
     let receiver_options = ReceiverOptions { mode: options.receive_mode, prefetch: options.prefetch };
-    let receiver = rt.shared.receiver(&channel, || client.receiver_with(&channel, receiver_options));
+    let receiver = rt.shared.receiver("default", &channel, receiver_options, &client);
     let permits = Arc::new(Semaphore::new(options.max_concurrent_calls));
     let mut calls = JoinSet::new();
     let mut failures = 0u32;

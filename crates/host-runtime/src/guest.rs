@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use amqp_servicebus::{
-    Error as SbError, ErrorKind as SbErrorKind, OrderedMap, ReceivedMessage, Receiver, Sender, ServiceBusClient,
-    SimpleValue,
+    Error as SbError, ErrorKind as SbErrorKind, OrderedMap, ReceivedMessage, Receiver, ReceiverOptions, Sender,
+    ServiceBusClient, SimpleValue,
 };
 use tokio::sync::mpsc;
 use wasmtime::component::{Resource, ResourceTable};
@@ -84,13 +84,18 @@ impl Delivery {
     }
 }
 
+/// A cached receiver's connection, channel (lower case), receive mode and prefetch.
+pub(crate) type ReceiverKey = (String, String, amqp_servicebus::ReceiveMode, u32);
+
 /// What every instance of the guest shares: connections, the allow-list, receivers, metrics.
 pub(crate) struct Shared {
     pub(crate) connections: HashMap<String, ServiceBusClient>,
     /// Channels the guest may send to (lower-case).
     pub(crate) allowed: RwLock<HashSet<String>>,
     senders: Mutex<HashMap<(String, String), Arc<Sender>>>,
-    pub(crate) receivers: Mutex<HashMap<String, Arc<Receiver>>>,
+    /// By connection, channel (lower case), receive mode and prefetch: a pull through another
+    /// connection, or with other options, never gets a worker's receiver.
+    pub(crate) receivers: Mutex<HashMap<ReceiverKey, Arc<Receiver>>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_updates: mpsc::UnboundedSender<GuestConfiguration>,
     next_delivery: AtomicU64,
@@ -125,13 +130,21 @@ impl Shared {
         self.connections.get("default").expect("the default connection is always configured")
     }
 
-    /// The receiver of a channel, shared by its worker and by pulls.
-    pub(crate) fn receiver(&self, channel: &str, make: impl FnOnce() -> Receiver) -> Arc<Receiver> {
+    /// The receiver of `channel` through `connection` with `options`, shared by a worker and by
+    /// pulls that ask for the same.
+    pub(crate) fn receiver(
+        &self,
+        connection: &str,
+        channel: &str,
+        options: ReceiverOptions,
+        client: &ServiceBusClient,
+    ) -> Arc<Receiver> {
+        let key = (connection.to_string(), channel.to_ascii_lowercase(), options.mode, options.prefetch);
         self.receivers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(channel.to_string())
-            .or_insert_with(|| Arc::new(make()))
+            .entry(key)
+            .or_insert_with(|| Arc::new(client.receiver_with(channel, options)))
             .clone()
     }
 
@@ -284,9 +297,12 @@ impl State {
         }
     }
 
-    fn client(&mut self, c: Resource<Client>) -> wasmtime::Result<ServiceBusClient> {
+    /// The connection a client handle names, and its client (the handle is consumed).
+    fn client(&mut self, c: Resource<Client>) -> wasmtime::Result<(String, ServiceBusClient)> {
         let client = self.table.delete(c)?;
-        Ok(self.shared.connections.get(client.connection()).cloned().expect("connect hands out only configured names"))
+        let name = client.connection().to_string();
+        let sb = self.shared.connections.get(&name).cloned().expect("connect hands out only configured names");
+        Ok((name, sb))
     }
 }
 
@@ -473,11 +489,11 @@ impl State {
         ch: String,
         wait: Duration,
     ) -> wasmtime::Result<Result<Vec<Message>, Resource<GuestError>>> {
-        let client = self.client(c)?;
+        let (connection, client) = self.client(c)?;
         if let Err(e) = client.check_entity(&ch).await {
             return self.fail_sb(&e);
         }
-        let receiver = self.shared.receiver(&ch, || client.receiver(&ch));
+        let receiver = self.shared.receiver(&connection, &ch, ReceiverOptions::default(), &client);
         match receiver.receive(16, wait).await {
             Ok(got) => {
                 let mut out = Vec::with_capacity(got.len());

@@ -15,7 +15,7 @@
 //! | `send:<channel>` | `connect("default")` + `producer.send` of a copy of the message |
 //! | `connect:<name>` | `client.connect(name)` |
 //! | `update:<a,b>` | `update-guest-configuration` with these channels |
-//! | `pull:<channel>` | `subscribe-try-receive` for 1 s, then completes what it got |
+//! | `pull:<channel>[@<connection>]` | `subscribe-try-receive` (through `connect(connection)`, `default` if none) for 1 s, then completes what it got |
 //! | `sleep:<ms>` | sleeps (a blocking WASI clock wait) |
 //! | `fresh` | fails if this instance ran a handler before or its memory is not zeroed; then dirties 256 KiB |
 //! | `latency` | prints `latency-us <n>` to stderr: wall clock now minus the `sent-at-us` property |
@@ -154,8 +154,9 @@ fn run_script(m: &Message) -> Result<(), Error> {
     outcome
 }
 
-fn pull(channel: &str) -> Result<(), Error> {
-    let pulled = consumer::subscribe_try_receive(Client::connect("default")?, channel, 1000)?;
+fn pull(arg: &str) -> Result<(), Error> {
+    let (channel, connection) = arg.split_once('@').unwrap_or((arg, "default"));
+    let pulled = consumer::subscribe_try_receive(Client::connect(connection)?, channel, 1000)?;
     for m in pulled.unwrap_or_default() {
         consumer::complete_message(&m)?;
     }

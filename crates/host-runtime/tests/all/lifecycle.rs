@@ -177,3 +177,27 @@ async fn a_prepared_host_takes_nothing_until_it_serves() -> anyhow::Result<()> {
     emu.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_through_a_named_connection_reads_that_connection() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("in"), queue("reports")]).await;
+    let audit = emulator(vec![queue("in")]).await;
+    // A worker consumes "in" on the default connection; the guest pulls "in" through "audit".
+    let extra = format!("[connections.audit]\nconnection-string = \"{}\"\n", audit.connection_string());
+    let host = test_host(&emu, "in", &extra).await;
+    client(&audit).sender("in").send(amqp_servicebus::Message::new("audit's")).await?;
+    let c = client(&emu);
+    let reports = Reports::new(&c);
+    send_script(&c, "in", "p1", "pull:in@audit").await;
+    let lines = reports.get("p1").await;
+    assert_eq!(lines[0], "pull:in@audit => ok", "{lines:?}");
+    assert_eq!(
+        audit.queue_counts("in").unwrap(),
+        QueueCounts::default(),
+        "the pull took and completed audit's message, not one of the worker's"
+    );
+    host.shutdown(Duration::from_secs(5)).await;
+    emu.shutdown().await;
+    audit.shutdown().await;
+    Ok(())
+}
