@@ -74,6 +74,9 @@ struct Worker {
 pub struct Host {
     rt: Arc<Runtime>,
     channels: Arc<std::sync::Mutex<BTreeMap<String, (ChannelOptions, Worker)>>>,
+    /// Workers of channels a configuration update removed: they finish their calls, and a
+    /// shutdown waits for them as for the others.
+    retired: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     hard_stop: watch::Sender<bool>,
     updates: tokio::task::JoinHandle<()>,
     /// Whether the compiled guest came from the cache.
@@ -177,6 +180,7 @@ impl Host {
             let _ = w.stop.send(true);
         }
         let mut tasks: Vec<_> = workers.into_iter().map(|(_, w)| w.task).collect();
+        tasks.append(&mut self.retired.lock().unwrap_or_else(|p| p.into_inner()));
         let drained = tokio::time::timeout(grace, futures_join_all(&mut tasks)).await.is_ok();
         if !drained {
             tracing::warn!(
@@ -214,6 +218,7 @@ impl Prepared {
         let Self { rt, initial, host_config, mut updates_rx, from_cache } = self;
         let (hard_stop, _) = watch::channel(false);
         let channels = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let retired = Arc::new(std::sync::Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
         for (channel, opts) in initial {
             start_worker(&rt, &channels, &hard_stop, channel, opts);
         }
@@ -222,6 +227,7 @@ impl Prepared {
         let updates = {
             let rt = rt.clone();
             let channels = channels.clone();
+            let retired = retired.clone();
             let hard_stop = hard_stop.clone();
             tokio::spawn(async move {
                 while let Some(gc) = updates_rx.recv().await {
@@ -238,6 +244,9 @@ impl Prepared {
                         if let Some((_, w)) = channels.lock().unwrap_or_else(|p| p.into_inner()).remove(removed) {
                             tracing::info!(channel = %removed, "channel removed by update-guest-configuration; its worker finishes its calls and stops");
                             let _ = w.stop.send(true);
+                            let mut retired = retired.lock().unwrap_or_else(|p| p.into_inner());
+                            retired.retain(|t| !t.is_finished());
+                            retired.push(w.task);
                         }
                     }
                     for (channel, opts) in next {
@@ -253,7 +262,7 @@ impl Prepared {
                 }
             })
         };
-        Host { rt, channels, hard_stop, updates, from_cache }
+        Host { rt, channels, retired, hard_stop, updates, from_cache }
     }
 }
 

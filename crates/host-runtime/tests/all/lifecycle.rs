@@ -201,3 +201,22 @@ async fn a_pull_through_a_named_connection_reads_that_connection() -> anyhow::Re
     audit.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_calls_of_a_channel_an_update_removed() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("first"), queue("second"), queue("reports")]).await;
+    let host = test_host(&emu, "first", "").await;
+    let c = client(&emu);
+    // The call that removes its own channel is still running when the host shuts down.
+    send_script(&c, "first", "r1", "update:second;sleep:1500").await;
+    eventually("the update removed first", Duration::from_secs(10), || {
+        host.channels().iter().map(|(ch, _)| ch.as_str()).collect::<Vec<_>>() == ["second"]
+    })
+    .await;
+    let report = host.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained);
+    // The call ended, and the host completed its message before closing the connection.
+    assert_eq!(emu.queue_counts("first").unwrap(), QueueCounts::default());
+    emu.shutdown().await;
+    Ok(())
+}
