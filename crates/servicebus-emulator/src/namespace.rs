@@ -7,7 +7,7 @@ use crate::auth::normalize;
 use crate::config::Config;
 use crate::message::StoredMessage;
 use crate::queue::{Queue, QueueCounts, QuotaExceeded};
-use crate::rules::{Rule, RuleSet};
+use crate::rules::{MessageView, Rule, RuleSet};
 
 /// A topic: a message sent to it is copied to each subscription.
 #[derive(Debug)]
@@ -70,9 +70,10 @@ impl Destination {
                 // The sequence numbers of the subscription that took the most copies (all of
                 // them, when a subscription takes every message).
                 let mut seqs = Vec::new();
+                let views: Vec<MessageView> = messages.iter().map(|_| MessageView::default()).collect();
                 for sub in t.subscriptions.values() {
                     let copies: Vec<StoredMessage> = match sub.rules() {
-                        Some(rules) => messages.iter().flat_map(|m| rules.route(m)).collect(),
+                        Some(rules) => messages.iter().zip(&views).flat_map(|(m, v)| rules.route(m, v)).collect(),
                         None => messages.clone(),
                     };
                     if copies.is_empty() {

@@ -13,6 +13,7 @@
 
 pub(crate) mod sql;
 
+use std::cell::OnceCell;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
@@ -250,8 +251,9 @@ impl RuleSet {
     }
 
     /// The copies of `message` this subscription gets: none, one, or one per matching rule
-    /// with an action (plus one if a rule without an action matches).
-    pub(crate) fn route(&self, message: &StoredMessage) -> Vec<StoredMessage> {
+    /// with an action (plus one if a rule without an action matches). `view` is what the
+    /// rules see of the message, read once however many subscriptions route it.
+    pub(crate) fn route(&self, message: &StoredMessage, view: &MessageView) -> Vec<StoredMessage> {
         let rules = self.read();
         if !rules.iter().any(Rule::needs_properties) {
             // Only true and false filters: no need to read the message.
@@ -261,17 +263,17 @@ impl RuleSet {
                 Vec::new()
             };
         }
-        let props = props_of(message);
+        let props = view.0.get_or_init(|| props_of(message));
         let mut plain = false;
         let mut copies = Vec::new();
-        for rule in rules.iter().filter(|r| r.matches(&props)) {
+        for rule in rules.iter().filter(|r| r.matches(props)) {
             match &rule.action {
                 None => plain = true,
                 Some(statements) => {
                     let mut changed = props.clone();
                     sql::apply(statements, &mut changed);
                     changed.set_user(RULE_NAME_PROPERTY, SimpleValue::String(rule.config.name.clone()));
-                    copies.push(with_props(message, &props, &changed));
+                    copies.push(with_props(message, props, &changed));
                 }
             }
         }
@@ -281,6 +283,11 @@ impl RuleSet {
         copies
     }
 }
+
+/// What the rules of a topic's subscriptions see of one message: its properties, decoded when
+/// the first rule that reads them needs them, and only then.
+#[derive(Default)]
+pub(crate) struct MessageView(OnceCell<Props>);
 
 /// What a rule sees of a message.
 fn props_of(message: &StoredMessage) -> Props {

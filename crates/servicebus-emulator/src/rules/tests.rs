@@ -27,7 +27,7 @@ fn sql(text: &str) -> RuleFilter {
 fn without_rules_a_subscription_takes_everything_through_default() {
     let set = RuleSet::new(Vec::new());
     assert_eq!(set.list()[0].name, DEFAULT_RULE);
-    assert_eq!(set.route(&message("a", "blue", 1)).len(), 1);
+    assert_eq!(set.route(&message("a", "blue", 1), &MessageView::default()).len(), 1);
 }
 
 #[test]
@@ -45,7 +45,7 @@ fn rules_without_actions_give_one_copy_and_each_rule_with_an_action_one_more() {
         ),
         rule("f", sql("color = 'red'"), Some("SET never = 1")),
     ]);
-    let copies = set.route(&message("big", "blue", 10));
+    let copies = set.route(&message("big", "blue", 10), &MessageView::default());
     assert_eq!(copies.len(), 3);
     let props: Vec<Props> = copies.iter().map(props_of).collect();
     assert_eq!(props[0].user("quantity"), Some(&SimpleValue::Int(10)), "the plain copy is the message as sent");
@@ -57,7 +57,7 @@ fn rules_without_actions_give_one_copy_and_each_rule_with_an_action_one_more() {
     assert_eq!(props[2].user(RULE_NAME_PROPERTY), Some(&SimpleValue::String("e".into())));
     assert_eq!(copies[2].message_id, copies[0].message_id, "the message-id is kept");
     // Only the true filter and rule d match: the plain copy and d's.
-    let copies = set.route(&message("small", "green", 1));
+    let copies = set.route(&message("small", "green", 1), &MessageView::default());
     let names: Vec<_> = copies.iter().map(|c| props_of(c).user(RULE_NAME_PROPERTY).cloned()).collect();
     assert_eq!(names, [None, Some(SimpleValue::String("d".into()))]);
 }
@@ -65,8 +65,8 @@ fn rules_without_actions_give_one_copy_and_each_rule_with_an_action_one_more() {
 #[test]
 fn no_matching_rule_means_no_copy() {
     let set = RuleSet::new(vec![rule("only-red", sql("color = 'red'"), None), rule("none", RuleFilter::False, None)]);
-    assert!(set.route(&message("x", "blue", 1)).is_empty());
-    assert_eq!(set.route(&message("x", "red", 1)).len(), 1);
+    assert!(set.route(&message("x", "blue", 1), &MessageView::default()).is_empty());
+    assert_eq!(set.route(&message("x", "red", 1), &MessageView::default()).len(), 1);
 }
 
 #[test]
@@ -80,9 +80,9 @@ fn correlation_filters_match_every_field_given() {
         ..Default::default()
     };
     let set = RuleSet::new(vec![rule("c", RuleFilter::Correlation(filter), None)]);
-    assert_eq!(set.route(&message("order", "blue", 3)).len(), 1, "an int 3 equals a long 3");
-    assert!(set.route(&message("order", "blue", 4)).is_empty());
-    assert!(set.route(&message("Order", "blue", 3)).is_empty(), "exact match");
+    assert_eq!(set.route(&message("order", "blue", 3), &MessageView::default()).len(), 1, "an int 3 equals a long 3");
+    assert!(set.route(&message("order", "blue", 4), &MessageView::default()).is_empty());
+    assert!(set.route(&message("Order", "blue", 3), &MessageView::default()).is_empty(), "exact match");
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn rules_are_added_once_by_name_and_removed() {
     assert!(set.remove(DEFAULT_RULE));
     assert!(!set.remove(DEFAULT_RULE));
     assert_eq!(set.list().iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["red"]);
-    assert!(set.route(&message("x", "blue", 1)).is_empty());
+    assert!(set.route(&message("x", "blue", 1), &MessageView::default()).is_empty());
 }
 
 #[test]
