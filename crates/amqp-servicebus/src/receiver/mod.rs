@@ -37,6 +37,7 @@ use crate::message::{LinkId, LockOrigin, Message, ReceivedMessage, system_time};
 use crate::options::{Dialect, ReceiveMode, ReceiverOptions, SessionReceiverOptions};
 use crate::sender::Sender;
 use link::{LinkContext, LinkHandle, LinkOutcome};
+pub use session::MessageSession;
 use session::SessionLock;
 pub(crate) use session::Wanted as WantedSession;
 
@@ -124,12 +125,12 @@ impl Receiver {
 
     /// The message session this receiver holds, if it is a session receiver.
     pub fn session(&self) -> Option<MessageSession<'_>> {
-        self.session.as_deref().map(|lock| MessageSession { receiver: self, lock })
+        self.session.as_deref().map(|lock| MessageSession::new(&self.management, &self.entity, lock))
     }
 
     /// The `session-id` a `$management` request about this receiver's messages names, if any.
     fn session_field(&self) -> Option<(&'static str, Value)> {
-        self.session.as_ref().map(|s| ("session-id", Value::String(s.id.clone())))
+        self.session.as_deref().map(SessionLock::id_field)
     }
 
     /// The entity this receiver receives from.
@@ -233,30 +234,28 @@ impl Receiver {
         }
     }
 
-    /// The lock token of a message this receiver can settle.
-    async fn lock_token(&self, message: &ReceivedMessage) -> Result<uuid::Uuid> {
+    /// The lock token of a message this receiver can settle, and the link that delivered it
+    /// (none when it was received through `$management`).
+    async fn lock_token(&self, message: &ReceivedMessage) -> Result<(uuid::Uuid, Option<Arc<LinkHandle>>)> {
         let invalid = |what: &str| Error::new(ErrorKind::InvalidOperation, what).at(&self.entity);
-        match message.origin {
+        let link = match message.origin {
             LockOrigin::Peeked => return Err(invalid("a peeked message is not locked and cannot be settled")),
             LockOrigin::Deleted => {
                 return Err(invalid("a message received in receive-and-delete mode is already settled"));
             }
-            LockOrigin::Management => {}
+            LockOrigin::Management => None,
             // Locks die with the link that delivered them.
-            LockOrigin::Link(id) => {
-                if self.link_of(id).await.is_none() {
-                    return Err(self.link_lost(message));
-                }
-            }
-        }
-        message.lock_token.ok_or_else(|| invalid("the message has no lock token"))
+            LockOrigin::Link(id) => Some(self.link_of(id).await.ok_or_else(|| self.link_lost(message))?),
+        };
+        let token = message.lock_token.ok_or_else(|| invalid("the message has no lock token"))?;
+        Ok((token, link))
     }
 
     async fn settle(&self, message: &ReceivedMessage, settlement: Settlement) -> Result<()> {
         if self.connection.dialect() == Dialect::GenericAmqp {
             return self.settle_on_link(message, settlement).await;
         }
-        let token = self.lock_token(message).await?;
+        let (token, link) = self.lock_token(message).await?;
         let (status, mut body) = match &settlement {
             Settlement::Complete => ("completed", vec![]),
             Settlement::Abandon(props) => ("abandoned", vec![("properties-to-modify", properties(props))]),
@@ -275,8 +274,7 @@ impl Receiver {
         self.management.request(&self.entity, "com.microsoft:update-disposition", body).await?;
         // Confirmed: accepted on the link too, so that the link forgets it (the broker has
         // settled it already, and ignores the disposition).
-        if let (LockOrigin::Link(id), Some(delivery)) = (message.origin, &message.delivery)
-            && let Some(link) = self.current().filter(|l| l.id == id)
+        if let (Some(link), Some(delivery)) = (link, &message.delivery)
             && link.mark_settled(delivery)
         {
             let _ = link.accept(&self.entity, delivery).await;
@@ -316,15 +314,14 @@ impl Receiver {
         if self.connection.dialect() == Dialect::GenericAmqp {
             return Err(Error::not_supported("complete_and_send"));
         }
-        self.lock_token(received).await?;
-        let LockOrigin::Link(id) = received.origin else {
+        let (_, link) = self.lock_token(received).await?;
+        let (LockOrigin::Link(id), Some(link)) = (received.origin, link) else {
             return Err(Error::new(
                 ErrorKind::NotSupported,
                 "complete_and_send works on messages received on a link, not by sequence number",
             )
             .at(&self.entity));
         };
-        let link = self.link_of(id).await.ok_or_else(|| self.link_lost(received))?;
         let delivery = received.delivery.as_ref().ok_or_else(|| self.link_lost(received))?;
         let mut controller = self.controller.lock().await;
         if controller.as_ref().is_none_or(|(of, _)| *of != id) {
@@ -373,7 +370,7 @@ impl Receiver {
             )
             .at(&self.entity));
         }
-        let token = self.lock_token(message).await?;
+        let (token, _) = self.lock_token(message).await?;
         let tokens = Value::Array(Array(vec![Value::Uuid(token.into_bytes().into())]));
         let response =
             self.management.request(&self.entity, "com.microsoft:renew-lock", vec![("lock-tokens", tokens)]).await?;
@@ -578,57 +575,6 @@ impl Receiver {
             Err(reason) if matches!(reason.kind(), ErrorKind::NotFound | ErrorKind::Unauthorized) => reason,
             _ => e,
         }
-    }
-}
-
-/// The message session a session receiver holds: its id, its lock and its state.
-#[derive(Clone, Copy)]
-pub struct MessageSession<'a> {
-    receiver: &'a Receiver,
-    lock: &'a SessionLock,
-}
-
-impl std::fmt::Debug for MessageSession<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageSession").field("id", &self.lock.id).field("locked_until", &self.locked_until()).finish()
-    }
-}
-
-impl MessageSession<'_> {
-    /// The session id (the messages' `session_id`).
-    pub fn id(&self) -> &str {
-        &self.lock.id
-    }
-
-    /// When the session lock lapses unless renewed.
-    pub fn locked_until(&self) -> SystemTime {
-        self.lock.locked_until()
-    }
-
-    /// Renews the session lock (and with it the locks of the session's messages); returns
-    /// the new expiry.
-    pub async fn renew_lock(&self) -> Result<SystemTime> {
-        self.lock.renew(&self.receiver.management, &self.receiver.entity).await
-    }
-
-    /// The session's state, if it has one.
-    pub async fn state(&self) -> Result<Option<bytes::Bytes>> {
-        let entity = &self.receiver.entity;
-        let body = vec![("session-id", Value::String(self.lock.id.clone()))];
-        let response = self.receiver.management.request(entity, "com.microsoft:get-session-state", body).await?;
-        match response.field("session-state") {
-            Some(Value::Binary(b)) => Ok(Some(bytes::Bytes::copy_from_slice(b))),
-            None | Some(Value::Null) => Ok(None),
-            Some(other) => Err(Error::protocol(entity, format!("get-session-state answered a state of {other:?}"))),
-        }
-    }
-
-    /// Sets the session's state; `None` clears it. It is kept until it is set again or cleared.
-    pub async fn set_state(&self, state: Option<&[u8]>) -> Result<()> {
-        let entity = &self.receiver.entity;
-        let state = state.map_or(Value::Null, |s| Value::Binary(s.to_vec().into()));
-        let body = vec![("session-id", Value::String(self.lock.id.clone())), ("session-state", state)];
-        self.receiver.management.request(entity, "com.microsoft:set-session-state", body).await.map(drop)
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`com.microsoft:session-filter`, and `com.microsoft:timeout` for the next available
 //! session), what the broker grants (the session id in the filter it echoes, and
 //! `com.microsoft:locked-until-utc`), and the session lock, renewed automatically up to a
-//! maximum if asked.
+//! maximum if asked; [`MessageSession`], the view of it a caller gets.
 
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -106,13 +106,18 @@ impl SessionLock {
         Arc::new(Self { id, locked_until: StdMutex::new(locked_until), renewal: StdMutex::new(None) })
     }
 
+    /// The `session-id` field of a `$management` request about this session.
+    pub(super) fn id_field(&self) -> (&'static str, Value) {
+        ("session-id", Value::String(self.id.clone()))
+    }
+
     pub(super) fn locked_until(&self) -> SystemTime {
         *self.locked_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Renews the lock through `$management`; returns the new expiry.
     pub(super) async fn renew(&self, management: &Management, entity: &str) -> Result<SystemTime> {
-        let body = vec![("session-id", Value::String(self.id.clone()))];
+        let body = vec![self.id_field()];
         let response = management.request(entity, "com.microsoft:renew-session-lock", body).await?;
         let until = match response.field("expiration") {
             Some(Value::Timestamp(t)) => system_time(t.milliseconds()),
@@ -144,6 +149,62 @@ impl Drop for SessionLock {
         if let Some(task) = self.renewal.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
+    }
+}
+
+/// The message session a session receiver holds: its id, its lock and its state.
+#[derive(Clone, Copy)]
+pub struct MessageSession<'a> {
+    management: &'a Management,
+    entity: &'a str,
+    lock: &'a SessionLock,
+}
+
+impl std::fmt::Debug for MessageSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageSession").field("id", &self.lock.id).field("locked_until", &self.locked_until()).finish()
+    }
+}
+
+impl<'a> MessageSession<'a> {
+    pub(super) fn new(management: &'a Management, entity: &'a str, lock: &'a SessionLock) -> Self {
+        Self { management, entity, lock }
+    }
+
+    /// The session id (the messages' `session_id`).
+    pub fn id(&self) -> &str {
+        &self.lock.id
+    }
+
+    /// When the session lock lapses unless renewed.
+    pub fn locked_until(&self) -> SystemTime {
+        self.lock.locked_until()
+    }
+
+    /// Renews the session lock (and with it the locks of the session's messages); returns
+    /// the new expiry.
+    pub async fn renew_lock(&self) -> Result<SystemTime> {
+        self.lock.renew(self.management, self.entity).await
+    }
+
+    /// The session's state, if it has one.
+    pub async fn state(&self) -> Result<Option<bytes::Bytes>> {
+        let body = vec![self.lock.id_field()];
+        let response = self.management.request(self.entity, "com.microsoft:get-session-state", body).await?;
+        match response.field("session-state") {
+            Some(Value::Binary(b)) => Ok(Some(bytes::Bytes::copy_from_slice(b))),
+            None | Some(Value::Null) => Ok(None),
+            Some(other) => {
+                Err(Error::protocol(self.entity, format!("get-session-state answered a state of {other:?}")))
+            }
+        }
+    }
+
+    /// Sets the session's state; `None` clears it. It is kept until it is set again or cleared.
+    pub async fn set_state(&self, state: Option<&[u8]>) -> Result<()> {
+        let state = state.map_or(Value::Null, |s| Value::Binary(s.to_vec().into()));
+        let body = vec![self.lock.id_field(), ("session-state", state)];
+        self.management.request(self.entity, "com.microsoft:set-session-state", body).await.map(drop)
     }
 }
 
