@@ -8,7 +8,7 @@
 //! an entity that requires them (their locks and state); [`types`] the words of the API
 //! (properties, settlements, errors); `tests.rs` the rules.
 //!
-//! Size: about 690 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
+//! Size: about 710 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
 //! one `State` under one lock; splitting it would spread that lock's invariants over files.
 
 mod sessions;
