@@ -14,6 +14,7 @@
 //! - [`e2e`]: `cargo xtask test-e2e`.
 //! - [`bench`]: `cargo xtask bench`.
 //! - [`fuzz`]: `cargo xtask fuzz`.
+//! - [`layers`]: a crate's module graph, for the test that no module imports one that imports it back.
 //!
 //! # Example
 //! ```no_run
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod e2e;
 pub mod fuzz;
 pub mod guests;
+pub mod layers;
 pub mod node;
 pub mod paths;
 pub mod procs;

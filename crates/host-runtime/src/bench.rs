@@ -2,28 +2,26 @@
 //! instance, or on a reused one, with the host's real engine, linker and store setup
 //! but no broker. Not part of the host's API.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use amqp_servicebus::{ClientOptions, ServiceBusClient};
-use tokio::sync::mpsc;
 use wasmtime::Store;
 use wit_interface::{Message, ServicebusGuest};
 
-use crate::engine::{self, EngineSettings, LoadError, LoadedGuest};
-use crate::guest::{Shared, State};
-use crate::metrics::Metrics;
+use crate::engine::{self, EngineSettings, LoadError};
+use crate::instance::{HostState, Instances};
+use crate::links::DEFAULT_CONNECTION;
+use crate::messaging::{CallCtx, MessagingCtx};
 
-/// A loaded guest with the host's linker, and what its store data needs.
+/// A loaded guest with the host's linker and store set-up.
 pub struct Bench {
-    guest: Arc<LoadedGuest>,
-    shared: Arc<Shared>,
+    instances: Instances,
 }
 
 /// A store and an instance kept across calls (for comparison with fresh instances).
 pub struct Reused {
-    store: Store<State>,
+    store: Store<HostState>,
     instance: ServicebusGuest,
 }
 
@@ -37,35 +35,21 @@ impl Bench {
             ClientOptions::default(),
         )
         .expect("a valid connection string");
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::new(
-            HashMap::from([("default".to_string(), unused)]),
-            HashSet::new(),
-            Arc::new(Metrics::default()),
-            tx,
-            Vec::new(),
-        ));
-        Ok(Self { guest, shared })
+        let ctx = MessagingCtx::builder().connection(DEFAULT_CONNECTION, unused).build().expect("it has the default");
+        Ok(Self { instances: Instances::new(guest, Arc::new(ctx), Vec::new())? })
     }
 
-    fn store(&self) -> Store<State> {
-        let mut store = Store::new(
-            &self.guest.engine,
-            State::new(self.shared.clone(), "bench", &[], self.guest.settings.max_memory),
-        );
-        store.limiter(|s| s);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
-        store
+    fn store(&self) -> Store<HostState> {
+        self.instances.store(CallCtx::new("bench", &[]))
     }
 
     /// Instantiates afresh, calls `handler(messages)`, and drops the instance: one host dispatch.
     pub async fn fresh_call(&self, messages: &[Message]) -> wasmtime::Result<()> {
         let mut store = self.store();
-        let instance = self.guest.pre.instantiate_async(&mut store).await?;
+        let instance = self.instances.instantiate(&mut store).await?;
         let result = instance.wasi_messaging_messaging_guest().call_handler(&mut store, messages).await?;
         if let Err(e) = result {
-            store.data_mut().take_error(e);
+            Instances::take_error(&mut store, e);
         }
         Ok(())
     }
@@ -73,7 +57,7 @@ impl Bench {
     /// A store and instance to call repeatedly.
     pub async fn reused(&self) -> wasmtime::Result<Reused> {
         let mut store = self.store();
-        let instance = self.guest.pre.instantiate_async(&mut store).await?;
+        let instance = self.instances.instantiate(&mut store).await?;
         Ok(Reused { store, instance })
     }
 }
@@ -83,7 +67,7 @@ impl Reused {
     pub async fn call(&mut self, messages: &[Message]) -> wasmtime::Result<()> {
         let result = self.instance.wasi_messaging_messaging_guest().call_handler(&mut self.store, messages).await?;
         if let Err(e) = result {
-            self.store.data_mut().take_error(e);
+            Instances::take_error(&mut self.store, e);
         }
         Ok(())
     }

@@ -1,21 +1,19 @@
-//! The Wasmtime engine, loading the guest (with a compiled-artifact cache), and
-//! the linker that gives the guest WASI and the messaging interfaces.
+//! The Wasmtime engine, and loading the guest (with a compiled-artifact cache).
 //!
 //! The component is compiled once and kept in the cache directory (`cache`); a
-//! restart loads the artifact in microseconds instead of compiling.
-//! Instances come from one `InstancePre` and the pooling allocator.
+//! restart loads the artifact in microseconds instead of compiling. Its imports and
+//! exports are checked here; linking it is [`crate::instance`]'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wit_interface::{ServicebusGuest, ServicebusGuestPre, names};
+use wit_interface::names;
 
 use crate::cache;
-use crate::guest::State;
 
 /// How often the epoch advances: the granularity of handler deadlines.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -96,11 +94,13 @@ impl Default for EngineSettings {
     }
 }
 
-/// The loaded guest: engine, pre-instantiated component, and the epoch ticker.
+/// The loaded guest: engine, compiled component, and the epoch ticker.
 pub struct LoadedGuest {
     pub(crate) engine: Engine,
-    pub(crate) pre: ServicebusGuestPre<State>,
+    pub(crate) component: Component,
     pub(crate) settings: EngineSettings,
+    /// Where it was loaded from (for errors).
+    pub(crate) path: String,
     /// Whether it imports the extension (else it is a draft-only guest).
     pub imports_settlement: bool,
     /// Whether the compiled artifact came from the cache.
@@ -159,13 +159,6 @@ pub fn load(path: &Path, settings: EngineSettings) -> Result<LoadedGuest, LoadEr
         cache::compile_cached(&engine, &bytes, settings.cache_dir.as_deref()).map_err(compile)?;
     let imports_settlement = check_world(&engine, &component, &shown)?;
 
-    let mut linker: Linker<State> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| compile(format!("{e:#}")))?;
-    ServicebusGuest::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-        .map_err(|e| compile(format!("{e:#}")))?;
-    let pre = linker.instantiate_pre(&component).map_err(|e| compile(format!("{e:#}")))?;
-    let pre = ServicebusGuestPre::new(pre).map_err(|e| compile(format!("{e:#}")))?;
-
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let ticker_engine = engine.weak();
     let stop = stop_ticker.clone();
@@ -181,7 +174,7 @@ pub fn load(path: &Path, settings: EngineSettings) -> Result<LoadedGuest, LoadEr
             }
         })
         .map_err(|e| compile(format!("cannot start the epoch ticker: {e}")))?;
-    Ok(LoadedGuest { engine, pre, settings, imports_settlement, from_cache, stop_ticker })
+    Ok(LoadedGuest { engine, component, settings, path: shown, imports_settlement, from_cache, stop_ticker })
 }
 
 /// Checks the component's imports and exports; returns whether it imports the extension.

@@ -1,21 +1,22 @@
 //! The host: load the guest, `configure()`, check the channels, run a worker per
 //! channel, apply configuration updates, and shut down without losing messages.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use amqp_servicebus::{ClientOptions, ConnectionString, Error as SbError, ServiceBusClient};
 use tokio::sync::{mpsc, watch};
-use wasmtime::Store;
 use wit_interface::GuestConfiguration;
 
 use crate::config::{self, ChannelOptions, ConfigError, HostConfig};
-use crate::dispatch::{Runtime, run_worker};
 use crate::engine::{self, EngineSettings, LoadError};
-use crate::guest::{Shared, State};
+use crate::instance::Instances;
+use crate::links::DEFAULT_CONNECTION;
+use crate::messaging::{CallCtx, MessagingCtx};
 use crate::metrics::Metrics;
+use crate::worker::run_worker;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ struct Worker {
 
 /// A running host.
 pub struct Host {
-    rt: Arc<Runtime>,
+    rt: Arc<Instances>,
     channels: Arc<std::sync::Mutex<BTreeMap<String, (ChannelOptions, Worker)>>>,
     /// Workers of channels a configuration update removed: they finish their calls, and a
     /// shutdown waits for them as for the others.
@@ -114,22 +115,22 @@ impl Host {
         let guest = tokio::task::spawn_blocking(move || engine::load(&component, settings))
             .await
             .map_err(|e| StartError::Configure(format!("loading the guest stopped: {e}")))??;
-        let guest = Arc::new(guest);
-        let mut connections = HashMap::new();
-        connections.insert(
-            "default".to_string(),
-            ServiceBusClient::from_settings(options.connection.clone(), options.client.clone()),
-        );
+        let from_cache = guest.from_cache;
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel::<GuestConfiguration>();
+        let mut ctx = MessagingCtx::builder()
+            .connection(
+                DEFAULT_CONNECTION,
+                ServiceBusClient::from_settings(options.connection.clone(), options.client.clone()),
+            )
+            .configuration_updates(updates_tx);
         for (name, c) in &options.config.connections {
             let client = ServiceBusClient::new(&c.connection_string, options.client.clone())
                 .map_err(|error| StartError::Connection { name: name.clone(), error })?;
-            connections.insert(name.clone(), client);
+            ctx = ctx.connection(name.clone(), client);
         }
-        let metrics = Arc::new(Metrics::default());
-        let (updates_tx, updates_rx) = mpsc::unbounded_channel::<GuestConfiguration>();
+        let ctx = Arc::new(ctx.build().expect("the default connection was added"));
         let env: Vec<(String, String)> = options.config.guest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let shared = Arc::new(Shared::new(connections, HashSet::new(), metrics.clone(), updates_tx, env));
-        let rt = Arc::new(Runtime { guest: guest.clone(), shared: shared.clone() });
+        let rt = Arc::new(Instances::new(Arc::new(guest), ctx.clone(), env)?);
 
         let configured = configure(&rt).await?;
         tracing::info!(channels = ?configured.channels, extensions = ?configured.extensions, "configure() returned");
@@ -138,18 +139,16 @@ impl Host {
             return Err(StartError::NoChannels);
         }
         for channel in initial.keys() {
-            shared
+            ctx.links()
                 .default_client()
                 .check_entity(channel)
                 .await
                 .map_err(|error| StartError::Channel { channel: channel.clone(), error })?;
         }
-        {
-            let mut allowed = shared.allowed.write().unwrap_or_else(|p| p.into_inner());
-            allowed.extend(initial.keys().map(|c| c.to_ascii_lowercase()));
-            allowed.extend(options.config.guest.allowed_targets.iter().map(|c| c.to_ascii_lowercase()));
+        for channel in initial.keys().chain(&options.config.guest.allowed_targets) {
+            ctx.allow(channel);
         }
-        Ok(Prepared { rt, initial, host_config: options.config, updates_rx, from_cache: guest.from_cache })
+        Ok(Prepared { rt, initial, host_config: options.config, updates_rx, from_cache })
     }
 
     /// The channels being consumed, with their options.
@@ -164,7 +163,7 @@ impl Host {
 
     /// The counters.
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.rt.shared.metrics.clone()
+        self.rt.ctx().metrics().clone()
     }
 
     /// Stops receiving, lets handler calls finish for up to `grace`, then stops the rest
@@ -189,9 +188,7 @@ impl Host {
             let _ = self.hard_stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(30), futures_join_all(&mut tasks)).await;
         }
-        for client in self.rt.shared.connections.values() {
-            client.close().await;
-        }
+        self.rt.ctx().close().await;
         ShutdownReport { drained }
     }
 }
@@ -199,7 +196,7 @@ impl Host {
 /// A host ready to serve: its guest loaded and configured, its channels checked, and no
 /// worker started yet.
 pub struct Prepared {
-    rt: Arc<Runtime>,
+    rt: Arc<Instances>,
     initial: BTreeMap<String, ChannelOptions>,
     host_config: HostConfig,
     updates_rx: mpsc::UnboundedReceiver<GuestConfiguration>,
@@ -251,11 +248,7 @@ impl Prepared {
                     }
                     for (channel, opts) in next {
                         if !current.contains(&channel) {
-                            rt.shared
-                                .allowed
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(channel.to_ascii_lowercase());
+                            rt.ctx().allow(&channel);
                             start_worker(&rt, &channels, &hard_stop, channel, opts);
                         }
                     }
@@ -273,7 +266,7 @@ async fn futures_join_all(tasks: &mut [tokio::task::JoinHandle<()>]) {
 }
 
 fn start_worker(
-    rt: &Arc<Runtime>,
+    rt: &Arc<Instances>,
     channels: &std::sync::Mutex<BTreeMap<String, (ChannelOptions, Worker)>>,
     hard_stop: &watch::Sender<bool>,
     channel: String,
@@ -295,20 +288,18 @@ fn start_worker(
 }
 
 /// Calls the guest's `configure()` in an instance of its own.
-async fn configure(rt: &Arc<Runtime>) -> Result<GuestConfiguration, StartError> {
-    let mut store =
-        Store::new(&rt.guest.engine, State::new(rt.shared.clone(), "(configure)", &[], rt.guest.settings.max_memory));
-    store.limiter(|s| s);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
+async fn configure(rt: &Instances) -> Result<GuestConfiguration, StartError> {
+    let mut store = rt.store(CallCtx::new("(configure)", &[]));
     let call = async {
-        let instance = rt.guest.pre.instantiate_async(&mut store).await?;
+        let instance = rt.instantiate(&mut store).await?;
         instance.wasi_messaging_messaging_guest().call_configure(&mut store).await
     };
     match tokio::time::timeout(Duration::from_secs(30), call).await {
         Err(_) => Err(StartError::Configure("did not return within 30 s".into())),
         Ok(Err(trap)) => Err(StartError::Configure(format!("trapped: {trap:#}"))),
-        Ok(Ok(Err(e))) => Err(StartError::Configure(format!("returned an error: {}", store.data_mut().take_error(e)))),
+        Ok(Ok(Err(e))) => {
+            Err(StartError::Configure(format!("returned an error: {}", Instances::take_error(&mut store, e))))
+        }
         Ok(Ok(Ok(gc))) => Ok(gc),
     }
 }

@@ -8,11 +8,19 @@
 //! trap or timeout → abandon). `docs/semantics.md` is the guest's contract.
 //!
 //! # Layout
+//! A message moves down this list: a worker receives it, a call's store is built, the guest
+//! runs and calls its imports, and the delivery is settled.
 //! - [`config`]: `host.toml`, guest `extensions`, channel options.
 //! - [`engine`]: the Wasmtime engine, loading and caching the guest.
-//! - `guest`: the store data and the messaging imports.
+//! - `worker`: a worker per channel, handler calls, their deadlines.
+//! - `instance`: the one place a call's store is built (the host's store data and linker).
+//! - [`messaging`]: the `wasi:messaging` imports for any embedder: a per-process
+//!   [`MessagingCtx`], a per-call [`CallCtx`], the [`Messaging`] view, and
+//!   [`messaging::add_to_linker`].
+//! - [`delivery`]: a delivery's state, settlement, lock renewal, and the matrix for what a
+//!   call left unsettled.
+//! - [`links`]: the named connections and their cached senders and receivers.
 //! - [`convert`]: messages ↔ the WIT record (metadata keys).
-//! - `dispatch`: workers, handler calls, lock renewal, the matrix.
 //! - [`host`]: start ([`Host::prepare`], then [`Prepared::serve`]: nothing is received before
 //!   `serve`, so a program told to stop during start-up stops having taken nothing),
 //!   configuration updates, shutdown.
@@ -38,17 +46,49 @@
 //! host.shutdown(Duration::from_secs(30)).await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Embedding
+//! Another Wasmtime program adds the messaging imports to its own linker, next to WASI, with
+//! a view of its own store data (`examples/embed.rs` is a whole program, run in the tests):
+//! ```no_run
+//! # fn demo(engine: &wasmtime::Engine, client: amqp_servicebus::ServiceBusClient) -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use host_runtime::messaging::{self, CallCtx, Messaging, MessagingCtx};
+//! use wasmtime::component::{Linker, ResourceTable};
+//!
+//! struct MyState {
+//!     wasi: wasmtime_wasi::WasiCtx,
+//!     table: ResourceTable,
+//!     messaging: Arc<MessagingCtx>,
+//!     call: CallCtx,
+//! }
+//!
+//! impl wasmtime_wasi::WasiView for MyState {
+//!     fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+//!         wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+//!     }
+//! }
+//!
+//! let mut linker = Linker::<MyState>::new(engine);
+//! wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+//! messaging::add_to_linker(&mut linker, |s: &mut MyState| Messaging::new(&s.messaging, &mut s.call, &mut s.table))?;
+//! let ctx = MessagingCtx::builder().connection("default", client).allow("payments").build()?;
+//! # Ok(()) }
+//! ```
 
 #[doc(hidden)]
 pub mod bench;
 mod cache;
 pub mod config;
 pub mod convert;
-mod dispatch;
+pub mod delivery;
 pub mod engine;
-mod guest;
 pub mod host;
+mod instance;
+pub mod links;
+pub mod messaging;
 pub mod metrics;
+mod worker;
 
-pub use guest::State;
 pub use host::{Host, HostOptions, Prepared, ShutdownReport, StartError};
+pub use messaging::{CallCtx, Messaging, MessagingCtx};

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::guest::Outcome;
-
 /// Latency buckets (seconds) of the handler histogram.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
@@ -80,19 +78,6 @@ impl Metrics {
 
     pub(crate) fn sent(&self, channel: &str, n: u64) {
         self.channel(channel).sent.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn settled(&self, channel: &str, o: Outcome) {
-        let c = self.channel(channel);
-        let counter = match o {
-            Outcome::Completed => &c.completed,
-            Outcome::Abandoned => &c.abandoned,
-            Outcome::DeadLettered => &c.dead_lettered,
-            Outcome::Deferred => &c.deferred,
-            Outcome::Redirected => &c.redirected,
-            Outcome::DelayedRetry => &c.delayed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn renewed(&self, channel: &str) {
@@ -239,7 +224,7 @@ mod tests {
     fn the_exposition_has_every_counter_per_channel() {
         let m = Metrics::default();
         m.received("orders", 3);
-        m.settled("orders", Outcome::Completed);
+        m.channel("orders").completed.fetch_add(1, Ordering::Relaxed);
         m.call_started("orders");
         m.call_ended("orders", Duration::from_millis(3));
         let text = m.render();

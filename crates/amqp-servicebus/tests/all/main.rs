@@ -3,7 +3,6 @@
 
 mod errors;
 mod hostile;
-mod layers;
 mod recovery;
 mod rules;
 mod send_receive;

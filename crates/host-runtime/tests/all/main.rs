@@ -3,6 +3,7 @@
 mod bad_input;
 mod cache;
 mod cli;
+mod embed;
 mod hostile;
 mod isolation;
 mod lifecycle;

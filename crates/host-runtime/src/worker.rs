@@ -1,33 +1,28 @@
-//! Workers and handler calls.
+//! Workers and handler calls: where a message enters the host.
 //!
 //! A worker per channel takes a concurrency permit, *then* receives (so no message
 //! is locked that cannot be handled now), and spawns a handler call holding the
-//! permit. A call instantiates the guest afresh, renews the locks of its messages
-//! while it runs, enforces its deadline, and afterwards settles what the guest
-//! left unsettled by the matrix of `docs/semantics.md`.
+//! permit. A call makes its messages deliveries ([`crate::delivery`]), instantiates
+//! the guest afresh ([`crate::instance`]), keeps their locks while it runs, enforces
+//! its deadline, and afterwards has what the guest left unsettled settled by the
+//! matrix of `docs/semantics.md`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use amqp_servicebus::{ReceiveMode, ReceivedMessage, Receiver, ReceiverOptions};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use wasmtime::Store;
 
 use crate::config::ChannelOptions;
-use crate::convert;
-use crate::engine::LoadedGuest;
-use crate::guest::{Delivery, DeliveryState, Settlement, Shared, State, apply};
+use crate::delivery::{self, Delivery};
+use crate::instance::Instances;
+use crate::links::DEFAULT_CONNECTION;
+use crate::messaging::CallCtx;
 
 /// How long a receive for a channel with `max-batch-size` > 1 waits, once it has a message,
 /// for more to fill the batch.
 const BATCH_LINGER: Duration = Duration::from_millis(1);
-
-/// What a worker needs.
-pub(crate) struct Runtime {
-    pub(crate) guest: Arc<LoadedGuest>,
-    pub(crate) shared: Arc<Shared>,
-}
 
 /// How a handler call ended.
 #[derive(Debug)]
@@ -50,15 +45,18 @@ impl CallEnd {
 /// A worker takes concurrency permits *before* it receives, so it never holds a locked
 /// message it cannot start a call for.
 pub(crate) async fn run_worker(
-    rt: Arc<Runtime>,
+    rt: Arc<Instances>,
     channel: String,
     options: ChannelOptions,
     mut stop: watch::Receiver<bool>,
     hard_stop: watch::Receiver<bool>,
 ) {
-    let client = rt.shared.default_client().clone();
     let receiver_options = ReceiverOptions { mode: options.receive_mode, prefetch: options.prefetch };
-    let receiver = rt.shared.receiver("default", &channel, receiver_options, &client);
+    let receiver = rt
+        .ctx()
+        .links()
+        .receiver(DEFAULT_CONNECTION, &channel, receiver_options)
+        .expect("the default connection exists");
     let permits = Arc::new(Semaphore::new(options.max_concurrent_calls));
     let mut calls = JoinSet::new();
     let mut failures = 0u32;
@@ -125,37 +123,32 @@ pub(crate) async fn run_worker(
 
 /// One handler call for `messages`, then the settlement matrix.
 pub(crate) async fn dispatch(
-    rt: Arc<Runtime>,
+    rt: Arc<Instances>,
     channel: String,
     receiver: Arc<Receiver>,
     messages: Vec<ReceivedMessage>,
     options: ChannelOptions,
     mut hard_stop: watch::Receiver<bool>,
 ) {
-    let shared = rt.shared.clone();
-    shared.metrics.received(&channel, messages.len() as u64);
+    let ctx = rt.ctx().clone();
+    let metrics = ctx.metrics();
+    metrics.received(&channel, messages.len() as u64);
     let deliveries: Vec<Arc<Delivery>> =
-        messages.into_iter().map(|m| shared.delivery(&channel, m, receiver.clone())).collect();
-    let guest_messages: Vec<_> = deliveries.iter().map(|d| convert::to_guest(&d.message, &channel, &d.id)).collect();
+        messages.into_iter().map(|m| ctx.delivery(&channel, m, receiver.clone())).collect();
+    let guest_messages: Vec<_> = deliveries.iter().map(|d| d.guest_message()).collect();
+    let mut store = rt.store(CallCtx::new(&channel, &deliveries));
 
-    let mut store =
-        Store::new(&rt.guest.engine, State::new(shared.clone(), &channel, &deliveries, rt.guest.settings.max_memory));
-    store.limiter(|s| s);
-    store.set_epoch_deadline(1);
-    // Running wasm yields to the executor every tick, so the deadline below can stop a busy loop.
-    store.epoch_deadline_async_yield_and_update(1);
-
-    shared.metrics.call_started(&channel);
+    metrics.call_started(&channel);
     let started = tokio::time::Instant::now();
     let call = async {
-        let instance = rt.guest.pre.instantiate_async(&mut store).await?;
+        let instance = rt.instantiate(&mut store).await?;
         instance.wasi_messaging_messaging_guest().call_handler(&mut store, &guest_messages).await
     };
     // Lock renewal runs beside the call, in this task (a task of its own per call cost a spawn
     // and an abort per message); running wasm yields every epoch tick, so it is never starved.
     let renewal = async {
         if options.receive_mode == ReceiveMode::PeekLock {
-            renew_locks(deliveries.clone(), options.max_auto_lock_renewal, shared.clone()).await;
+            delivery::keep_locked(&deliveries, options.max_auto_lock_renewal, metrics).await;
         }
         std::future::pending::<()>().await
     };
@@ -163,17 +156,17 @@ pub(crate) async fn dispatch(
         r = tokio::time::timeout(options.handler_timeout, call) => match r {
             Err(_) => CallEnd::Timeout(options.handler_timeout),
             Ok(Ok(Ok(()))) => CallEnd::Ok,
-            Ok(Ok(Err(e))) => CallEnd::Error(store.data_mut().take_error(e).to_string()),
+            Ok(Ok(Err(e))) => CallEnd::Error(Instances::take_error(&mut store, e).to_string()),
             Ok(Err(trap)) => CallEnd::Trap(format!("{trap:#}")),
         },
         _ = hard_stop.wait_for(|stop| *stop) => CallEnd::Cancelled,
         () = renewal => unreachable!("renewal never ends before the call"),
     };
-    shared.metrics.call_ended(&channel, started.elapsed());
+    metrics.call_ended(&channel, started.elapsed());
     // Pulled messages belong to the call too.
-    let all: Vec<Arc<Delivery>> = store.data().deliveries.values().cloned().collect();
+    let all = store.data().call.deliveries();
     drop(store);
-    let counters = shared.metrics.channel(&channel);
+    let counters = metrics.channel(&channel);
     match &end {
         CallEnd::Ok => {}
         CallEnd::Error(e) => {
@@ -190,62 +183,5 @@ pub(crate) async fn dispatch(
         }
         CallEnd::Cancelled => tracing::info!(%channel, "handler stopped by shutdown"),
     }
-    settle_leftovers(&shared, &all, &end).await;
-}
-
-/// The matrix's last row: ok → complete, anything else → abandon, for what is still unsettled.
-/// A batch's leftovers are settled concurrently: one round trip for the batch, not one each.
-async fn settle_leftovers(shared: &Shared, deliveries: &[Arc<Delivery>], end: &CallEnd) {
-    let ok = end.succeeded();
-    let what = if ok { "complete" } else { "abandon" };
-    let leftovers = deliveries
-        .iter()
-        .filter(|d| d.state() == DeliveryState::Unsettled && d.message.lock_token.is_some())
-        .map(|d| async move {
-            let op = if ok { Settlement::Complete } else { Settlement::Abandon };
-            if let Err(e) = apply(shared, d, op).await {
-                tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "could not {what} after the handler: {e}");
-            } else if !ok {
-                tracing::debug!(channel = %d.channel, seq = d.message.sequence_number, "abandoned after {end:?}");
-            }
-        });
-    futures_util::future::join_all(leftovers).await;
-}
-
-/// Renews the locks of unsettled deliveries at half their remaining time, until
-/// `max_renewal` after delivery.
-async fn renew_locks(deliveries: Vec<Arc<Delivery>>, max_renewal: Duration, shared: Arc<Shared>) {
-    let lock_length: Vec<Duration> = deliveries
-        .iter()
-        .map(|d| {
-            d.locked_until().and_then(|u| u.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(30))
-        })
-        .collect();
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        for (d, length) in deliveries.iter().zip(&lock_length) {
-            if d.state() != DeliveryState::Unsettled || d.received_at.elapsed() > max_renewal {
-                continue;
-            }
-            let Some(until) = d.locked_until() else { continue };
-            let remaining = until.duration_since(SystemTime::now()).unwrap_or_default();
-            if remaining > *length / 2 {
-                continue;
-            }
-            match d.receiver.renew_lock(&d.message).await {
-                Ok(new_until) => {
-                    d.set_locked_until(new_until);
-                    shared.metrics.renewed(&d.channel);
-                }
-                Err(e) => {
-                    if e.is_lock_lost() && d.mark_lock_lost() {
-                        shared.metrics.lock_lost(&d.channel);
-                        tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "lock lost: {e}");
-                    } else if d.state() == DeliveryState::Unsettled {
-                        tracing::warn!(channel = %d.channel, seq = d.message.sequence_number, "renewing the lock failed: {e}");
-                    }
-                }
-            }
-        }
-    }
+    ctx.settle_leftovers(&all, end.succeeded()).await;
 }
