@@ -36,7 +36,9 @@ pub enum ConfigError {
     },
 }
 
-/// Options of one channel's worker.
+/// Options of one channel's worker. Every option is one row of [`OPTIONS`], which holds its
+/// key, its default, what it means (the docs' option tables are checked against it) and how
+/// its value is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelOptions {
     /// Handler calls in flight at once.
@@ -53,58 +55,142 @@ pub struct ChannelOptions {
     pub receive_mode: ReceiveMode,
 }
 
-impl Default for ChannelOptions {
-    fn default() -> Self {
-        Self {
-            max_concurrent_calls: 16,
-            prefetch: 0,
-            max_batch_size: 1,
-            max_auto_lock_renewal: Duration::from_secs(300),
-            handler_timeout: Duration::from_secs(300),
-            receive_mode: ReceiveMode::PeekLock,
-        }
+/// One channel option.
+#[derive(Clone, Copy)]
+pub struct OptionSpec {
+    /// Its key, in `extensions` and in `host.toml`.
+    pub key: &'static str,
+    /// Its default, as it would be written.
+    pub default: &'static str,
+    /// What it means (the "Meaning" column of the docs' table).
+    pub meaning: &'static str,
+    /// Reads a value into the options, or says what is wrong with it.
+    set: fn(&mut ChannelOptions, &str) -> Result<(), String>,
+}
+
+impl std::fmt::Debug for OptionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OptionSpec").field("key", &self.key).field("default", &self.default).finish()
     }
 }
 
-/// The option keys (`extensions` and `host.toml`).
-pub const OPTION_KEYS: [&str; 6] =
-    ["max-concurrent-calls", "prefetch", "max-batch-size", "max-auto-lock-renewal", "handler-timeout", "receive-mode"];
+/// Every channel option: the one place each is defined.
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        key: "max-concurrent-calls",
+        default: "16",
+        meaning: "handler calls in flight per channel",
+        set: |o, v| {
+            o.max_concurrent_calls = count(v, 1, 10_000)? as usize;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "prefetch",
+        default: "0",
+        meaning: "messages the receiver buffers beyond those in flight",
+        set: |o, v| {
+            o.prefetch = count(v, 0, u64::from(u32::MAX))? as u32;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "max-batch-size",
+        default: "1",
+        meaning: "most messages per `handler` call; above 1, a receive that has one message waits up to 1 ms \
+                  for more to fill the batch",
+        set: |o, v| {
+            o.max_batch_size = count(v, 1, 10_000)? as usize;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "max-auto-lock-renewal",
+        default: "5m",
+        meaning: "how long the host keeps renewing a message's lock",
+        set: |o, v| {
+            o.max_auto_lock_renewal = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "handler-timeout",
+        default: "5m",
+        meaning: "deadline of one handler call",
+        set: |o, v| {
+            o.handler_timeout = positive_duration(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "receive-mode",
+        default: "peek-lock",
+        meaning: "or `receive-and-delete`",
+        set: |o, v| {
+            o.receive_mode = match v.trim() {
+                "peek-lock" => ReceiveMode::PeekLock,
+                "receive-and-delete" => ReceiveMode::ReceiveAndDelete,
+                other => return Err(format!("{other:?} is not peek-lock or receive-and-delete")),
+            };
+            Ok(())
+        },
+    },
+];
+
+/// The option keys, in [`OPTIONS`]' order.
+pub fn option_keys() -> impl Iterator<Item = &'static str> {
+    OPTIONS.iter().map(|o| o.key)
+}
+
+fn is_option(key: &str) -> bool {
+    OPTIONS.iter().any(|o| o.key == key)
+}
+
+/// A whole number from `min` up; above `max` it is `max`.
+fn count(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n: u64 = value.trim().parse().map_err(|_| format!("{value:?} is not a whole number"))?;
+    if n < min {
+        return Err(format!("must be at least {min}, got {n}"));
+    }
+    Ok(n.min(max))
+}
+
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    let d = parse_duration(value)?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+impl Default for ChannelOptions {
+    /// Every option at its default in [`OPTIONS`].
+    fn default() -> Self {
+        let mut o = Self {
+            max_concurrent_calls: 0,
+            prefetch: 0,
+            max_batch_size: 0,
+            max_auto_lock_renewal: Duration::ZERO,
+            handler_timeout: Duration::ZERO,
+            receive_mode: ReceiveMode::PeekLock,
+        };
+        for spec in OPTIONS {
+            (spec.set)(&mut o, spec.default).expect("every default in OPTIONS is a valid value");
+        }
+        o
+    }
+}
 
 impl ChannelOptions {
     /// Applies one `key = value`; errors name the key and say what is accepted.
     pub fn set(&mut self, key: &str, value: &str, at: &str) -> Result<(), ConfigError> {
         let bad = |message: String| ConfigError::Invalid { at: at.into(), key: key.into(), message };
-        let count = |min: u64| -> Result<u64, ConfigError> {
-            let n: u64 = value.trim().parse().map_err(|_| bad(format!("{value:?} is not a whole number")))?;
-            if n < min {
-                return Err(bad(format!("must be at least {min}, got {n}")));
-            }
-            Ok(n)
-        };
-        match key {
-            "max-concurrent-calls" => self.max_concurrent_calls = count(1)?.min(10_000) as usize,
-            "prefetch" => self.prefetch = count(0)?.min(u64::from(u32::MAX)) as u32,
-            "max-batch-size" => self.max_batch_size = count(1)?.min(10_000) as usize,
-            "max-auto-lock-renewal" => self.max_auto_lock_renewal = parse_duration(value).map_err(bad)?,
-            "handler-timeout" => {
-                let d = parse_duration(value).map_err(bad)?;
-                if d.is_zero() {
-                    return Err(bad("must be more than zero".into()));
-                }
-                self.handler_timeout = d;
-            }
-            "receive-mode" => {
-                self.receive_mode = match value.trim() {
-                    "peek-lock" => ReceiveMode::PeekLock,
-                    "receive-and-delete" => ReceiveMode::ReceiveAndDelete,
-                    other => return Err(bad(format!("{other:?} is not peek-lock or receive-and-delete"))),
-                }
-            }
-            _ => {
-                return Err(bad(format!("unknown option; the options are: {}", OPTION_KEYS.join(", "))));
+        match OPTIONS.iter().find(|o| o.key == key) {
+            Some(spec) => (spec.set)(self, value).map_err(bad),
+            None => {
+                Err(bad(format!("unknown option; the options are: {}", option_keys().collect::<Vec<_>>().join(", "))))
             }
         }
-        Ok(())
     }
 }
 
@@ -272,14 +358,17 @@ pub fn guest_options(extensions: &[(String, String)]) -> Result<GuestOptions, Co
     let mut per_channel: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (k, v) in extensions {
         let (channel, key) = match k.rsplit_once('.') {
-            Some((c, key)) if OPTION_KEYS.contains(&key) => (Some(c), key),
+            Some((c, key)) if is_option(key) => (Some(c), key),
             _ => (None, k.as_str()),
         };
-        if !OPTION_KEYS.contains(&key) {
+        if !is_option(key) {
             return Err(ConfigError::Invalid {
                 at: "guest extensions".into(),
                 key: k.clone(),
-                message: format!("unknown option; the options are {} (or <channel>.<option>)", OPTION_KEYS.join(", ")),
+                message: format!(
+                    "unknown option; the options are {} (or <channel>.<option>)",
+                    option_keys().collect::<Vec<_>>().join(", ")
+                ),
             });
         }
         match channel {
@@ -311,6 +400,18 @@ pub fn channel_options(channel: &str, guest: &GuestOptions, host: &HostConfig) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_option_reads_its_own_default() {
+        let defaults = ChannelOptions::default();
+        for spec in OPTIONS {
+            let mut o = defaults.clone();
+            o.set(spec.key, spec.default, "test").unwrap();
+            assert_eq!(o, defaults, "{}", spec.key);
+        }
+        assert_eq!(defaults.max_concurrent_calls, 16);
+        assert_eq!(defaults.handler_timeout, Duration::from_secs(300));
+    }
 
     #[test]
     fn durations() {
