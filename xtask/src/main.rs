@@ -17,7 +17,9 @@ commands:
                  run the host with the sample guest and a live view; exit when the orders are processed
                  (--follow: keep running until Ctrl-C)
   test           build the guests, then run every test: unit, integration, interop, and end-to-end
-  test-e2e       the end-to-end scenarios, with the emulator and host binaries
+  test-e2e [TEXT]
+                 the end-to-end scenarios, with the emulator and host binaries (only those
+                 whose name contains TEXT, if given)
   bench [--repeats N] [--cells QxC,…] [--only consumers|brokers] [--batch B]
         [--consumers host,native,python] [--baseline-drain PATH]
                  end-to-end numbers (release builds): start-up, idle memory, throughput, CPU and
@@ -60,10 +62,11 @@ fn run(args: &[String]) -> Result<()> {
         }
         "bench" => xtask::bench::run(xtask::bench::Options::parse(rest)?),
         "fuzz" => xtask::fuzz::run(xtask::fuzz::Options::parse(rest)?),
-        "test-e2e" => {
-            no_arguments(command, rest)?;
-            xtask::e2e::run()
-        }
+        "test-e2e" => match rest {
+            [] => xtask::e2e::run(None),
+            [text] => xtask::e2e::run(Some(text)),
+            _ => bail!("test-e2e takes at most one argument, a part of a scenario's name"),
+        },
         "run" => match rest {
             [] => xtask::demo::run(false),
             [flag] if flag == "--follow" => xtask::demo::run(true),
@@ -100,5 +103,5 @@ fn test() -> Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    xtask::e2e::run()
+    xtask::e2e::run(None)
 }

@@ -13,12 +13,20 @@ use crate::{guests, paths};
 /// Writes an emulator `Config.json` (Microsoft's schema) to `path`: one namespace with these
 /// queues, each (name, lock duration such as `PT30S`, max delivery count).
 pub fn write_emulator_config(path: &Path, namespace: &str, queues: &[(&str, &str, u32)]) -> Result<()> {
-    let queues: Vec<serde_json::Value> = queues
-        .iter()
-        .map(|(q, lock, mdc)| {
-            serde_json::json!({ "Name": q, "Properties": { "LockDuration": lock, "MaxDeliveryCount": mdc } })
-        })
-        .collect();
+    let queues: Vec<serde_json::Value> = queues.iter().map(|&(q, lock, mdc)| queue_json(q, lock, mdc, false)).collect();
+    write_emulator_config_json(path, namespace, queues)
+}
+
+/// One queue of a `Config.json`: its name, lock duration (`PT30S`), max delivery count, and
+/// whether it requires sessions.
+pub fn queue_json(name: &str, lock: &str, max_delivery_count: u32, requires_session: bool) -> serde_json::Value {
+    serde_json::json!({ "Name": name, "Properties": {
+        "LockDuration": lock, "MaxDeliveryCount": max_delivery_count, "RequiresSession": requires_session,
+    } })
+}
+
+/// Writes an emulator `Config.json` to `path`: one namespace with these queues ([`queue_json`]).
+pub fn write_emulator_config_json(path: &Path, namespace: &str, queues: Vec<serde_json::Value>) -> Result<()> {
     let doc = serde_json::json!({ "UserConfig": { "Namespaces": [ { "Name": namespace, "Queues": queues, "Topics": [] } ], "Logging": { "Type": "Console" } } });
     std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))
 }

@@ -87,6 +87,7 @@ impl ErrorKind {
             "com.microsoft:message-lock-lost" | "com.microsoft:store-lock-lost" => Self::LockLost,
             "com.microsoft:session-lock-lost" => Self::SessionLockLost,
             "com.microsoft:session-cannot-be-locked" => Self::SessionCannotBeLocked,
+            "amqp:not-allowed" => Self::InvalidOperation,
             "amqp:link:message-size-exceeded" => Self::MessageTooLarge,
             "com.microsoft:server-busy" | "amqp:resource-limit-exceeded" => Self::ServerBusy,
             "com.microsoft:timeout" | "com.microsoft:operation-cancelled" => Self::Timeout,

@@ -53,6 +53,16 @@ pub struct ChannelOptions {
     pub handler_timeout: Duration,
     /// Peek-lock or receive-and-delete.
     pub receive_mode: ReceiveMode,
+    /// Whether the channel's entity requires sessions: it is then consumed a message session
+    /// at a time.
+    pub requires_session: bool,
+    /// Message sessions held at once (a session channel).
+    pub max_concurrent_sessions: usize,
+    /// Handler calls in flight per session (a session channel); above 1, a session's
+    /// messages are no longer handled strictly in order.
+    pub max_concurrent_calls_per_session: usize,
+    /// How long a session without a new message is held before it is released.
+    pub session_idle_timeout: Duration,
 }
 
 /// One channel option.
@@ -79,7 +89,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         key: "max-concurrent-calls",
         default: "16",
-        meaning: "handler calls in flight per channel",
+        meaning: "handler calls in flight per channel (a session channel's too, across its sessions)",
         set: |o, v| {
             o.max_concurrent_calls = count(v, 1, 10_000)? as usize;
             Ok(())
@@ -135,6 +145,47 @@ pub const OPTIONS: &[OptionSpec] = &[
             Ok(())
         },
     },
+    OptionSpec {
+        key: "requires-session",
+        default: "false",
+        meaning: "`true` for a queue or subscription that requires sessions: it is consumed a message session at a \
+                  time (see \"Session channels\")",
+        set: |o, v| {
+            o.requires_session = match v.trim() {
+                "true" => true,
+                "false" => false,
+                other => return Err(format!("{other:?} is not true or false")),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "max-concurrent-sessions",
+        default: "8",
+        meaning: "message sessions a session channel holds at once",
+        set: |o, v| {
+            o.max_concurrent_sessions = count(v, 1, 10_000)? as usize;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "max-concurrent-calls-per-session",
+        default: "1",
+        meaning: "handler calls in flight per session; above 1 a session's messages are no longer handled in order",
+        set: |o, v| {
+            o.max_concurrent_calls_per_session = count(v, 1, 10_000)? as usize;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "session-idle-timeout",
+        default: "60s",
+        meaning: "how long a held session may go without a new message before the host releases it",
+        set: |o, v| {
+            o.session_idle_timeout = positive_duration(v)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The option keys, in [`OPTIONS`]' order.
@@ -173,6 +224,10 @@ impl Default for ChannelOptions {
             max_auto_lock_renewal: Duration::ZERO,
             handler_timeout: Duration::ZERO,
             receive_mode: ReceiveMode::PeekLock,
+            requires_session: false,
+            max_concurrent_sessions: 0,
+            max_concurrent_calls_per_session: 0,
+            session_idle_timeout: Duration::ZERO,
         };
         for spec in OPTIONS {
             (spec.set)(&mut o, spec.default).expect("every default in OPTIONS is a valid value");

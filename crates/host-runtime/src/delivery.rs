@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use amqp_servicebus::{
-    Error as SbError, ErrorKind as SbErrorKind, OrderedMap, ReceivedMessage, Receiver, Sender, SimpleValue,
+    Error as SbError, ErrorKind as SbErrorKind, MessageSession, OrderedMap, ReceivedMessage, Receiver, Sender,
+    SimpleValue,
 };
 
 use crate::convert;
@@ -155,9 +156,18 @@ impl Delivery {
         self.message.lock_token.is_some()
     }
 
-    /// When its lock expires, as last reported by the broker.
+    /// When its lock expires, as last reported by the broker. A message of a session is
+    /// locked by its session's lock.
     pub fn locked_until(&self) -> Option<SystemTime> {
+        if let Some(session) = self.session() {
+            return Some(session.locked_until());
+        }
         self.lock().1.or(self.message.locked_until)
+    }
+
+    /// The message session it was received in, on a session channel.
+    pub fn session(&self) -> Option<MessageSession<'_>> {
+        self.receiver.session()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (DeliveryState, Option<SystemTime>)> {
@@ -194,9 +204,14 @@ impl Delivery {
         }
     }
 
-    /// Renews its lock; returns the new expiry. A lost lock is recorded (and counted).
+    /// Renews its lock (for a message of a session, the session's lock); returns the new
+    /// expiry. A lost lock is recorded (and counted).
     pub async fn renew_lock(&self, metrics: &Metrics) -> Result<SystemTime, SbError> {
-        match self.receiver.renew_lock(&self.message).await {
+        let renewed = match self.session() {
+            Some(session) => session.renew_lock().await,
+            None => self.receiver.renew_lock(&self.message).await,
+        };
+        match renewed {
             Ok(until) => {
                 self.lock().1 = Some(until);
                 metrics.renewed(&self.channel);
@@ -330,6 +345,7 @@ pub async fn settle_leftovers(links: &Links, metrics: &Metrics, deliveries: &[Ar
 
 /// Renews the locks of unsettled deliveries at half their remaining time, until `max_renewal`
 /// after each was received. Never returns: it runs beside a call and is dropped with it.
+/// Messages of a session are left to whoever holds the session: its lock is theirs.
 pub async fn keep_locked(deliveries: &[Arc<Delivery>], max_renewal: Duration, metrics: &Metrics) {
     let lock_length: Vec<Duration> = deliveries
         .iter()
@@ -340,7 +356,11 @@ pub async fn keep_locked(deliveries: &[Arc<Delivery>], max_renewal: Duration, me
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for (d, length) in deliveries.iter().zip(&lock_length) {
-            if d.state() != DeliveryState::Unsettled || !d.is_locked() || d.received_at.elapsed() > max_renewal {
+            if d.state() != DeliveryState::Unsettled
+                || !d.is_locked()
+                || d.session().is_some()
+                || d.received_at.elapsed() > max_renewal
+            {
                 continue;
             }
             let Some(until) = d.locked_until() else { continue };

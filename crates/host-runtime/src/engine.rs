@@ -52,10 +52,10 @@ pub enum LoadError {
     /// The component does not export the messaging guest, or imports what the host does not provide.
     #[error(
         "{path} is not a wasi:messaging guest: {problem}\n  it imports: {imports}\n  it exports: {exports}\n  \
-         a guest exports {guest} and imports only WASI 0.2, {draft} (and optionally {settlement})",
+         a guest exports {guest} and imports only WASI 0.2, {draft} (and optionally {extension})",
         guest = names::MESSAGING_GUEST,
         draft = names::DRAFT_IMPORTS.join(", "),
-        settlement = names::SETTLEMENT
+        extension = names::EXTENSION_IMPORTS.join(", ")
     )]
     WrongWorld {
         /// The file.
@@ -193,7 +193,7 @@ fn check_world(engine: &Engine, component: &Component, path: &str) -> Result<boo
     }
     let provided = |i: &str| {
         names::DRAFT_IMPORTS.contains(&i)
-            || i == names::SETTLEMENT
+            || names::EXTENSION_IMPORTS.contains(&i)
             || names::WASI_IMPORT_PREFIXES.iter().any(|p| i.starts_with(p))
     };
     let unknown: Vec<&String> = imports.iter().filter(|i| !provided(i)).collect();

@@ -43,6 +43,12 @@ pub struct ChannelCounters {
     pub lock_renewals: AtomicU64,
     /// Locks lost.
     pub locks_lost: AtomicU64,
+    /// Message sessions accepted (a session channel).
+    pub sessions_accepted: AtomicU64,
+    /// Message sessions whose lock was lost while held.
+    pub session_locks_lost: AtomicU64,
+    /// Message sessions held now.
+    pub sessions_held: AtomicI64,
     /// Handler calls in flight now.
     pub in_flight: AtomicI64,
     /// The most handler calls in flight at once.
@@ -120,7 +126,7 @@ impl Metrics {
             .collect();
         let mut out = String::new();
         type Read = fn(&ChannelCounters) -> i64;
-        let counters: [(&str, &str, Read); 16] = [
+        let counters: [(&str, &str, Read); 19] = [
             ("messaging_handler_calls_total", "Handler calls.", |c| c.calls.load(Ordering::Relaxed) as i64),
             ("messaging_received_total", "Messages received.", |c| c.received.load(Ordering::Relaxed) as i64),
             ("messaging_completed_total", "Messages completed.", |c| c.completed.load(Ordering::Relaxed) as i64),
@@ -145,6 +151,13 @@ impl Metrics {
             }),
             ("messaging_lock_renewals_total", "Lock renewals.", |c| c.lock_renewals.load(Ordering::Relaxed) as i64),
             ("messaging_locks_lost_total", "Locks lost.", |c| c.locks_lost.load(Ordering::Relaxed) as i64),
+            ("messaging_sessions_accepted_total", "Message sessions accepted.", |c| {
+                c.sessions_accepted.load(Ordering::Relaxed) as i64
+            }),
+            ("messaging_session_locks_lost_total", "Message sessions whose lock was lost while held.", |c| {
+                c.session_locks_lost.load(Ordering::Relaxed) as i64
+            }),
+            ("messaging_sessions_held", "Message sessions held.", |c| c.sessions_held.load(Ordering::Relaxed)),
             ("messaging_in_flight", "Handler calls in flight.", |c| c.in_flight.load(Ordering::Relaxed)),
             ("messaging_in_flight_peak", "Most handler calls in flight at once.", |c| {
                 c.in_flight_peak.load(Ordering::Relaxed)

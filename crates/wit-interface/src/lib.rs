@@ -14,7 +14,7 @@
 //!
 //! # Worlds
 //! - [`ServicebusGuest`] (`servicebus:messaging/servicebus-guest`): the draft's
-//!   `messaging` world plus the `settlement` import. The host links this one.
+//!   `messaging` world plus the `settlement` and `sessions` imports. The host links this one.
 //! - [`DraftGuest`] (`wasi:messaging/messaging@0.2.0-draft`): the draft alone. A
 //!   component built for the draft by anyone else satisfies it, and runs on a
 //!   linker made for [`ServicebusGuest`], which only adds an import.
@@ -84,6 +84,11 @@ pub mod settlement {
     pub use crate::bindings::servicebus::servicebus::messaging::settlement::*;
 }
 
+/// The extension's `sessions` interface.
+pub mod sessions {
+    pub use crate::bindings::servicebus::servicebus::messaging::sessions::*;
+}
+
 /// The WIT `message` record.
 pub use wasi_messaging::messaging_types::{FormatSpec, GuestConfiguration, Message};
 
@@ -99,6 +104,10 @@ pub mod names {
     pub const MESSAGING_GUEST: &str = "wasi:messaging/messaging-guest@0.2.0-draft";
     /// `servicebus:messaging/settlement`, the extension import.
     pub const SETTLEMENT: &str = "servicebus:messaging/settlement@0.1.0";
+    /// `servicebus:messaging/sessions`, the extension import for session channels.
+    pub const SESSIONS: &str = "servicebus:messaging/sessions@0.1.0";
+    /// The extension's imports, each optional.
+    pub const EXTENSION_IMPORTS: [&str; 2] = [SETTLEMENT, SESSIONS];
     /// The draft world's imports.
     pub const DRAFT_IMPORTS: [&str; 3] = [MESSAGING_TYPES, PRODUCER, CONSUMER];
     /// The WASI 0.2 packages a guest may import besides messaging (a Rust guest's std imports some).

@@ -20,6 +20,9 @@
 //! | `fresh` | fails if this instance ran a handler before or its memory is not zeroed; then dirties 256 KiB |
 //! | `latency` | prints `latency-us <n>` to stderr: wall clock now minus the `sent-at-us` property |
 //! | `note:<text>` | nothing (makes scripts unique, e.g. to count duplicates) |
+//! | `echo:<key>` | reads metadata key `<key>` (`(none)` if absent) |
+//! | `state-get` | `sessions.get-state`; reads the state as text (`(none)` if there is none) |
+//! | `state-set:<text>`, `state-clear` | `sessions.set-state` with the text, or `none` |
 //! | `ok` | returns `ok` now, skipping the remaining steps |
 //! | `err` | returns an error now (`settlement.new-error`) |
 //! | `trap` | traps (`unreachable`) |
@@ -29,7 +32,8 @@
 //!
 //! A step that fails does not stop the script: its error is recorded and the next
 //! step runs. When the message has a `reply-to`, the guest then sends one report
-//! there: one line per step, `<step> => ok` or `<step> => err <kind>: <trace>`,
+//! there: one line per step, `<step> => ok` (`<step> => ok <value>` for a step that
+//! reads something) or `<step> => err <kind>: <trace>`,
 //! with `correlation-id` set to the message's `message-id`.
 //!
 //! # Configuration
@@ -44,7 +48,7 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::messaging::messaging_guest::Guest;
-use servicebus::messaging::settlement;
+use servicebus::messaging::{sessions, settlement};
 use wasi::messaging::consumer;
 use wasi::messaging::messaging_types::{Client, Error, FormatSpec, GuestConfiguration, Message};
 use wasi::messaging::producer;
@@ -98,7 +102,21 @@ fn run_script(m: &Message) -> Result<(), Error> {
     let mut outcome = Ok(());
     for step in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let (op, arg) = step.split_once(':').unwrap_or((step, ""));
-        let result = match op {
+        let result: Result<(), Error> = match op {
+            "echo" | "state-get" => {
+                let read = match op {
+                    "echo" => Ok(meta(m, arg).unwrap_or("(none)").to_string()),
+                    _ => sessions::get_state(m)
+                        .map(|s| s.map_or_else(|| "(none)".to_string(), |s| String::from_utf8_lossy(&s).into_owned())),
+                };
+                report.push(match read {
+                    Ok(value) => format!("{step} => ok {value}"),
+                    Err(e) => format!("{step} => err {:?}: {}", settlement::kind(&e), Error::trace()),
+                });
+                continue;
+            }
+            "state-set" => sessions::set_state(m, Some(arg.as_bytes())),
+            "state-clear" => sessions::set_state(m, None),
             "complete" => consumer::complete_message(m),
             "complete-forged" => consumer::complete_message(&forged(m)),
             "abandon" => consumer::abandon_message(m),

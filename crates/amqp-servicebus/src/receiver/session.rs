@@ -172,7 +172,7 @@ impl<'a> MessageSession<'a> {
     }
 
     /// The session id (the messages' `session_id`).
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &'a str {
         &self.lock.id
     }
 

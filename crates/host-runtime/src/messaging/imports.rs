@@ -1,5 +1,5 @@
 //! The imports a guest calls, implemented on [`Messaging`]: `messaging-types`, `producer`,
-//! `consumer` (the draft) and `settlement` (our extension). Each checks what the guest asked,
+//! `consumer` (the draft), `settlement` and `sessions` (our extension). Each checks what the guest asked,
 //! then hands the work to the links (sending, pulling) or to [`crate::delivery`] (settling).
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use amqp_servicebus::{Error as SbError, ErrorKind as SbErrorKind, ReceiverOptions, ServiceBusClient};
 use wasmtime::component::Resource;
 use wit_interface::wasi_messaging::{consumer, messaging_types, producer};
-use wit_interface::{Client, ErrorKind, GuestConfiguration, GuestError, Message, metadata, settlement};
+use wit_interface::{Client, ErrorKind, GuestConfiguration, GuestError, Message, metadata, sessions, settlement};
 
 use super::call::Messaging;
 use crate::convert;
@@ -106,6 +106,23 @@ impl Messaging<'_> {
             }
             Err(e) => self.fail_sb(&e),
         }
+    }
+
+    /// The delivery of `m`, if it was received in a message session the call holds.
+    fn in_session(&self, m: &Message) -> Result<Arc<Delivery>, (ErrorKind, String)> {
+        let d = self.find(m)?;
+        if d.session().is_none() {
+            return Err((
+                ErrorKind::NotAllowed,
+                format!(
+                    "message {} of channel {:?} is not in a message session: session state belongs to the \
+                     messages of a channel with requires-session = true",
+                    d.message().sequence_number,
+                    d.channel()
+                ),
+            ));
+        }
+        Ok(d)
     }
 
     fn is_receive_and_delete(&self, m: &Message) -> bool {
@@ -293,5 +310,31 @@ impl settlement::Host for Messaging<'_> {
 
     async fn abandon_with_delay(&mut self, m: Message, delay_ms: u32) -> Answer<()> {
         self.settle(m, Settlement::AbandonWithDelay(Duration::from_millis(u64::from(delay_ms)))).await
+    }
+}
+
+impl sessions::Host for Messaging<'_> {
+    async fn get_state(&mut self, m: Message) -> Answer<Option<Vec<u8>>> {
+        let d = match self.in_session(&m) {
+            Ok(d) => d,
+            Err((kind, msg)) => return self.fail(kind, msg),
+        };
+        let state = d.session().expect("in_session checked").state().await;
+        match state {
+            Ok(state) => Ok(Ok(state.map(|s| s.to_vec()))),
+            Err(e) => self.fail_sb(&e),
+        }
+    }
+
+    async fn set_state(&mut self, m: Message, state: Option<Vec<u8>>) -> Answer<()> {
+        let d = match self.in_session(&m) {
+            Ok(d) => d,
+            Err((kind, msg)) => return self.fail(kind, msg),
+        };
+        let set = d.session().expect("in_session checked").set_state(state.as_deref()).await;
+        match set {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => self.fail_sb(&e),
+        }
     }
 }

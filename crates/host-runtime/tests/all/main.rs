@@ -10,4 +10,5 @@ mod isolation;
 mod lifecycle;
 mod matrix;
 mod sample;
+mod sessions;
 mod support;

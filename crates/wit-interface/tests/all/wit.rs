@@ -52,11 +52,11 @@ fn the_draft_world_has_the_feb_2024_shape() {
 }
 
 #[test]
-fn the_servicebus_world_is_the_draft_plus_settlement() {
+fn the_servicebus_world_is_the_draft_plus_the_extension() {
     let (resolve, _) = resolve();
     let (imports, exports) = world_interfaces(&resolve, "servicebus:messaging@0.1.0/servicebus-guest");
     let mut expected: BTreeSet<String> = names::DRAFT_IMPORTS.iter().map(|s| s.to_string()).collect();
-    expected.insert(names::SETTLEMENT.to_string());
+    expected.extend(names::EXTENSION_IMPORTS.iter().map(|s| s.to_string()));
     assert_eq!(imports, expected);
     assert_eq!(exports, BTreeSet::from([names::MESSAGING_GUEST.to_string()]));
 }
