@@ -54,6 +54,20 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Its name in logs and traces: `completed`, `dead-lettered`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Abandoned => "abandoned",
+            Self::DeadLettered => "dead-lettered",
+            Self::Deferred => "deferred",
+            Self::Redirected => "redirected",
+            Self::DelayedRetry => "delayed-retry",
+        }
+    }
+}
+
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -66,6 +80,20 @@ pub enum DeliveryState {
     Settled(Outcome),
     /// Its lock was lost: the broker delivers it again.
     LockLost,
+}
+
+impl DeliveryState {
+    /// Its name in logs and traces: the outcome's once settled, else `unsettled`, `settling`,
+    /// `lock-lost` (a delivery in receive-and-delete mode stays `unsettled`: the broker
+    /// removed it when it was delivered).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unsettled => "unsettled",
+            Self::Settling => "settling",
+            Self::Settled(o) => o.name(),
+            Self::LockLost => "lock-lost",
+        }
+    }
 }
 
 /// A settlement requested by the guest, or by the host's matrix.

@@ -169,6 +169,7 @@ impl Host {
     /// Stops receiving, lets handler calls finish for up to `grace`, then stops the rest
     /// (their messages are abandoned), and closes the connections.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        self.rt.ctx().metrics().stopping();
         self.updates.abort();
         let workers: Vec<(String, Worker)> =
             std::mem::take(&mut *self.channels.lock().unwrap_or_else(|p| p.into_inner()))
@@ -241,6 +242,7 @@ impl Prepared {
                         if let Some((_, w)) = channels.lock().unwrap_or_else(|p| p.into_inner()).remove(removed) {
                             tracing::info!(channel = %removed, "channel removed by update-guest-configuration; its worker finishes its calls and stops");
                             let _ = w.stop.send(true);
+                            rt.ctx().metrics().worker_gone(removed);
                             let mut retired = retired.lock().unwrap_or_else(|p| p.into_inner());
                             retired.retain(|t| !t.is_finished());
                             retired.push(w.task);

@@ -24,7 +24,10 @@
 //! - [`host`]: start ([`Host::prepare`], then [`Prepared::serve`]: nothing is received before
 //!   `serve`, so a program told to stop during start-up stops having taken nothing),
 //!   configuration updates, shutdown.
-//! - [`metrics`]: counters and the Prometheus endpoint.
+//! - [`metrics`]: counters, worker readiness, and the HTTP endpoint (`/metrics`, `/healthz`,
+//!   `/readyz`).
+//! - [`trace`]: W3C trace context: a call's span continues the trace of its message, and
+//!   what the guest sends continues the call's.
 //!
 //! # Example
 //! ```no_run
@@ -88,6 +91,7 @@ mod instance;
 pub mod links;
 pub mod messaging;
 pub mod metrics;
+pub mod trace;
 mod worker;
 
 pub use host::{Host, HostOptions, Prepared, ShutdownReport, StartError};

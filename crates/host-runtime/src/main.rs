@@ -42,6 +42,17 @@ struct Args {
     /// How long in-flight handlers may run after SIGINT/SIGTERM before they are stopped.
     #[arg(long, default_value = "30s")]
     grace_period: String,
+    /// Logs for people (`text`), or one JSON object a line (`json`), with the fields of the
+    /// spans an event is in (a handler call's trace_id, span_id, messaging attributes).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MESSAGING_HOST_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn parse_memory_mib(text: &str) -> Result<u64, String> {
@@ -54,10 +65,14 @@ fn parse_memory_mib(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let args = Args::parse();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

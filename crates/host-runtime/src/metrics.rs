@@ -1,4 +1,6 @@
-//! Counters per channel, a handler-latency histogram, and a Prometheus endpoint.
+//! Counters per channel, a handler-latency histogram, whether each worker is ready, and the
+//! HTTP endpoint: `/metrics` (Prometheus), `/healthz` (the process is alive) and `/readyz`
+//! (serving: every worker can receive).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -56,10 +58,35 @@ pub struct ChannelCounters {
     latency: Mutex<([u64; BUCKETS.len()], u64, f64)>,
 }
 
-/// Every channel's counters.
+/// Every channel's counters, and whether each worker is ready.
 #[derive(Debug, Default)]
 pub struct Metrics {
     channels: Mutex<BTreeMap<String, Arc<ChannelCounters>>>,
+    /// Each worker's channel, and whether it can receive: its receive link is attached (a
+    /// session channel's worker: its entity answered, and accepting sessions works).
+    workers: Mutex<BTreeMap<String, bool>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// Why the host is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// It has no worker (yet).
+    NoWorkers,
+    /// These workers cannot receive yet, or have stopped being able to.
+    Workers(Vec<String>),
+    /// It is shutting down.
+    Stopping,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoWorkers => f.write_str("no worker is running"),
+            Self::Workers(c) => write!(f, "these channels cannot receive: {}", c.join(", ")),
+            Self::Stopping => f.write_str("shutting down"),
+        }
+    }
 }
 
 impl Metrics {
@@ -71,6 +98,42 @@ impl Metrics {
             return c.clone();
         }
         channels.entry(channel.to_string()).or_default().clone()
+    }
+
+    /// Records a worker for `channel`, not ready yet.
+    pub(crate) fn worker_started(&self, channel: &str) {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).insert(channel.to_string(), false);
+    }
+
+    /// Records whether the worker of `channel` can receive (if it was not removed meanwhile).
+    pub(crate) fn worker_ready(&self, channel: &str, ready: bool) {
+        if let Some(r) = self.workers.lock().unwrap_or_else(|p| p.into_inner()).get_mut(channel) {
+            *r = ready;
+        }
+    }
+
+    /// Forgets the worker of `channel` (a configuration update removed it).
+    pub(crate) fn worker_gone(&self, channel: &str) {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(channel);
+    }
+
+    /// Records that the host is shutting down: it is no longer ready.
+    pub(crate) fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the host is serving: it has workers, every one can receive, and it is not
+    /// shutting down.
+    pub fn ready(&self) -> Result<(), NotReady> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(NotReady::Stopping);
+        }
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.is_empty() {
+            return Err(NotReady::NoWorkers);
+        }
+        let not: Vec<String> = workers.iter().filter(|(_, ready)| !**ready).map(|(c, _)| c.clone()).collect();
+        if not.is_empty() { Ok(()) } else { Err(NotReady::Workers(not)) }
     }
 
     /// The channels with counters.
@@ -172,6 +235,13 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP messaging_worker_ready Whether the channel's worker can receive.\n# TYPE messaging_worker_ready gauge"
+        );
+        for (ch, ready) in self.workers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "messaging_worker_ready{{channel=\"{}\"}} {}", escape(ch), u8::from(*ready));
+        }
+        let _ = writeln!(
+            out,
             "# HELP messaging_handler_seconds Handler call latency.\n# TYPE messaging_handler_seconds histogram"
         );
         for (ch, c) in &channels {
@@ -196,7 +266,7 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
@@ -205,10 +275,15 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             let mut buf = [0u8; 1024];
             let n = stream.read(&mut buf).await.unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if request.starts_with("GET /metrics ") || request.starts_with("GET / ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", "try GET /metrics\n".to_string())
+            let path = request.strip_prefix("GET ").and_then(|r| r.split(' ').next()).unwrap_or_default();
+            let (status, body) = match path {
+                "/metrics" | "/" => ("200 OK", metrics.render()),
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/readyz" => match metrics.ready() {
+                    Ok(()) => ("200 OK", "ready\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+                },
+                _ => ("404 Not Found", "try GET /metrics, /healthz or /readyz\n".to_string()),
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -219,7 +294,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-/// Binds the metrics endpoint; returns the bound address and the serving task.
+/// Binds the endpoint; returns the bound address and the serving task.
 pub async fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,

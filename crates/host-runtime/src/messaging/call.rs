@@ -8,6 +8,7 @@ use wit_interface::{ErrorKind, GuestError};
 
 use super::ctx::MessagingCtx;
 use crate::delivery::Delivery;
+use crate::trace::TraceContext;
 
 /// What one handler call has: its channel, the deliveries given to it and those it pulled,
 /// and the last error it was handed (for `error.trace`).
@@ -16,6 +17,7 @@ pub struct CallCtx {
     pub(super) channel: String,
     pub(super) deliveries: HashMap<String, Arc<Delivery>>,
     pub(super) last_error: String,
+    pub(super) trace: Option<TraceContext>,
 }
 
 impl CallCtx {
@@ -26,7 +28,15 @@ impl CallCtx {
             channel: channel.to_string(),
             deliveries: deliveries.iter().map(|d| (d.id().to_string(), d.clone())).collect(),
             last_error: String::new(),
+            trace: None,
         }
+    }
+
+    /// The call's trace context: messages the guest sends carry it (`traceparent` and
+    /// `Diagnostic-Id`), unless they carry one of their own.
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
     }
 
     /// The channel the call is for (pulled messages may come from others).

@@ -184,7 +184,12 @@ impl producer::Host for Messaging<'_> {
         let mut messages = Vec::with_capacity(m.len());
         for msg in &m {
             match convert::from_guest(msg) {
-                Ok(sb) => messages.push(sb),
+                Ok(mut sb) => {
+                    if let Some(trace) = &self.call.trace {
+                        trace.stamp(&mut sb.application_properties);
+                    }
+                    messages.push(sb);
+                }
                 Err(e) => return self.fail(ErrorKind::InvalidArgument, e.to_string()),
             }
         }

@@ -53,6 +53,8 @@ async fn run_queue(
         .links()
         .receiver(DEFAULT_CONNECTION, &channel, receiver_options)
         .expect("the default connection exists");
+    let metrics = rt.ctx().metrics().clone();
+    metrics.worker_started(&channel);
     let permits = Arc::new(Semaphore::new(options.max_concurrent_calls));
     let mut calls = JoinSet::new();
     let mut failures = 0u32;
@@ -73,10 +75,12 @@ async fn run_queue(
         match received {
             Ok(messages) => {
                 failures = 0;
+                metrics.worker_ready(&channel, true);
                 receive::start_calls(&rt, &channel, &receiver, messages, &options, &hard_stop, &mut free, &mut calls);
             }
             Err(e) => {
                 failures += 1;
+                metrics.worker_ready(&channel, false);
                 let wait = receive::backoff(failures);
                 if e.kind() == SbErrorKind::InvalidOperation {
                     // What Service Bus says to a plain receiver on an entity that requires sessions.

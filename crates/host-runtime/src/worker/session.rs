@@ -49,8 +49,15 @@ pub(super) async fn run(
         wait: ACCEPT_WAIT,
         max_lock_renewal: Duration::ZERO, // Renewed here, by the rule above.
     };
+    let metrics = rt.ctx().metrics().clone();
+    // Ready once the entity answers; then by how accepting sessions goes.
+    metrics.worker_started(&channel);
     let mut held = JoinSet::new();
     let mut failures = 0u32;
+    tokio::select! {
+        checked = client.check_entity(&channel) => metrics.worker_ready(&channel, checked.is_ok()),
+        _ = stop.changed() => {}
+    }
     loop {
         if *stop.borrow() {
             break;
@@ -67,6 +74,7 @@ pub(super) async fn run(
         match accepted {
             Ok(receiver) => {
                 failures = 0;
+                metrics.worker_ready(&channel, true);
                 counters.sessions_accepted.fetch_add(1, Ordering::Relaxed);
                 let session = Held {
                     rt: rt.clone(),
@@ -79,9 +87,13 @@ pub(super) async fn run(
                 held.spawn(session.run(stop.clone(), hard_stop.clone(), permit));
             }
             // No session came free in time: ask again.
-            Err(e) if e.kind() == SbErrorKind::Timeout => failures = 0,
+            Err(e) if e.kind() == SbErrorKind::Timeout => {
+                failures = 0;
+                metrics.worker_ready(&channel, true);
+            }
             Err(e) => {
                 failures += 1;
+                metrics.worker_ready(&channel, false);
                 let wait = receive::backoff(failures);
                 tracing::warn!(%channel, "accepting a session failed ({e}); trying again in {wait:?}");
                 tokio::select! {

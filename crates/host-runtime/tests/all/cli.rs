@@ -122,3 +122,41 @@ fn a_memory_cap_out_of_range_is_refused_not_wrapped() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[guest]: max-memory-mib: 17592186044480 MiB is not a memory cap"), "{err}");
 }
+
+/// `--log-format json`: one JSON object a line; a line logged in a handler call carries the
+/// call's span, with its trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_calls_trace() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("in")]).await;
+    let dir = tempfile::tempdir()?;
+    let toml = dir.path().join("host.toml");
+    std::fs::write(&toml, "[guest]\nenv = { TEST_GUEST_CHANNELS = \"in\" }\n")?;
+    let mut m = amqp_servicebus::Message::new("complete;err");
+    m.application_properties.insert(
+        "traceparent".into(),
+        amqp_servicebus::SimpleValue::String("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    );
+    client(&emu).sender("in").send(m).await?;
+    let host = test_guest_host(&emu, &toml, &dir.path().join("cache")).args(["--log-format", "json"]).spawn()?;
+    eventually("the message handled", Duration::from_secs(60), || {
+        emu.queue_counts("in").unwrap() == QueueCounts::default()
+    })
+    .await;
+    assert!(Command::new("kill").args(["-TERM", &host.id().to_string()]).status()?.success());
+    let out = tokio::task::spawn_blocking(move || host.wait_with_output()).await??;
+    let log = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{log}");
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let error = lines
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("handler returned an error")))
+        .unwrap_or_else(|| panic!("no line for the handler's error: {log}"));
+    assert_eq!(error["level"], "INFO");
+    assert_eq!(error["span"]["name"], "process");
+    assert_eq!(error["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{error}");
+    assert_eq!(error["span"]["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(error["span"]["messaging.destination.name"], "in");
+    emu.shutdown().await;
+    Ok(())
+}

@@ -9,6 +9,7 @@ mod hostile;
 mod isolation;
 mod lifecycle;
 mod matrix;
+mod operations;
 mod sample;
 mod sessions;
 mod support;
