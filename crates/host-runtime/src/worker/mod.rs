@@ -92,9 +92,8 @@ async fn run_queue(
                 } else {
                     tracing::warn!(%channel, "receiving failed ({e}); trying again in {wait:?}");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => break,
+                if receive::stopped_during(wait, &mut stop).await {
+                    break;
                 }
             }
         }

@@ -27,6 +27,14 @@ pub(super) fn backoff(failures: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << failures.min(6)))
 }
 
+/// Waits `wait`, unless `stop` changes first; returns whether it did.
+pub(super) async fn stopped_during(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = stop.changed() => true,
+    }
+}
+
 /// Takes a permit of each of `semaphores` (waiting, in order), then as many more of each as
 /// are free at once: one receive then asks for as many batches as there are calls that may
 /// start now.

@@ -96,9 +96,8 @@ pub(super) async fn run(
                 metrics.worker_ready(&channel, false);
                 let wait = receive::backoff(failures);
                 tracing::warn!(%channel, "accepting a session failed ({e}); trying again in {wait:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => break,
+                if receive::stopped_during(wait, &mut stop).await {
+                    break;
                 }
             }
         }

@@ -56,7 +56,8 @@ async fn an_unknown_extension_key_is_named() {
     assert_eq!(
         e.to_string().lines().next().unwrap(),
         "guest extensions: max-conccurent-calls: unknown option; the options are max-concurrent-calls, prefetch, \
-         max-batch-size, max-auto-lock-renewal, handler-timeout, receive-mode (or <channel>.<option>)"
+         max-batch-size, max-auto-lock-renewal, handler-timeout, receive-mode, requires-session, \
+         max-concurrent-sessions, max-concurrent-calls-per-session, session-idle-timeout (or <channel>.<option>)"
     );
     let e =
         start_err(guest("test-guest"), "[guest]\nenv = { TEST_GUEST_EXTENSIONS = \"test-in.prefetch=lots\" }\n").await;

@@ -134,6 +134,18 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(response)
 }
 
+/// `/readyz`'s answer once `done` holds for it, or after 5 s.
+async fn readyz_until(addr: std::net::SocketAddr, done: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = get(addr, "/readyz").await?;
+        if done(&answer) || tokio::time::Instant::now() > deadline {
+            return Ok(answer);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_which_workers_cannot_receive_and_healthz_that_the_process_lives() -> anyhow::Result<()> {
     // "locked" requires sessions but is not configured so: Service Bus refuses its worker.
@@ -145,14 +157,7 @@ async fn readyz_says_which_workers_cannot_receive_and_healthz_that_the_process_l
     let host = test_host(&emu, "in,locked", "").await;
     let (addr, server) = host_runtime::metrics::start("127.0.0.1:0".parse()?, host.metrics()).await?;
     assert!(get(addr, "/healthz").await?.starts_with("HTTP/1.1 200 OK"));
-    let mut answer = String::new();
-    for _ in 0..100 {
-        answer = get(addr, "/readyz").await?;
-        if answer.contains("not ready: these channels cannot receive: locked\n") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let answer = readyz_until(addr, |a| a.contains("not ready: these channels cannot receive: locked\n")).await?;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.ends_with("not ready: these channels cannot receive: locked\n"), "{answer}");
     let metrics = get(addr, "/metrics").await?;
@@ -163,14 +168,7 @@ async fn readyz_says_which_workers_cannot_receive_and_healthz_that_the_process_l
 
     let host = test_host(&emu, "in,locked", "[channels.locked]\nrequires-session = true\n").await;
     let (addr, server) = host_runtime::metrics::start("127.0.0.1:0".parse()?, host.metrics()).await?;
-    let mut answer = String::new();
-    for _ in 0..100 {
-        answer = get(addr, "/readyz").await?;
-        if answer.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let answer = readyz_until(addr, |a| a.starts_with("HTTP/1.1 200")).await?;
     assert!(answer.ends_with("\r\n\r\nready\n"), "{answer}");
     let metrics = host.metrics();
     host.shutdown(Duration::from_secs(5)).await;

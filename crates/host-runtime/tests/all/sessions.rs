@@ -31,6 +31,21 @@ async fn send_in_session(c: &ServiceBusClient, queue: &str, session: &str, id: &
     c.sender(queue).send(m).await.unwrap();
 }
 
+/// The first `n` reports, in the order the calls sent them: (correlation-id, lines).
+async fn reports_in_order(c: &ServiceBusClient, n: usize) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let order = c.receive_and_delete_receiver("reports");
+    let mut reports = Vec::new();
+    while reports.len() < n {
+        let got = order.receive(50, Duration::from_secs(10)).await?;
+        anyhow::ensure!(!got.is_empty(), "{} of {n} reports came: {reports:?}", reports.len());
+        for m in got {
+            let lines = String::from_utf8(m.body.to_vec())?.lines().map(String::from).collect();
+            reports.push((m.correlation_id.unwrap_or_default(), lines));
+        }
+    }
+    Ok(reports)
+}
+
 /// The value a report line read (`<step> => ok <value>`).
 fn value(lines: &[String], step: &str) -> String {
     let prefix = format!("{step} => ok ");
@@ -55,19 +70,11 @@ async fn each_sessions_messages_are_handled_in_order_and_idle_sessions_are_let_g
             send_in_session(&c, "sq", &format!("s{s}"), &format!("s{s}-{i}"), "echo:session-id;sleep:5").await;
         }
     }
-    // The reports queue holds the reports in the order the calls sent them.
-    let order = c.receive_and_delete_receiver("reports");
     let mut handled: Vec<Vec<usize>> = vec![Vec::new(); sessions];
-    let mut total = 0;
-    while total < sessions * per_session {
-        for m in order.receive(50, Duration::from_secs(10)).await? {
-            let id = m.correlation_id.clone().unwrap();
-            let (s, i) = id[1..].split_once('-').unwrap();
-            let lines: Vec<String> = String::from_utf8(m.body.to_vec())?.lines().map(String::from).collect();
-            assert_eq!(value(&lines, "echo:session-id"), format!("s{s}"), "the guest sees its session-id");
-            handled[s.parse::<usize>()?].push(i.parse()?);
-            total += 1;
-        }
+    for (id, lines) in reports_in_order(&c, sessions * per_session).await? {
+        let (s, i) = id[1..].split_once('-').unwrap();
+        assert_eq!(value(&lines, "echo:session-id"), format!("s{s}"), "the guest sees its session-id");
+        handled[s.parse::<usize>()?].push(i.parse()?);
     }
     for (s, got) in handled.iter().enumerate() {
         assert_eq!(*got, (0..per_session).collect::<Vec<_>>(), "session s{s} was handled in order");
@@ -118,14 +125,11 @@ async fn a_failing_message_holds_its_session_back_until_it_is_dead_lettered() ->
     send_in_session(&c, "sq", "a", "a-0", "echo:delivery-count;err").await;
     send_in_session(&c, "sq", "a", "a-1", "echo:delivery-count").await;
     send_in_session(&c, "sq", "a", "a-2", "echo:delivery-count").await;
-    let order = c.receive_and_delete_receiver("reports");
-    let mut seen = Vec::new();
-    while seen.len() < 4 {
-        for m in order.receive(10, Duration::from_secs(10)).await? {
-            let lines: Vec<String> = String::from_utf8(m.body.to_vec())?.lines().map(String::from).collect();
-            seen.push(format!("{} #{}", m.correlation_id.unwrap(), value(&lines, "echo:delivery-count")));
-        }
-    }
+    let seen: Vec<String> = reports_in_order(&c, 4)
+        .await?
+        .into_iter()
+        .map(|(id, lines)| format!("{id} #{}", value(&lines, "echo:delivery-count")))
+        .collect();
     // Abandoned after each error, a-0 comes again before the rest of its session, until
     // MaxDeliveryCount (2) dead-letters it; then the session goes on, in order.
     assert_eq!(seen, ["a-0 #1", "a-0 #2", "a-1 #1", "a-2 #1"]);
