@@ -61,6 +61,10 @@ pub struct Options {
     /// from another commit), measured in the same runs as (b): before and after a change, on
     /// one machine at one time.
     pub baseline_drain: Option<PathBuf>,
+    /// Another build of the host (`--baseline-host DIR`, a directory holding a `messaging-host`
+    /// and the `test-guest.wasm` it runs, built from another commit), measured in the same runs
+    /// as (a).
+    pub baseline_host: Option<PathBuf>,
 }
 
 /// A part of the benchmarks, for `--only`.
@@ -81,13 +85,14 @@ impl Default for Options {
             batch: 1,
             consumers: vec![Consumer::Host, Consumer::Native, Consumer::Python],
             baseline_drain: None,
+            baseline_host: None,
         }
     }
 }
 
 impl Options {
     /// Parses `cargo xtask bench`'s arguments: `[--repeats N] [--cells QxC,QxC] [--only consumers|brokers]
-    /// [--batch B] [--consumers host,native,python] [--baseline-drain PATH]`.
+    /// [--batch B] [--consumers host,native,python] [--baseline-drain PATH] [--baseline-host DIR]`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self::default();
         let mut args = args.iter();
@@ -144,9 +149,22 @@ impl Options {
                     }
                     options.baseline_drain = Some(path);
                 }
+                "--baseline-host" => {
+                    let dir = PathBuf::from(value);
+                    for file in [BASELINE_HOST, BASELINE_GUEST] {
+                        if !dir.join(file).is_file() {
+                            bail!(
+                                "'--baseline-host' takes a directory with another build's {BASELINE_HOST} and \
+                                 {BASELINE_GUEST}, but {} has no {file}",
+                                dir.display()
+                            );
+                        }
+                    }
+                    options.baseline_host = Some(dir);
+                }
                 other => bail!(
-                    "'bench' takes --repeats <n>, --cells <QxC,…>, --only <part>, --batch <b>, --consumers <list> \
-                     and --baseline-drain <path>, but got '{other}'"
+                    "'bench' takes --repeats <n>, --cells <QxC,…>, --only <part>, --batch <b>, --consumers <list>, \
+                     --baseline-drain <path> and --baseline-host <dir>, but got '{other}'"
                 ),
             }
         }
@@ -154,11 +172,18 @@ impl Options {
     }
 }
 
+/// The host binary in a `--baseline-host` directory.
+const BASELINE_HOST: &str = "messaging-host";
+/// The test guest in a `--baseline-host` directory (built for that host's WIT).
+const BASELINE_GUEST: &str = "test-guest.wasm";
+
 /// A consumer of the benchmark's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consumer {
     /// (a) `messaging-host` with the test guest.
     Host,
+    /// (a0) the `--baseline-host` build of `messaging-host`, with its test guest.
+    HostBaseline,
     /// (b) `examples/drain`, this commit's build.
     Native,
     /// (b0) `examples/drain`, the `--baseline-drain` build.
@@ -171,6 +196,7 @@ impl Consumer {
     fn label(self) -> &'static str {
         match self {
             Consumer::Host => "(a) host + guest",
+            Consumer::HostBaseline => "(a0) host + guest, baseline build",
             Consumer::Native => "(b) native Rust",
             Consumer::NativeBaseline => "(b0) native Rust, baseline build",
             Consumer::Python => "(c) Python SDK",
@@ -196,6 +222,8 @@ struct Bench {
     drain: PathBuf,
     /// See [`Options::baseline_drain`].
     baseline_drain: Option<PathBuf>,
+    /// See [`Options::baseline_host`].
+    baseline_host: Option<PathBuf>,
     guest: PathBuf,
     python: PathBuf,
     dir: PathBuf,
@@ -255,6 +283,7 @@ pub fn run(options: Options) -> Result<()> {
         host: release.join("messaging-host"),
         drain: release.join("examples/drain"),
         baseline_drain: options.baseline_drain.clone(),
+        baseline_host: options.baseline_host.clone(),
         guest: components.path("test-guest")?,
         python: python::ensure_venv()?,
         config: config(&dir, &queue_names(10))?,
@@ -267,6 +296,10 @@ pub fn run(options: Options) -> Result<()> {
         if options.baseline_drain.is_some() {
             let after_native = consumers.iter().position(|c| *c == Consumer::Native).map_or(consumers.len(), |i| i + 1);
             consumers.insert(after_native, Consumer::NativeBaseline);
+        }
+        if options.baseline_host.is_some() {
+            let after_host = consumers.iter().position(|c| *c == Consumer::Host).map_or(consumers.len(), |i| i + 1);
+            consumers.insert(after_host, Consumer::HostBaseline);
         }
         bench.consumers(repeats, &options.cells, &consumers)?;
     }
@@ -369,7 +402,7 @@ impl Bench {
         let mut rss_kib = 0.0;
         for i in 0..4 {
             let started = Instant::now();
-            let mut host = self.start_host(&toml, &emu.connection_string(), "idle.log")?;
+            let mut host = self.start_host(Consumer::Host, &toml, &emu.connection_string(), "idle.log")?;
             if i > 0 {
                 host_ready.push(started.elapsed().as_secs_f64()); // The first start compiled and cached the guest.
             }
@@ -410,15 +443,28 @@ impl Bench {
         })
     }
 
-    /// Starts the release host on the test guest, logging to `log` in the bench directory.
-    fn start_host(&self, toml: &Path, cs: &str, log: &str) -> Result<HostProcess> {
-        HostProcess::start(&self.host, &self.guest, toml, cs, &self.dir.join(log))
+    /// Starts the release host (or the baseline's, for [`Consumer::HostBaseline`]) on the test
+    /// guest, logging to `log` in the bench directory.
+    fn start_host(&self, consumer: Consumer, toml: &Path, cs: &str, log: &str) -> Result<HostProcess> {
+        match (consumer, &self.baseline_host) {
+            (Consumer::HostBaseline, Some(dir)) => HostProcess::start(
+                &dir.join(BASELINE_HOST),
+                &dir.join(BASELINE_GUEST),
+                toml,
+                cs,
+                &self.dir.join(format!("baseline-{log}")),
+            ),
+            (Consumer::HostBaseline, None) => bail!("--baseline-host names the baseline build"),
+            _ => HostProcess::start(&self.host, &self.guest, toml, cs, &self.dir.join(log)),
+        }
     }
 
     /// A consumer's name in the tables, with the host's batch size when it is not 1.
     fn label(&self, consumer: Consumer) -> String {
         match consumer {
-            Consumer::Host if self.batch > 1 => format!("{}, {} messages per call", consumer.label(), self.batch),
+            Consumer::Host | Consumer::HostBaseline if self.batch > 1 => {
+                format!("{}, {} messages per call", consumer.label(), self.batch)
+            }
             _ => consumer.label().to_string(),
         }
     }
@@ -459,7 +505,7 @@ impl Bench {
                 c.arg(self.dir.join("bench_consumer.py"));
                 c
             }
-            Consumer::Host => unreachable!("the host runs as a HostProcess"),
+            Consumer::Host | Consumer::HostBaseline => unreachable!("the host runs as a HostProcess"),
         };
         cmd.args([cs.to_string(), queues.join(","), count.to_string(), concurrency.to_string()]);
         if latency {
@@ -483,9 +529,9 @@ impl Bench {
         let client = ServiceBusClient::new(&emu.connection_string(), ClientOptions::default())?;
         self.fill(&client, &queues, THROUGHPUT_MESSAGES, "ok")?;
         match consumer {
-            Consumer::Host => {
+            Consumer::Host | Consumer::HostBaseline => {
                 let toml = self.host_toml(&queues, concurrency)?;
-                let mut host = self.start_host(&toml, &emu.connection_string(), "work.log")?;
+                let mut host = self.start_host(consumer, &toml, &emu.connection_string(), "work.log")?;
                 let pid = host.pid().context("the host is running")?;
                 // The host consumes from the moment it is ready: time from the first reading.
                 let (t0, done0, cpu0, broker0) =
@@ -542,9 +588,9 @@ impl Bench {
         let client = ServiceBusClient::new(&cs, ClientOptions::default())?;
         self.runtime.block_on(client.connect())?;
         let lines: Vec<String> = match consumer {
-            Consumer::Host => {
+            Consumer::Host | Consumer::HostBaseline => {
                 let toml = self.host_toml(&queues, concurrency)?;
-                let mut host = self.start_host(&toml, &cs, "latency.log")?;
+                let mut host = self.start_host(consumer, &toml, &cs, "latency.log")?;
                 self.paced_send(&client, &queues, LATENCY_MESSAGES)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
@@ -844,6 +890,16 @@ mod tests {
         assert!(e(&["--batch", "0"]).contains("'--batch' takes a number of messages per call of at least 1"));
         assert!(e(&["--fast", "1"]).contains("but got '--fast'"));
         assert!(e(&["--only", "all"]).contains("consumers or brokers, but got 'all'"));
+        let empty = tempfile::tempdir().unwrap();
+        let dir = empty.path().to_str().unwrap();
+        assert!(e(&["--baseline-host", dir]).contains("has no messaging-host"), "{}", e(&["--baseline-host", dir]));
+        std::fs::write(empty.path().join(BASELINE_HOST), "").unwrap();
+        assert!(e(&["--baseline-host", dir]).contains("has no test-guest.wasm"));
+        std::fs::write(empty.path().join(BASELINE_GUEST), "").unwrap();
+        assert_eq!(
+            Options::parse(&args(&["--baseline-host", dir])).unwrap().baseline_host.as_deref(),
+            Some(empty.path())
+        );
     }
 
     #[test]

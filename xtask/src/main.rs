@@ -21,13 +21,14 @@ commands:
                  the end-to-end scenarios, with the emulator and host binaries (only those
                  whose name contains TEXT, if given)
   bench [--repeats N] [--cells QxC,…] [--only consumers|brokers] [--batch B]
-        [--consumers host,native,python] [--baseline-drain PATH]
+        [--consumers host,native,python] [--baseline-drain PATH] [--baseline-host DIR]
                  end-to-end numbers (release builds): start-up, idle memory, throughput, CPU and
                  latency of host vs native vs Python SDK, emulator vs RabbitMQ; N runs each
                  (default 3) in each cell of Q queues × C concurrent calls (default
                  1x1,1x16,4x1,4x16); --batch B: the host takes B messages per call;
                  --consumers: only these; --baseline-drain PATH: also another build of the native
-                 consumer (examples/drain from another commit), in the same runs
+                 consumer (examples/drain from another commit), in the same runs; --baseline-host
+                 DIR: also another build's messaging-host with its test-guest.wasm, in DIR
   fuzz [--time SECONDS] [TARGET …]
                  build the fuzz targets in fuzz/ (libFuzzer) and run each for SECONDS (default 60);
                  a crash stops the run with the input under target/fuzz/artifacts/
