@@ -100,7 +100,7 @@ async fn a_calls_span_continues_its_messages_trace_and_the_guests_messages_conti
         assert_eq!(call["messaging.destination.name"], "in");
         assert_eq!(call["messaging.operation.type"], "process");
         assert_eq!(call["messaging.message.id"], format!("traced-{key}"));
-        assert_eq!(call["otel.name"], "process in");
+        assert_eq!(call["otel.kind"], "consumer");
         let call_span = &call["span_id"];
         assert_ne!(call_span, parent);
         // The guest's message is the call's child: same trace, the call's span as its parent.
