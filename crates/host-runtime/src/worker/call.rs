@@ -58,8 +58,11 @@ pub(crate) async fn dispatch(
 }
 
 /// The span of a call on `messages` from `channel`, with the OpenTelemetry messaging
-/// attributes (its OpenTelemetry name, `process <channel>`, is left to an exporter: formatting it
-/// for every call cost as much as every other field together), and its trace context: a child of the message's own context (`traceparent`
+/// attributes, and its trace context. It is at DEBUG level: enabled, a logging subscriber
+/// formats its fields for every call (about 3 µs, BENCHMARKS.md), so it costs nothing unless
+/// asked for; the call's log lines carry `trace_id` and `span_id` themselves. (Its OpenTelemetry
+/// name, `process <channel>`, is left to an exporter: formatting it per call cost as much as the
+/// other fields together.) The context is a child of the message's own context (`traceparent`
 /// or `Diagnostic-Id`) for a call on one message; for a batch, a new trace that names the
 /// messages' contexts in `messaging.links` (as OpenTelemetry links a batch's span to them).
 fn call_span(channel: &str, messages: &[ReceivedMessage]) -> (tracing::Span, TraceContext) {
@@ -70,7 +73,7 @@ fn call_span(channel: &str, messages: &[ReceivedMessage]) -> (tracing::Span, Tra
         _ => (TraceContext::root(), None),
     };
     let one = (messages.len() == 1).then(|| &messages[0]);
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "process",
         "otel.kind" = "consumer",
         "messaging.system" = "servicebus",
@@ -170,21 +173,22 @@ async fn run_call(
     let all = store.data().call.deliveries();
     drop(store);
     let counters = metrics.channel(channel);
+    let (trace_id, span_id) = (TraceId(trace.trace_id), SpanId(trace.span_id));
     match &end {
         CallEnd::Ok => {}
         CallEnd::Error(e) => {
             counters.handler_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(%channel, "handler returned an error: {e}");
+            tracing::info!(%channel, %trace_id, %span_id, "handler returned an error: {e}");
         }
         CallEnd::Trap(t) => {
             counters.handler_traps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(%channel, "handler trapped: {t}");
+            tracing::warn!(%channel, %trace_id, %span_id, "handler trapped: {t}");
         }
         CallEnd::Timeout(d) => {
             counters.handler_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(%channel, "handler ran past its {d:?} deadline and was stopped");
+            tracing::warn!(%channel, %trace_id, %span_id, "handler ran past its {d:?} deadline and was stopped");
         }
-        CallEnd::Cancelled => tracing::info!(%channel, "handler stopped by shutdown"),
+        CallEnd::Cancelled => tracing::info!(%channel, %trace_id, %span_id, "handler stopped by shutdown"),
     }
     ctx.settle_leftovers(&all, end.succeeded()).await;
     let mut settled: Vec<(String, usize)> = Vec::new();

@@ -123,8 +123,8 @@ fn a_memory_cap_out_of_range_is_refused_not_wrapped() {
     assert!(err.contains("[guest]: max-memory-mib: 17592186044480 MiB is not a memory cap"), "{err}");
 }
 
-/// `--log-format json`: one JSON object a line; a line logged in a handler call carries the
-/// call's span, with its trace.
+/// `--log-format json`: one JSON object a line; a line logged about a handler call carries the
+/// call's trace; with the call spans enabled (`host_runtime::worker=debug`), the span too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_calls_trace() -> anyhow::Result<()> {
     let emu = emulator(vec![queue("in")]).await;
@@ -137,7 +137,10 @@ async fn json_logs_carry_the_calls_trace() -> anyhow::Result<()> {
         amqp_servicebus::SimpleValue::String("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     );
     client(&emu).sender("in").send(m).await?;
-    let host = test_guest_host(&emu, &toml, &dir.path().join("cache")).args(["--log-format", "json"]).spawn()?;
+    let host = test_guest_host(&emu, &toml, &dir.path().join("cache"))
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info,host_runtime::worker=debug")
+        .spawn()?;
     eventually("the message handled", Duration::from_secs(60), || {
         emu.queue_counts("in").unwrap() == QueueCounts::default()
     })
@@ -153,6 +156,8 @@ async fn json_logs_carry_the_calls_trace() -> anyhow::Result<()> {
         .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("handler returned an error")))
         .unwrap_or_else(|| panic!("no line for the handler's error: {log}"));
     assert_eq!(error["level"], "INFO");
+    assert_eq!(error["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{error}");
+    assert_eq!(error["span_id"], error["span"]["span_id"]);
     assert_eq!(error["span"]["name"], "process");
     assert_eq!(error["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{error}");
     assert_eq!(error["span"]["parent_span_id"], "00f067aa0ba902b7");
