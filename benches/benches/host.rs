@@ -56,5 +56,39 @@ fn conversion(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dispatch, conversion);
+/// A call's span: made, entered and left as often as a call's future is polled (about six
+/// times), its outcome recorded, dropped; under a logging subscriber (writing nowhere) that
+/// leaves it disabled (the default, INFO) and one that enables it (DEBUG).
+fn span(c: &mut Criterion) {
+    let mut m = amqp_servicebus::Message::new(vec![b'x'; 1024]);
+    m.message_id = Some("m-42".into());
+    m.application_properties.insert(
+        "traceparent".into(),
+        amqp_servicebus::SimpleValue::String("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    );
+    let received = amqp_servicebus::ReceivedMessage::from_encoded(&m.encode(), "orders").unwrap();
+    let messages = vec![received];
+    let mut group = c.benchmark_group("call_span");
+    for level in ["info", "debug"] {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            group.bench_function(BenchmarkId::new("level", level), |b| {
+                b.iter(|| {
+                    let span = host_runtime::bench::call_span("orders", &messages);
+                    for _ in 0..6 {
+                        let _entered = span.enter();
+                    }
+                    span.record("messaging.servicebus.handler", "ok");
+                    span.record("messaging.servicebus.outcome", "completed");
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dispatch, conversion, span);
 criterion_main!(benches);

@@ -1,6 +1,6 @@
 //! Entry points for the criterion benches (`benches/`): one handler call on a fresh
 //! instance, or on a reused one, with the host's real engine, linker and store setup
-//! but no broker. Not part of the host's API.
+//! but no broker; and a call's span. Not part of the host's API.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +13,11 @@ use crate::engine::{self, EngineSettings, LoadError};
 use crate::instance::{HostState, Instances};
 use crate::links::DEFAULT_CONNECTION;
 use crate::messaging::{CallCtx, MessagingCtx};
+
+/// The span and trace context a worker makes for a call on `messages` from `channel`.
+pub fn call_span(channel: &str, messages: &[amqp_servicebus::ReceivedMessage]) -> tracing::Span {
+    crate::worker::call_span(channel, messages).0
+}
 
 /// A loaded guest with the host's linker and store set-up.
 pub struct Bench {

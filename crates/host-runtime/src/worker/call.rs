@@ -65,7 +65,7 @@ pub(crate) async fn dispatch(
 /// other fields together.) The context is a child of the message's own context (`traceparent`
 /// or `Diagnostic-Id`) for a call on one message; for a batch, a new trace that names the
 /// messages' contexts in `messaging.links` (as OpenTelemetry links a batch's span to them).
-fn call_span(channel: &str, messages: &[ReceivedMessage]) -> (tracing::Span, TraceContext) {
+pub(crate) fn call_span(channel: &str, messages: &[ReceivedMessage]) -> (tracing::Span, TraceContext) {
     let incoming: Vec<TraceContext> =
         messages.iter().filter_map(|m| TraceContext::of(&m.application_properties)).collect();
     let (trace, parent) = match (messages.len(), incoming.first()) {

@@ -12,6 +12,8 @@ mod call;
 mod receive;
 mod session;
 
+pub(crate) use call::call_span;
+
 use std::sync::Arc;
 use std::time::Duration;
 
