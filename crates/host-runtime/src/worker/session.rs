@@ -165,9 +165,10 @@ impl Held {
             if calls.is_empty() && idle >= self.options.session_idle_timeout {
                 break Release::Idle;
             }
-            // Short receives, so the lock is looked after while the session is quiet.
-            let wait =
-                self.options.session_idle_timeout.saturating_sub(idle).clamp(RENEWAL_CHECK, Duration::from_secs(1));
+            // Short receives (a quarter of the lock at most), so the lock is looked after while
+            // the session is quiet.
+            let ceiling = (lock_length / 4).clamp(RENEWAL_CHECK, Duration::from_secs(1));
+            let wait = self.options.session_idle_timeout.saturating_sub(idle).clamp(RENEWAL_CHECK, ceiling);
             let max = free.len() * self.options.max_batch_size;
             let received = tokio::select! {
                 r = self.receiver.receive_batch(max, wait, linger) => r,
