@@ -2,7 +2,7 @@
 //!
 //! The component is compiled once and kept in the cache directory (`cache`); a
 //! restart loads the artifact in microseconds instead of compiling. Its imports and
-//! exports are checked here; linking it is [`crate::instance`]'s.
+//! exports are checked here; linking it is `instance`'s (the host's store and linker).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -36,7 +36,7 @@ struct Args {
     /// Where compiled guests are cached (default: $XDG_CACHE_HOME/messaging-host or ~/.cache/messaging-host).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Memory cap of one guest instance, in MiB (host.toml [guest] max-memory-mib wins).
+    /// Memory cap of one guest instance, in MiB (host.toml's `[guest]` max-memory-mib wins).
     #[arg(long, default_value_t = 64, value_parser = parse_memory_mib)]
     max_memory_mib: u64,
     /// How long in-flight handlers may run after SIGINT/SIGTERM before they are stopped.
