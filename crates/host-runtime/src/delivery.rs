@@ -52,9 +52,7 @@ impl Outcome {
             Self::DelayedRetry => &c.delayed,
         }
     }
-}
 
-impl Outcome {
     /// Its name in logs and traces: `completed`, `dead-lettered`, ...
     pub fn name(self) -> &'static str {
         match self {

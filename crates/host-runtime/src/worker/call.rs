@@ -110,7 +110,7 @@ impl std::fmt::Display for Links<'_> {
 }
 
 /// How a call's deliveries ended: `completed` for one, `completed=3 abandoned=1` for several.
-struct Settled(Vec<(String, usize)>);
+struct Settled(Vec<(&'static str, usize)>);
 
 impl std::fmt::Display for Settled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,12 +191,12 @@ async fn run_call(
         CallEnd::Cancelled => tracing::info!(%channel, %trace_id, %span_id, "handler stopped by shutdown"),
     }
     ctx.settle_leftovers(&all, end.succeeded()).await;
-    let mut settled: Vec<(String, usize)> = Vec::new();
+    let mut settled: Vec<(&'static str, usize)> = Vec::new();
     for d in &all {
         let state = d.state().name();
         match settled.iter_mut().find(|(s, _)| *s == state) {
             Some((_, n)) => *n += 1,
-            None => settled.push((state.to_string(), 1)),
+            None => settled.push((state, 1)),
         }
     }
     (end, Settled(settled))

@@ -197,7 +197,9 @@ impl Held {
                     if failures >= MAX_RECEIVE_FAILURES {
                         break Release::Failing(e.to_string());
                     }
-                    tokio::time::sleep(receive::backoff(failures)).await;
+                    if receive::stopped_during(receive::backoff(failures), &mut stop).await {
+                        break Release::Stopping;
+                    }
                 }
             }
         };
