@@ -35,10 +35,15 @@ fn world() -> &'static World {
         };
         let config = Config {
             queues: vec![small("q")],
-            topics: vec![TopicConfig { name: "t".into(), subscriptions: vec![small("s")], rules: Default::default() }],
+            topics: vec![TopicConfig {
+                properties: Default::default(),
+                name: "t".into(),
+                subscriptions: vec![small("s")],
+                rules: Default::default(),
+            }],
             ..Config::default()
         };
-        let namespace = runtime.block_on(async { Arc::new(Namespace::new(&config)) });
+        let namespace = runtime.block_on(async { Arc::new(Namespace::new(&config, u64::MAX)) });
         let keys = Keys::default().with_rights("sender", "sender-key", Rights::SEND);
         let shared = Arc::new(Shared { namespace, keys, max_message_size: 256 * 1024, limits: Limits::default() });
         World { runtime, shared }

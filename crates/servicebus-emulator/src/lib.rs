@@ -10,8 +10,10 @@
 //! receive-and-delete, the settled echoes the SDKs wait for, lock expiry and
 //! `MaxDeliveryCount` dead-lettering, dead-letter queues, deferral, scheduling,
 //! TTL, message sessions (`RequiresSession`: session receivers, session locks and state),
-//! subscription rules (SQL and correlation filters, SQL actions), the `$management`
+//! subscription rules (SQL and correlation filters, SQL actions), duplicate detection,
+//! auto-forwarding (`ForwardTo`, `ForwardDeadLetteredMessagesTo`), quotas, the `$management`
 //! operations, local transactions (`$coordinator`), TLS, and AMQP over WebSockets.
+//! `docs/emulator.md` says what each does and where it differs from Azure.
 //!
 //! # Layout
 //! - `codec`: protocol headers, frames, message sections.
@@ -19,7 +21,10 @@
 //!   links, session receivers, inbound transfers, nodes, outbound transfers, settlement).
 //! - `management`: `$cbs` and `$management` requests.
 //! - `transaction`: the coordinator's transactions.
-//! - `namespace`, `queue`, `message`: entities, their messages, locks and message sessions.
+//! - `namespace`: the entities, topics and their fan-out, how addresses resolve, and the
+//!   forwarding links between entities.
+//! - `queue`, `message`: an entity's messages, locks, message sessions, duplicate detection
+//!   and forwarding.
 //! - [`rules`]: subscription rules and their SQL dialect.
 //! - [`auth`]: keys, SAS tokens, grants.
 //! - [`config`]: Microsoft's `Config.json` schema.
@@ -64,15 +69,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use auth::{Keys, Rights};
-pub use config::{Config, ConfigError, QueueConfig, TopicConfig};
+pub use config::{Config, ConfigError, QueueConfig, TopicConfig, TopicProperties};
 pub use limits::Limits;
-pub use queue::{DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
+pub use queue::{DEFAULT_DUPLICATE_DETECTION_WINDOW, DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
 pub use rules::{CorrelationFilter, RuleConfig, RuleFilter};
 
 use connection::{Control, Shared};
 
 /// The default maximum message size: 256 KiB, as Microsoft's emulator and the Standard tier.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024;
+
+/// The default memory budget for messages: 2 GiB, room for a laptop's tests and well short
+/// of its memory.
+pub const DEFAULT_MAX_MEMORY: u64 = 2 << 30;
 
 /// Why the emulator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +127,7 @@ pub struct EmulatorBuilder {
     ws_addr: Option<SocketAddr>,
     wss_addr: Option<SocketAddr>,
     max_message_size: usize,
+    max_memory: u64,
     limits: Limits,
 }
 
@@ -151,6 +161,7 @@ impl Emulator {
             ws_addr: None,
             wss_addr: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_memory: DEFAULT_MAX_MEMORY,
             limits: Limits::default(),
         }
     }
@@ -187,6 +198,11 @@ impl Emulator {
     /// Counts of the messages of a queue, subscription (`topic/Subscriptions/sub`) or DLQ (`q/$DeadLetterQueue`).
     pub fn queue_counts(&self, entity: &str) -> Option<QueueCounts> {
         self.shared.namespace.counts(entity)
+    }
+
+    /// The bytes its messages take now, counted against [`EmulatorBuilder::max_memory`].
+    pub fn memory_used(&self) -> u64 {
+        self.shared.namespace.memory_used()
     }
 
     /// How many connections are open.
@@ -286,6 +302,15 @@ impl EmulatorBuilder {
         self
     }
 
+    /// The most all entities' messages may take together, in bytes (each message counts its
+    /// size as sent and about 500 bytes of bookkeeping). Past it, sends are refused with
+    /// `amqp:resource-limit-exceeded`; dead-lettering is never refused. Default
+    /// [`DEFAULT_MAX_MEMORY`].
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = bytes;
+        self
+    }
+
     /// What one connection may cost: timeouts, caps on sessions, links and names, unread output.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -319,7 +344,7 @@ impl EmulatorBuilder {
         let local_addr = addr_of(false, false).expect("the plain listener is always bound");
         let (tls_addr, ws_addr, wss_addr) = (addr_of(true, false), addr_of(false, true), addr_of(true, true));
         let shared = Arc::new(Shared {
-            namespace: Arc::new(namespace::Namespace::new(&self.config)),
+            namespace: Arc::new(namespace::Namespace::new(&self.config, self.max_memory)),
             keys: self.keys.or_else(|| self.config.keys.clone()).unwrap_or_default(),
             max_message_size: self.max_message_size,
             limits: self.limits,

@@ -52,6 +52,10 @@ struct Args {
     /// The largest message accepted, in bytes.
     #[arg(long, default_value_t = servicebus_emulator::DEFAULT_MAX_MESSAGE_SIZE)]
     max_message_size: usize,
+    /// The most all entities' messages may take together: bytes, or with a unit (KiB, MiB, GiB,
+    /// KB, MB, GB). Past it, sends are refused (amqp:resource-limit-exceeded), never the process.
+    #[arg(long, value_parser = parse_size, default_value = "2GiB")]
+    max_memory: u64,
     /// Log level (error, warn, info, debug, trace), or a tracing filter; RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -104,8 +108,11 @@ async fn run(args: Args) -> Result<()> {
         }
         builder = builder.keys(keys);
     }
-    let mut builder =
-        builder.config(config).bind(SocketAddr::new(args.host, args.port)).max_message_size(args.max_message_size);
+    let mut builder = builder
+        .config(config)
+        .bind(SocketAddr::new(args.host, args.port))
+        .max_message_size(args.max_message_size)
+        .max_memory(args.max_memory);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         builder = builder.tls(cert, key, SocketAddr::new(args.host, args.tls_port));
     }
@@ -134,4 +141,39 @@ async fn run(args: Args) -> Result<()> {
     eprintln!("shutting down");
     emulator.shutdown().await;
     Ok(())
+}
+
+/// `2GiB`, `512MiB`, `100MB`, `65536`: a size in bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("unknown unit in {text:?}: use bytes, or KiB, MiB, GiB, KB, MB, GB")),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a size: write e.g. 512MiB or 2GiB"))?;
+    n.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("2 furlongs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999GiB").unwrap_err().contains("too large"));
+    }
 }

@@ -24,6 +24,10 @@ pub(crate) mod annotation {
     pub(crate) const LOCKED_UNTIL: &str = "x-opt-locked-until";
     pub(crate) const SCHEDULED_ENQUEUE_TIME: &str = "x-opt-scheduled-enqueue-time";
     pub(crate) const MESSAGE_STATE: &str = "x-opt-message-state";
+    /// On a forwarded message: its sequence number where it first arrived.
+    pub(crate) const ENQUEUE_SEQUENCE_NUMBER: &str = "x-opt-enqueue-sequence-number";
+    /// On a dead-lettered message forwarded on: the entity that dead-lettered it.
+    pub(crate) const DEAD_LETTER_SOURCE: &str = "x-opt-deadletter-source";
 }
 
 /// Application property keys of dead-lettered messages.
@@ -69,6 +73,8 @@ pub(crate) struct StoredMessage {
     // Set by the entity.
     pub(crate) sequence_number: i64,
     pub(crate) enqueued_ms: i64,
+    /// How many times it was forwarded (never on the wire).
+    pub(crate) hops: u8,
 }
 
 /// What the broker adds to a message when it hands it out.
@@ -122,6 +128,7 @@ impl StoredMessage {
             scheduled_enqueue_ms,
             sequence_number: 0,
             enqueued_ms: 0,
+            hops: 0,
         };
         let mut props = parsed_props.unwrap_or_default();
         msg.session_id = props.group_id.clone();
@@ -154,6 +161,7 @@ impl StoredMessage {
             scheduled_enqueue_ms: None,
             sequence_number: 0,
             enqueued_ms: 0,
+            hops: 0,
         }
     }
 

@@ -11,6 +11,7 @@ use super::support::{client, queue};
 
 async fn topic_emulator() -> Emulator {
     let topics = vec![TopicConfig {
+        properties: Default::default(),
         name: "orders".into(),
         subscriptions: vec![queue("filtered"), queue("everything")],
         rules: Default::default(),

@@ -1,9 +1,12 @@
 //! Entities and settings, in the schema of Microsoft's emulator `Config.json`.
 //!
-//! A file written for Microsoft's emulator loads unchanged. Properties we do not
-//! implement yet are reported as warnings ([`Config::warnings`]) rather than
-//! failures. Errors name the file, the line and the key; a subscription rule that does not
-//! parse names its subscription and where it went wrong (`rules`).
+//! A file written for Microsoft's emulator loads unchanged, and every property of its schema
+//! is honoured. Keys outside that schema are reported as warnings ([`Config::warnings`]);
+//! a property on an entity that cannot have it (`LockDuration` on a topic, duplicate
+//! detection on a subscription), a forwarding target that does not exist, and a value out
+//! of the service's range are errors. Errors name the file and the key (and the line, for
+//! what JSON itself refuses); a subscription rule that does not parse names its subscription
+//! and where it went wrong (`rules`).
 //!
 //! Size: past 600 lines, half of it tests; the schema and its checks stay in one place.
 
@@ -15,7 +18,7 @@ use crate::auth::{Keys, Rights};
 
 use serde::Deserialize;
 
-use crate::queue::QueueProperties;
+use crate::queue::{DEFAULT_DUPLICATE_DETECTION_WINDOW, DEFAULT_MAX_SIZE_MEGABYTES, QueueProperties};
 use crate::rules::RuleConfig;
 
 mod rules;
@@ -69,11 +72,39 @@ pub struct QueueConfig {
 pub struct TopicConfig {
     /// Its name.
     pub name: String,
+    /// Its own settings (what applies to its subscriptions is in theirs).
+    pub properties: TopicProperties,
     /// Its subscriptions.
     pub subscriptions: Vec<QueueConfig>,
     /// The rules of subscriptions, by subscription name; a subscription without any gets
     /// `$Default` (every message).
     pub rules: BTreeMap<String, Vec<RuleConfig>>,
+}
+
+/// A topic's own settings (from `Config.json` `Properties` of a topic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicProperties {
+    /// `RequiresDuplicateDetection` with its window: a message whose message-id was sent to
+    /// the topic inside the window is accepted and dropped, before any subscription sees it.
+    pub duplicate_detection_window: Option<Duration>,
+    /// `DefaultMessageTimeToLive`: its subscriptions' default TTL is at most this.
+    pub default_message_ttl: Option<Duration>,
+    /// `MaxSizeInMegabytes`: the most each of its subscriptions holds.
+    pub max_size_megabytes: u64,
+    /// `MaxMessageSizeInKilobytes` (in bytes): the largest message a sender may send to it;
+    /// `None` is the emulator's.
+    pub max_message_size: Option<usize>,
+}
+
+impl Default for TopicProperties {
+    fn default() -> Self {
+        Self {
+            duplicate_detection_window: None,
+            default_message_ttl: None,
+            max_size_megabytes: DEFAULT_MAX_SIZE_MEGABYTES,
+            max_message_size: None,
+        }
+    }
 }
 
 /// The emulator's entities.
@@ -231,11 +262,13 @@ struct Properties {
     lock_duration: Option<LockDuration>,
     max_delivery_count: Option<MaxDeliveryCount>,
     max_size_in_megabytes: Option<MaxSizeInMegabytes>,
+    /// Not in Microsoft's schema (its emulator is Standard-sized); the service's Premium property.
+    max_message_size_in_kilobytes: Option<MaxMessageSizeInKilobytes>,
     default_message_time_to_live: Option<IsoDuration>,
     dead_lettering_on_message_expiration: Option<bool>,
     requires_session: Option<bool>,
     requires_duplicate_detection: Option<bool>,
-    duplicate_detection_history_time_window: Option<IsoDuration>,
+    duplicate_detection_history_time_window: Option<DuplicateWindow>,
     forward_to: Option<String>,
     forward_dead_lettered_messages_to: Option<String>,
     #[serde(flatten)]
@@ -292,14 +325,23 @@ pub const MAX_LOCK_DURATION: Duration = Duration::from_secs(300);
 
 impl<'de> Deserialize<'de> for LockDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let IsoDuration(duration) = IsoDuration::deserialize(d)?;
-        if duration > MAX_LOCK_DURATION {
-            return Err(serde::de::Error::custom(format!(
-                "LockDuration is at most PT5M (5 minutes), as on Service Bus; got {duration:?}"
-            )));
-        }
-        Ok(Self(duration))
+        let range = Duration::ZERO..=MAX_LOCK_DURATION;
+        bounded_duration(d, "LockDuration", range, "at most PT5M (5 minutes), as on Service Bus").map(Self)
     }
+}
+
+/// An ISO 8601 duration in `range`; the error names `key` and says `allowed`.
+fn bounded_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+    range: std::ops::RangeInclusive<Duration>,
+    allowed: &str,
+) -> Result<Duration, D::Error> {
+    let IsoDuration(duration) = IsoDuration::deserialize(d)?;
+    if !range.contains(&duration) {
+        return Err(serde::de::Error::custom(format!("{key} is {allowed}; got {duration:?}")));
+    }
+    Ok(duration)
 }
 
 /// `MaxSizeInMegabytes`: 1 to 81920 (the largest a Premium entity has).
@@ -308,6 +350,31 @@ struct MaxSizeInMegabytes(u64);
 impl<'de> Deserialize<'de> for MaxSizeInMegabytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         bounded(d, "MaxSizeInMegabytes", 1..=81_920).map(Self)
+    }
+}
+
+/// `DuplicateDetectionHistoryTimeWindow`: from 5 seconds (the floor of Microsoft's emulator;
+/// the service's is 20 seconds) to 7 days (the service's ceiling).
+struct DuplicateWindow(Duration);
+
+/// The shortest duplicate-detection window accepted.
+const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(5);
+/// The longest duplicate-detection window the service allows.
+const MAX_DUPLICATE_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+impl<'de> Deserialize<'de> for DuplicateWindow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let range = MIN_DUPLICATE_WINDOW..=MAX_DUPLICATE_WINDOW;
+        bounded_duration(d, "DuplicateDetectionHistoryTimeWindow", range, "from PT5S to P7D").map(Self)
+    }
+}
+
+/// `MaxMessageSizeInKilobytes`: 1 to 102400 (100 MB, the largest a Premium entity takes).
+struct MaxMessageSizeInKilobytes(u64);
+
+impl<'de> Deserialize<'de> for MaxMessageSizeInKilobytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        bounded(d, "MaxMessageSizeInKilobytes", 1..=102_400).map(Self)
     }
 }
 
@@ -401,9 +468,9 @@ impl File {
         }
         let mut config =
             Config { namespace: ns.name, queues: Vec::new(), topics: Vec::new(), keys, warnings: Vec::new() };
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::HashMap::new();
         let mut check_unique = |name: &str| -> Result<(), ConfigError> {
-            if !seen.insert(name.to_ascii_lowercase()) {
+            if seen.insert(name.to_ascii_lowercase(), name.to_string()).is_some() {
                 return Err(ConfigError::Entities {
                     path: origin.into(),
                     message: format!("entity name {name:?} is used twice (names are case-insensitive)"),
@@ -411,75 +478,169 @@ impl File {
             }
             Ok(())
         };
+        let invalid = |message: String| ConfigError::Entities { path: origin.into(), message };
         for q in ns.queues {
             check_unique(&q.name.0)?;
-            unknown(&mut warnings, &format!("queue {:?}", q.name.0), &q.other);
-            let properties = q.properties.resolve(&format!("queue {:?}", q.name.0), &mut warnings);
+            let what = format!("queue {:?}", q.name.0);
+            unknown(&mut warnings, &what, &q.other);
+            q.properties.check_keys(&what, Kind::Queue).map_err(invalid)?;
+            let properties = q.properties.resolve(&what, &mut warnings);
             config.queues.push(QueueConfig { name: q.name.0, properties });
         }
         for t in ns.topics {
             check_unique(&t.name.0)?;
             let what = format!("topic {:?}", t.name.0);
             unknown(&mut warnings, &what, &t.other);
-            // A subscription holds as much as its topic may: the topic's quota applies to each.
-            let topic_max_size = t.properties.resolve(&what, &mut warnings).max_size_megabytes;
+            t.properties.check_keys(&what, Kind::Topic).map_err(invalid)?;
+            let topic = t.properties.resolve(&what, &mut warnings);
+            let properties = TopicProperties {
+                duplicate_detection_window: topic.duplicate_detection_window,
+                default_message_ttl: topic.default_message_ttl,
+                max_size_megabytes: topic.max_size_megabytes,
+                max_message_size: topic.max_message_size,
+            };
             let mut subscriptions = Vec::new();
             let mut topic_rules = BTreeMap::new();
             let mut sub_names = std::collections::HashSet::new();
             for s in t.subscriptions {
                 let what = format!("subscription {:?} of topic {:?}", s.name.0, t.name.0);
                 if !sub_names.insert(s.name.0.to_ascii_lowercase()) {
-                    return Err(ConfigError::Entities {
-                        path: origin.into(),
-                        message: format!("{what} is listed twice"),
-                    });
+                    return Err(invalid(format!("{what} is listed twice")));
                 }
                 unknown(&mut warnings, &what, &s.other);
+                s.properties.check_keys(&what, Kind::Subscription).map_err(invalid)?;
                 let mut rules = Vec::new();
                 for rule in s.rules {
-                    let rule = rule
-                        .resolve(&what, &mut warnings)
-                        .map_err(|message| ConfigError::Entities { path: origin.into(), message })?;
+                    let rule = rule.resolve(&what, &mut warnings).map_err(invalid)?;
                     if rules.iter().any(|r: &RuleConfig| r.name.eq_ignore_ascii_case(&rule.name)) {
-                        return Err(ConfigError::Entities {
-                            path: origin.into(),
-                            message: format!("{what}: the rule {:?} is listed twice", rule.name),
-                        });
+                        return Err(invalid(format!("{what}: the rule {:?} is listed twice", rule.name)));
                     }
                     rules.push(rule);
                 }
                 if !rules.is_empty() {
                     topic_rules.insert(s.name.0.clone(), rules);
                 }
+                let own = s.properties.resolve(&what, &mut warnings);
                 let properties = QueueProperties {
-                    max_size_megabytes: topic_max_size,
-                    ..s.properties.resolve(&what, &mut warnings)
+                    // A subscription holds as much as its topic may, and keeps a message no
+                    // longer than its topic's default TTL.
+                    max_size_megabytes: properties.max_size_megabytes,
+                    default_message_ttl: match (own.default_message_ttl, properties.default_message_ttl) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    },
+                    ..own
                 };
                 subscriptions.push(QueueConfig { name: s.name.0, properties });
             }
-            config.topics.push(TopicConfig { name: t.name.0, subscriptions, rules: topic_rules });
+            config.topics.push(TopicConfig { name: t.name.0, properties, subscriptions, rules: topic_rules });
         }
+        config.resolve_forwarding(&seen).map_err(invalid)?;
         config.warnings = warnings;
         Ok(config)
     }
 }
 
-impl Properties {
-    fn resolve(self, what: &str, warnings: &mut Vec<String>) -> QueueProperties {
-        let d = QueueProperties::default();
-        if self.requires_duplicate_detection == Some(true) {
-            warnings.push(format!("{what}: RequiresDuplicateDetection is not implemented yet; duplicates are kept"));
-        }
-        let _ = self.duplicate_detection_history_time_window;
-        for (key, value) in [
-            ("ForwardTo", &self.forward_to),
-            ("ForwardDeadLetteredMessagesTo", &self.forward_dead_lettered_messages_to),
-        ] {
-            if value.as_deref().is_some_and(|v| !v.is_empty()) {
-                warnings.push(format!("{what}: {key} is not implemented yet; messages stay in the entity"));
+impl Config {
+    /// Checks every `ForwardTo` and `ForwardDeadLetteredMessagesTo` against the namespace's
+    /// queues and topics (`names`, by lowercase name), and spells each as its target is named.
+    fn resolve_forwarding(&mut self, names: &std::collections::HashMap<String, String>) -> Result<(), String> {
+        let queues = self.queues.iter_mut().map(|q| (format!("queue {:?}", q.name), Some(&q.name), &mut q.properties));
+        let subscriptions = self.topics.iter_mut().flat_map(|t| {
+            let topic = &t.name;
+            t.subscriptions
+                .iter_mut()
+                .map(move |s| (format!("subscription {:?} of topic {topic:?}", s.name), None, &mut s.properties))
+        });
+        for (what, own_name, properties) in queues.chain(subscriptions) {
+            for (key, value) in [
+                ("ForwardTo", &mut properties.forward_to),
+                ("ForwardDeadLetteredMessagesTo", &mut properties.forward_dead_lettered_messages_to),
+            ] {
+                let Some(target) = value.as_deref() else { continue };
+                let Some(name) = names.get(&crate::auth::normalize(target)) else {
+                    return Err(format!(
+                        "{what}: {key} {target:?} names no queue or topic of this namespace; \
+                         add the target to Queues or Topics, or correct the name"
+                    ));
+                };
+                if key == "ForwardTo" && own_name.is_some_and(|own| own.eq_ignore_ascii_case(name)) {
+                    return Err(format!("{what}: ForwardTo names the queue itself; a queue cannot forward to itself"));
+                }
+                *value = Some(name.clone());
             }
         }
+        Ok(())
+    }
+}
+
+/// What kind of entity a `Properties` block belongs to: each may set only its own keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Queue,
+    Topic,
+    Subscription,
+}
+
+impl Properties {
+    /// The keys this block sets. An empty `ForwardTo` sets nothing, as Microsoft's sample has it.
+    fn keys_set(&self) -> Vec<&'static str> {
+        let forwards = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        [
+            ("LockDuration", self.lock_duration.is_some()),
+            ("MaxDeliveryCount", self.max_delivery_count.is_some()),
+            ("MaxSizeInMegabytes", self.max_size_in_megabytes.is_some()),
+            ("MaxMessageSizeInKilobytes", self.max_message_size_in_kilobytes.is_some()),
+            ("DefaultMessageTimeToLive", self.default_message_time_to_live.is_some()),
+            ("DeadLetteringOnMessageExpiration", self.dead_lettering_on_message_expiration.is_some()),
+            ("RequiresSession", self.requires_session.is_some()),
+            ("RequiresDuplicateDetection", self.requires_duplicate_detection.is_some()),
+            ("DuplicateDetectionHistoryTimeWindow", self.duplicate_detection_history_time_window.is_some()),
+            ("ForwardTo", forwards(&self.forward_to)),
+            ("ForwardDeadLetteredMessagesTo", forwards(&self.forward_dead_lettered_messages_to)),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
+    /// Refuses a key the service does not have on this kind of entity.
+    fn check_keys(&self, what: &str, kind: Kind) -> Result<(), String> {
+        const TOPIC: [&str; 5] = [
+            "DefaultMessageTimeToLive",
+            "DuplicateDetectionHistoryTimeWindow",
+            "MaxMessageSizeInKilobytes",
+            "MaxSizeInMegabytes",
+            "RequiresDuplicateDetection",
+        ];
+        const NOT_SUBSCRIPTION: [&str; 4] = [
+            "DuplicateDetectionHistoryTimeWindow",
+            "MaxMessageSizeInKilobytes",
+            "MaxSizeInMegabytes",
+            "RequiresDuplicateDetection",
+        ];
+        for key in self.keys_set() {
+            match kind {
+                Kind::Topic if !TOPIC.contains(&key) => {
+                    return Err(format!(
+                        "{what}: a topic has no {key}; set it on the topic's subscriptions (a topic's own \
+                         properties are {})",
+                        TOPIC.join(", ")
+                    ));
+                }
+                Kind::Subscription if NOT_SUBSCRIPTION.contains(&key) => {
+                    return Err(format!("{what}: a subscription has no {key}; set it on the subscription's topic"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(self, what: &str, warnings: &mut Vec<String>) -> QueueProperties {
+        let d = QueueProperties::default();
         unknown(warnings, what, &self.other);
+        let target = |v: Option<String>| v.filter(|v| !v.is_empty());
         QueueProperties {
             lock_duration: self.lock_duration.map_or(d.lock_duration, |x| x.0),
             max_size_megabytes: self.max_size_in_megabytes.map_or(d.max_size_megabytes, |x| x.0),
@@ -489,6 +650,12 @@ impl Properties {
                 .dead_lettering_on_message_expiration
                 .unwrap_or(d.dead_lettering_on_message_expiration),
             requires_session: self.requires_session.unwrap_or(d.requires_session),
+            duplicate_detection_window: (self.requires_duplicate_detection == Some(true)).then(|| {
+                self.duplicate_detection_history_time_window.map_or(DEFAULT_DUPLICATE_DETECTION_WINDOW, |w| w.0)
+            }),
+            max_message_size: self.max_message_size_in_kilobytes.map(|k| k.0 as usize * 1024),
+            forward_to: target(self.forward_to),
+            forward_dead_lettered_messages_to: target(self.forward_dead_lettered_messages_to),
         }
     }
 }

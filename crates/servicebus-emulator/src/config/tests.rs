@@ -156,12 +156,71 @@ fn duplicate_names_are_rejected() {
 }
 
 #[test]
-fn unimplemented_properties_warn_but_load() {
+fn unknown_keys_warn_but_load() {
     let text = r#"{"UserConfig":{"Namespaces":[{"Name":"n","Queues":[
-        {"Name":"a","Properties":{"RequiresSession":true,"ForwardTo":"b","Colour":"red"}}]}]}}"#;
+        {"Name":"a","Properties":{"RequiresSession":true,"Colour":"red"}}]}]}}"#;
     let c = Config::parse(text, "c.json").unwrap();
-    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
-    assert!(c.queues[0].properties.requires_session, "sessions are implemented: no warning");
+    assert_eq!(c.warnings, ["queue \"a\": unknown key \"Colour\" is ignored"]);
+    assert!(c.queues[0].properties.requires_session);
+}
+
+/// A namespace of `queues` (JSON objects) and `topics`.
+fn namespace(queues: &str, topics: &str) -> Result<Config, ConfigError> {
+    let text = format!(r#"{{"UserConfig":{{"Namespaces":[{{"Name":"n","Queues":[{queues}],"Topics":[{topics}]}}]}}}}"#);
+    Config::parse(&text, "c.json")
+}
+
+#[test]
+fn duplicate_detection_and_forwarding_load_as_the_service_has_them() {
+    let c = namespace(
+        r#"{"Name":"In","Properties":{"RequiresDuplicateDetection":true,"ForwardTo":"EVENTS"}},
+           {"Name":"plain","Properties":{"DuplicateDetectionHistoryTimeWindow":"PT30S","ForwardDeadLetteredMessagesTo":"sb://ns/in"}}"#,
+        r#"{"Name":"events","Properties":{"RequiresDuplicateDetection":true,"DuplicateDetectionHistoryTimeWindow":"PT1M",
+             "DefaultMessageTimeToLive":"PT10M"},
+           "Subscriptions":[{"Name":"s","Properties":{"ForwardTo":"plain","DefaultMessageTimeToLive":"PT1H"}},
+                            {"Name":"t","Properties":{"DefaultMessageTimeToLive":"PT1M"}}]}"#,
+    )
+    .unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let (q, plain) = (&c.queues[0].properties, &c.queues[1].properties);
+    assert_eq!(q.duplicate_detection_window, Some(crate::DEFAULT_DUPLICATE_DETECTION_WINDOW));
+    assert_eq!(q.forward_to.as_deref(), Some("events"), "spelled as the target is named");
+    assert_eq!(plain.duplicate_detection_window, None, "a window alone does not turn detection on");
+    assert_eq!(plain.forward_dead_lettered_messages_to.as_deref(), Some("In"), "a full address names its entity");
+    let topic = &c.topics[0];
+    assert_eq!(topic.properties.duplicate_detection_window, Some(Duration::from_secs(60)));
+    let subs = &topic.subscriptions;
+    assert_eq!(subs[0].properties.forward_to.as_deref(), Some("plain"));
+    assert_eq!(subs[0].properties.default_message_ttl, Some(Duration::from_secs(600)), "the topic's is shorter");
+    assert_eq!(subs[1].properties.default_message_ttl, Some(Duration::from_secs(60)));
+    let c = namespace(r#"{"Name":"big","Properties":{"MaxMessageSizeInKilobytes":102400}}"#, "").unwrap();
+    assert_eq!(c.queues[0].properties.max_message_size, Some(100 << 20));
+}
+
+#[test]
+fn forwarding_to_nothing_or_to_itself_and_misplaced_properties_are_refused() {
+    let refused = |queues: &str, topics: &str| namespace(queues, topics).unwrap_err().to_string();
+    let e = refused(r#"{"Name":"a","Properties":{"ForwardTo":"b"}}"#, "");
+    assert!(e.contains(r#"queue "a": ForwardTo "b" names no queue or topic"#), "{e}");
+    let e = refused(
+        r#"{"Name":"q"}"#,
+        r#"{"Name":"t","Subscriptions":[{"Name":"s","Properties":{"ForwardDeadLetteredMessagesTo":"t/Subscriptions/s"}}]}"#,
+    );
+    assert!(e.contains(r#"subscription "s" of topic "t": ForwardDeadLetteredMessagesTo"#), "{e}");
+    let e = refused(r#"{"Name":"a","Properties":{"ForwardTo":"A"}}"#, "");
+    assert!(e.contains("cannot forward to itself"), "{e}");
+    let e = refused("", r#"{"Name":"t","Properties":{"LockDuration":"PT1M"},"Subscriptions":[]}"#);
+    assert!(e.contains(r#"topic "t": a topic has no LockDuration; set it on the topic's subscriptions"#), "{e}");
+    let e =
+        refused("", r#"{"Name":"t","Subscriptions":[{"Name":"s","Properties":{"RequiresDuplicateDetection":true}}]}"#);
+    assert!(e.contains("a subscription has no RequiresDuplicateDetection; set it on the subscription's topic"), "{e}");
+    let e = refused(r#"{"Name":"a","Properties":{"MaxMessageSizeInKilobytes":102401}}"#, "");
+    assert!(e.contains("MaxMessageSizeInKilobytes must be from 1 to 102400"), "{e}");
+    let e = refused(r#"{"Name":"a","Properties":{"DuplicateDetectionHistoryTimeWindow":"PT1S"}}"#, "");
+    assert!(e.contains("DuplicateDetectionHistoryTimeWindow is from PT5S to P7D"), "{e}");
+    // A queue forwarding to a queue that forwards back loads: the hop limit ends the loop.
+    let c = namespace(r#"{"Name":"a","Properties":{"ForwardTo":"b"}},{"Name":"b","Properties":{"ForwardTo":"a"}}"#, "");
+    assert!(c.is_ok());
 }
 
 #[test]

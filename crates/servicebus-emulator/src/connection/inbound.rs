@@ -26,8 +26,9 @@ impl Engine {
         if let Some(flow) = self.session(channel)?.on_transfer_frame() {
             self.out.put(channel, &flow);
         }
-        let max_message_size = self.shared.max_message_size;
+        let default_max = self.shared.max_message_size;
         let Some(link) = self.attached(channel, handle)? else { return Ok(()) };
+        let max_message_size = link.max_message_size(default_max);
         if link.is_sending() {
             return Err(Fault::link(
                 channel,
@@ -78,7 +79,7 @@ impl Engine {
         if low_credit {
             link.credit = SENDER_CREDIT;
         }
-        let outcome = self.on_message(channel, handle, &partial);
+        let outcome = self.on_message(channel, handle, &partial, max_message_size);
         if let Some(state) = outcome
             && !partial.settled
         {
@@ -99,8 +100,7 @@ impl Engine {
     }
 
     /// Handles a whole message from the client; returns the delivery's outcome.
-    fn on_message(&mut self, channel: u16, handle: u32, p: &Partial) -> Option<DeliveryState> {
-        let max = self.shared.max_message_size;
+    fn on_message(&mut self, channel: u16, handle: u32, p: &Partial, max: usize) -> Option<DeliveryState> {
         if p.size > max {
             return Some(rejected(
                 "amqp:link:message-size-exceeded",

@@ -41,6 +41,16 @@ pub(super) enum Kind {
     Coordinator,
 }
 
+impl Link {
+    /// The largest message the peer may send on this link: its entity's, else `default`.
+    pub(super) fn max_message_size(&self, default: usize) -> usize {
+        match &self.kind {
+            Kind::Accept { dest } => dest.max_message_size().unwrap_or(default),
+            _ => default,
+        }
+    }
+}
+
 pub(super) struct Link {
     pub(super) name: String,
     pub(super) kind: Kind,
@@ -223,7 +233,10 @@ impl Engine {
     pub(super) fn accept_attach(&mut self, channel: u16, attach: Attach, kind: Kind, auth: Option<LinkAuth>) -> Step {
         let handle = attach.handle.0;
         let client_sends = attach.role == Role::Sender;
-        let max_message_size = matches!(kind, Kind::Accept { .. }).then_some(self.shared.max_message_size as u64);
+        let max_message_size = match &kind {
+            Kind::Accept { dest } => Some(dest.max_message_size().unwrap_or(self.shared.max_message_size) as u64),
+            _ => None,
+        };
         let (source, properties) = match &kind {
             Kind::Deliver { session: Some(claim), .. } => (
                 attach.source.as_deref().map(|s| Box::new(message_session::granted_source(s, &claim.id))),
@@ -383,6 +396,16 @@ impl Engine {
             Node::Cbs | Node::Management(_) => Ok(Resolved::plain(Kind::Response { node: path, reply_address }, None)),
             Node::Queue(queue) => {
                 let auth = self.authorize(path, Rights::LISTEN, now)?;
+                if queue.forwards() {
+                    return Err(error(
+                        "amqp:not-allowed",
+                        format!(
+                            "Cannot create a message receiver on an entity with auto-forwarding enabled: '{}' \
+                             forwards every message (receive from its ForwardTo target, or its dead-letter queue)",
+                            queue.name()
+                        ),
+                    ));
+                }
                 let session = message_session::requested(source, &queue)?;
                 let mode = if attach.snd_settle_mode == SenderSettleMode::Settled {
                     ReceiveMode::ReceiveAndDelete

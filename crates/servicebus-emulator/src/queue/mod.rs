@@ -4,31 +4,49 @@
 //! sections. Time-driven changes (lock expiry, scheduled messages appearing, TTL
 //! expiry, session locks lapsing) run in one timer task per queue, started by the namespace.
 //!
-//! Layout: this file holds messages and their locks; [`sessions`] the message sessions of
-//! an entity that requires them (their locks and state); [`types`] the words of the API
-//! (properties, settlements, errors); `tests.rs` the rules.
+//! Work that follows a change but needs no lock of this queue (waking receivers, moving
+//! messages to another entity) is queued in the state and done as the lock is released
+//! ([`Locked`]), so no queue ever takes another's lock while holding its own, except its
+//! dead-letter queue's, which takes none.
 //!
-//! Size: about 710 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
+//! Layout: this file holds messages and their locks; [`sessions`] the message sessions of
+//! an entity that requires them (their locks and state); [`duplicates`] duplicate detection;
+//! [`forward`] auto-forwarding; [`types`] the words of the API (properties, settlements,
+//! errors); `tests.rs` the rules.
+//!
+//! Size: about 800 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
 //! one `State` under one lock; splitting it would spread that lock's invariants over files.
 
+mod duplicates;
+mod forward;
+mod memory;
 mod sessions;
 mod types;
 
+pub(crate) use duplicates::Duplicates;
+pub(crate) use forward::{DeadLetter, Inbox, Refused, Routes, Target};
+pub(crate) use memory::Memory;
+
 use sessions::MessageSession;
 pub(crate) use sessions::{SessionClaim, SessionError};
-pub use types::{DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
-pub(crate) use types::{DeferredError, Delivery, QuotaExceeded, ReceiveMode, SettleError, Settlement};
+pub use types::{DEFAULT_DUPLICATE_DETECTION_WINDOW, DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
+pub(crate) use types::{
+    DeferredError, Delivery, QuotaExceeded, ReceiveMode, SessionIdMissing, SettleError, Settlement,
+};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fe2o3_amqp_types::primitives::SimpleValue;
+use serde_amqp::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::message::{DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON, MessageState, Stamp, StoredMessage, now_ms};
+use crate::message::{
+    DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON, MessageState, Stamp, StoredMessage, annotation, key, now_ms,
+};
 use crate::rules::RuleSet;
 
 /// `now + d`, or the far future when that is past what an `Instant` holds.
@@ -74,7 +92,6 @@ fn far_future(now: Instant) -> Instant {
 
 type Wake = Box<dyn FnOnce() + Send>;
 
-#[derive(Default)]
 struct State {
     next_sequence: i64,
     entries: BTreeMap<i64, Entry>,
@@ -91,6 +108,22 @@ struct State {
     woken: bool,
     /// The sizes of the messages in `entries`, for `MaxSizeInMegabytes`.
     bytes: u64,
+    /// The message-ids taken inside the window, when the entity detects duplicates.
+    duplicates: Option<Duplicates>,
+    /// Messages to move to another entity once the lock is released.
+    outbox: Vec<Transfer>,
+    /// The emulator's memory budget, which every entry is charged to ([`Self::remove_entry`]
+    /// gives its share back; whoever inserts one charges it).
+    memory: Arc<Memory>,
+}
+
+/// A message leaving its entity for another.
+#[derive(Debug)]
+enum Transfer {
+    /// To `ForwardTo`.
+    Forward(StoredMessage),
+    /// Dead-lettered, to `ForwardDeadLetteredMessagesTo`.
+    DeadLettered(StoredMessage),
 }
 
 impl State {
@@ -105,6 +138,7 @@ impl State {
     fn remove_entry(&mut self, seq: &i64) -> Option<Entry> {
         let entry = self.entries.remove(seq)?;
         self.bytes = self.bytes.saturating_sub(entry.msg.size as u64);
+        self.memory.release(Memory::cost(1, entry.msg.size as u64));
         self.available.remove(seq);
         if let Some(id) = &entry.session {
             if let Some(s) = self.sessions.get_mut(id) {
@@ -147,8 +181,43 @@ pub(crate) struct Queue {
     dead_letter: Option<Arc<Queue>>,
     /// A subscription's rules (none for queues and dead-letter queues).
     rules: Option<RuleSet>,
+    /// Where its messages are forwarded; set by the namespace once every entity exists.
+    routes: RwLock<Routes>,
     state: Mutex<State>,
     timer: Notify,
+}
+
+/// A queue's state, locked. Releasing it wakes the receivers a change made ready and moves
+/// the messages the change sent elsewhere.
+struct Locked<'a> {
+    queue: &'a Queue,
+    guard: Option<MutexGuard<'a, State>>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut st) = self.guard.take() else { return };
+        let wake = st.waiters_to_wake();
+        let outbox = std::mem::take(&mut st.outbox);
+        drop(st);
+        wake.into_iter().for_each(|w| w());
+        if !outbox.is_empty() {
+            self.queue.transfer(outbox);
+        }
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -158,17 +227,20 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// A queue with its dead-letter queue.
+    /// A queue with its dead-letter queue, outside any memory budget.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(name: &str, properties: QueueProperties) -> Arc<Self> {
-        Self::with_rules(name, properties, None)
+        Self::build(name, properties, None, Arc::new(Memory::unlimited()))
     }
 
-    /// A topic's subscription, with its rules and its dead-letter queue.
-    pub(crate) fn subscription(name: &str, properties: QueueProperties, rules: RuleSet) -> Arc<Self> {
-        Self::with_rules(name, properties, Some(rules))
-    }
-
-    fn with_rules(name: &str, properties: QueueProperties, rules: Option<RuleSet>) -> Arc<Self> {
+    /// A queue, or a topic's subscription with its `rules`, with its dead-letter queue; both
+    /// charge what they hold to `memory`.
+    pub(crate) fn build(
+        name: &str,
+        properties: QueueProperties,
+        rules: Option<RuleSet>,
+        memory: Arc<Memory>,
+    ) -> Arc<Self> {
         // A dead-lettered message is never refused: the dead-letter queue has no quota.
         let dlq_props = QueueProperties {
             max_delivery_count: u32::MAX,
@@ -177,27 +249,53 @@ impl Queue {
             max_size_megabytes: u64::MAX,
             // A session entity's dead-letter queue is read without sessions.
             requires_session: false,
+            // It takes what its entity dead-letters, and forwards nothing.
+            duplicate_detection_window: None,
+            max_message_size: None,
+            forward_to: None,
+            forward_dead_lettered_messages_to: None,
             ..properties.clone()
         };
-        let dead_letter = Arc::new(Self::bare(&format!("{name}/$DeadLetterQueue"), dlq_props, None));
-        let mut queue = Self::bare(name, properties, Some(dead_letter));
+        let dead_letter = Arc::new(Self::bare(&format!("{name}/$DeadLetterQueue"), dlq_props, None, memory.clone()));
+        let mut queue = Self::bare(name, properties, Some(dead_letter), memory);
         queue.rules = rules;
         Arc::new(queue)
     }
 
-    fn bare(name: &str, properties: QueueProperties, dead_letter: Option<Arc<Queue>>) -> Self {
+    fn bare(name: &str, properties: QueueProperties, dead_letter: Option<Arc<Queue>>, memory: Arc<Memory>) -> Self {
+        let duplicates = properties.duplicate_detection_window.map(Duplicates::new);
         Self {
             name: name.to_string(),
             properties,
             dead_letter,
             rules: None,
-            state: Mutex::new(State { next_sequence: 1, ..State::default() }),
+            routes: RwLock::new(Routes::default()),
+            state: Mutex::new(State {
+                next_sequence: 1,
+                entries: BTreeMap::new(),
+                available: BTreeSet::new(),
+                sessions: BTreeMap::new(),
+                locks: HashMap::new(),
+                deadlines: BTreeSet::new(),
+                session_deadlines: BTreeSet::new(),
+                waiters: Vec::new(),
+                woken: false,
+                bytes: 0,
+                duplicates,
+                outbox: Vec::new(),
+                memory,
+            }),
             timer: Notify::new(),
         }
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The largest message a sender may send here, if the entity sets one.
+    pub(crate) fn max_message_size(&self) -> Option<usize> {
+        self.properties.max_message_size
     }
 
     pub(crate) fn requires_session(&self) -> bool {
@@ -213,10 +311,69 @@ impl Queue {
         self.dead_letter.as_ref()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock would be a bug in this module; the state
         // is still consistent enough to serve, so recover rather than cascade.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        Locked { queue: self, guard: Some(self.state.lock().unwrap_or_else(|p| p.into_inner())) }
+    }
+
+    /// Links this queue to its targets (`ForwardTo`, `ForwardDeadLetteredMessagesTo`).
+    pub(crate) fn set_routes(&self, routes: Routes) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+    }
+
+    fn routes(&self) -> Routes {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether its messages move on as they arrive (`ForwardTo`): no receiver may attach.
+    pub(crate) fn forwards(&self) -> bool {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).forward_to.is_some()
+    }
+
+    /// Moves messages out, once the lock is released: forwarded ones in one batch, then
+    /// dead-lettered ones. What a target refuses goes to this queue's dead-letter queue.
+    fn transfer(&self, outbox: Vec<Transfer>) {
+        let routes = self.routes();
+        let (mut forward, mut dead_lettered) = (Vec::new(), Vec::new());
+        for t in outbox {
+            match t {
+                Transfer::Forward(m) => forward.push(m),
+                Transfer::DeadLettered(mut m) => {
+                    m.annotations.insert(key(annotation::DEAD_LETTER_SOURCE), Value::String(self.name.clone()));
+                    dead_lettered.push(m);
+                }
+            }
+        }
+        let move_on = |messages: Vec<StoredMessage>, target: &Option<Target>| match target {
+            Some(target) => target.forward(messages),
+            // Its forwarding was removed while these were on their way: they stay, dead-lettered.
+            None => messages.into_iter().map(|m| (m, DeadLetter::forwarding_removed())).collect::<Vec<_>>(),
+        };
+        for (mut msg, why) in move_on(forward, &routes.forward_to) {
+            msg.merge_application_properties(why.properties());
+            self.dead_letter_here(msg);
+        }
+        for (mut msg, why) in move_on(dead_lettered, &routes.dead_lettered_to) {
+            // It keeps the reason it was dead-lettered with, unless it could not go for
+            // a reason of its own (the hop limit).
+            if why.is_hop_limit() {
+                msg.merge_application_properties(why.properties());
+            }
+            msg.annotations.swap_remove(&key(annotation::DEAD_LETTER_SOURCE));
+            self.dead_letter_here(msg);
+        }
+    }
+
+    /// Puts a message straight into this queue's dead-letter queue.
+    fn dead_letter_here(&self, msg: StoredMessage) {
+        match &self.dead_letter {
+            Some(dlq) => {
+                let count = msg.header.delivery_count;
+                dlq.enqueue_dead_lettered(msg, count);
+            }
+            None => tracing::warn!(queue = %self.name, "a dead-letter queue forwards nothing; message dropped"),
+        }
     }
 
     /// The most this entity holds, in bytes.
@@ -233,27 +390,55 @@ impl Queue {
     fn room_for(&self, size: u64, bytes: u64) -> Result<(), QuotaExceeded> {
         let max = self.max_bytes();
         if size.saturating_add(bytes) > max {
-            return Err(QuotaExceeded { entity: self.name.clone(), size, max });
+            return Err(QuotaExceeded::Entity { entity: self.name.clone(), size, max });
         }
         Ok(())
     }
 
     /// Enqueues messages atomically, all or none; returns their sequence numbers.
     pub(crate) fn enqueue(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, QuotaExceeded> {
+        self.store(messages).map_err(|(e, _)| e)
+    }
+
+    /// Enqueues messages atomically, all or none, and returns their sequence numbers; refused,
+    /// they are handed back. Duplicates (with duplicate detection) are accepted and dropped;
+    /// with `ForwardTo`, the messages due now move on as the lock is released.
+    fn store(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, (QuotaExceeded, Vec<StoredMessage>)> {
         let now = now_ms();
         let instant_now = Instant::now();
-        let wake;
+        let forwards = self.forwards();
         let mut sequence_numbers = Vec::with_capacity(messages.len());
         let mut earliest = None;
         {
             let mut st = self.lock();
-            self.room_for(st.bytes, StoredMessage::total_size(&messages))?;
+            let messages = match &mut st.duplicates {
+                Some(d) => d.unseen(messages, instant_now),
+                None => messages,
+            };
+            let due = |m: &StoredMessage| m.scheduled_enqueue_ms.is_none_or(|at| at <= now);
+            // What stays here counts against the quota; what moves on counts at its target.
+            let kept: u64 = messages.iter().filter(|m| !(forwards && due(m))).map(|m| m.size as u64).sum();
+            let kept_count = messages.iter().filter(|m| !(forwards && due(m))).count();
+            if let Err(e) = self.room_for(st.bytes, kept) {
+                return Err((e, messages));
+            }
+            if let Err(e) = st.memory.try_charge(Memory::cost(kept_count, kept)) {
+                return Err((e, messages));
+            }
+            if let Some(d) = &mut st.duplicates {
+                d.record(&messages, instant_now);
+            }
             for mut msg in messages {
                 let seq = st.next_sequence;
                 st.next_sequence += 1;
                 msg.sequence_number = seq;
                 msg.enqueued_ms = now;
-                let ttl_ms = msg.header.ttl.map(i64::from).or(self.properties.default_message_ttl.map(millis));
+                if forwards && due(&msg) {
+                    st.outbox.push(Transfer::Forward(msg));
+                    sequence_numbers.push(seq);
+                    continue;
+                }
+                let ttl_ms = self.ttl_ms(&msg);
                 let expires_at_ms = ttl_ms.map(|t| now.saturating_add(t));
                 let scheduled = match msg.scheduled_enqueue_ms {
                     Some(at) if at > now => {
@@ -279,13 +464,21 @@ impl Queue {
                 }
                 sequence_numbers.push(seq);
             }
-            wake = st.waiters_to_wake();
         }
         if earliest.is_some() {
             self.timer.notify_one();
         }
-        wake.into_iter().for_each(|w| w());
         Ok(sequence_numbers)
+    }
+
+    /// A message's time to live here, in ms: its own, but no longer than the entity's default
+    /// (the service shortens a longer one silently); `None` is forever.
+    fn ttl_ms(&self, msg: &StoredMessage) -> Option<i64> {
+        let default = self.properties.default_message_ttl.map(millis);
+        match (msg.header.ttl.map(i64::from), default) {
+            (Some(own), Some(default)) => Some(own.min(default)),
+            (own, default) => own.or(default),
+        }
     }
 
     /// The message session a message belongs to here: its session id, in an entity that
@@ -388,7 +581,6 @@ impl Queue {
 
     /// Settles the message locked under `token`.
     pub(crate) fn settle(&self, token: uuid::Uuid, settlement: Settlement) -> Result<(), SettleError> {
-        let wake;
         {
             let mut st = self.lock();
             let seq = *st.locks.get(&token).ok_or(SettleError::LockLost)?;
@@ -431,12 +623,10 @@ impl Queue {
                 }
                 Settlement::DeadLetter { reason, description, properties } => {
                     let entry = st.remove_entry(&seq).expect("present: checked above");
-                    self.dead_letter(entry, reason, description, properties);
+                    self.dead_letter(&mut st, entry, reason, description, properties);
                 }
             }
-            wake = st.waiters_to_wake();
         }
-        wake.into_iter().for_each(|w| w());
         Ok(())
     }
 
@@ -453,6 +643,7 @@ impl Queue {
         if entry.delivery_count >= self.properties.max_delivery_count {
             let entry = st.remove_entry(&seq).expect("present: matched above");
             self.dead_letter(
+                st,
                 entry,
                 Some("MaxDeliveryCountExceeded".into()),
                 Some(format!(
@@ -466,8 +657,11 @@ impl Queue {
         st.ready(seq);
     }
 
+    /// Dead-letters a message: into the dead-letter queue, or on to
+    /// `ForwardDeadLetteredMessagesTo` once the lock is released.
     fn dead_letter(
         &self,
+        st: &mut State,
         entry: Entry,
         reason: Option<String>,
         description: Option<String>,
@@ -489,23 +683,24 @@ impl Queue {
         msg.merge_application_properties(props);
         msg.header.delivery_count = entry.delivery_count;
         msg.scheduled_enqueue_ms = None;
-        dlq.enqueue_dead_lettered(msg, entry.delivery_count);
+        if self.routes.read().unwrap_or_else(|p| p.into_inner()).dead_lettered_to.is_some() {
+            st.outbox.push(Transfer::DeadLettered(msg));
+        } else {
+            dlq.enqueue_dead_lettered(msg, entry.delivery_count);
+        }
     }
 
     /// Adds a dead-lettered message, keeping its sequence number, enqueued time and delivery count.
     fn enqueue_dead_lettered(&self, msg: StoredMessage, delivery_count: u32) {
-        let wake;
-        {
-            let mut st = self.lock();
-            let seq = msg.sequence_number;
-            st.next_sequence = st.next_sequence.max(seq + 1);
-            // A dead-letter queue has no sessions: its messages are read by any receiver.
-            let entry = Entry { msg, session: None, state: EntryState::Scheduled, delivery_count, expires_at_ms: None };
-            st.insert_entry(seq, entry);
-            st.ready(seq);
-            wake = st.waiters_to_wake();
-        }
-        wake.into_iter().for_each(|w| w());
+        let mut st = self.lock();
+        let seq = msg.sequence_number;
+        st.next_sequence = st.next_sequence.max(seq + 1);
+        // A dead-letter queue has no sessions: its messages are read by any receiver.
+        // Never refused: a dead-lettered message must stay somewhere.
+        st.memory.charge(Memory::cost(1, msg.size as u64));
+        let entry = Entry { msg, session: None, state: EntryState::Scheduled, delivery_count, expires_at_ms: None };
+        st.insert_entry(seq, entry);
+        st.ready(seq);
     }
 
     /// Whether `token` holds an unexpired lock.
@@ -638,36 +833,35 @@ impl Queue {
     /// Applies every deadline that has passed; returns the next one.
     fn run_deadlines(&self) -> Option<Instant> {
         let now = Instant::now();
-        let wake;
-        let next = {
-            let mut st = self.lock();
-            while let Some(&(when, seq, kind)) = st.deadlines.first() {
-                if when > now {
-                    break;
-                }
-                st.deadlines.pop_first();
-                let Some(entry) = st.entries.get(&seq) else { continue };
-                match (kind, entry.state) {
-                    (DeadlineKind::LockExpiry, EntryState::Locked { token, until, deferred, .. }) if until <= now => {
-                        st.locks.remove(&token);
-                        tracing::debug!(queue = %self.name, seq, "lock expired; message returns to the queue");
-                        self.unlock(&mut st, seq, deferred, true);
-                    }
-                    (DeadlineKind::Scheduled, EntryState::Scheduled) => st.ready(seq),
-                    (DeadlineKind::Ttl, EntryState::Available | EntryState::Deferred | EntryState::Scheduled) => {
-                        self.expire_message(&mut st, seq);
-                    }
-                    _ => {}
-                }
+        let forwards = self.forwards();
+        let mut st = self.lock();
+        while let Some(&(when, seq, kind)) = st.deadlines.first() {
+            if when > now {
+                break;
             }
-            self.expire_session_locks(&mut st, now);
-            wake = st.waiters_to_wake();
-            let next_message = st.deadlines.first().map(|d| d.0);
-            let next_session = st.session_deadlines.first().map(|d| d.0);
-            next_message.into_iter().chain(next_session).min()
-        };
-        wake.into_iter().for_each(|w| w());
-        next
+            st.deadlines.pop_first();
+            let Some(entry) = st.entries.get(&seq) else { continue };
+            match (kind, entry.state) {
+                (DeadlineKind::LockExpiry, EntryState::Locked { token, until, deferred, .. }) if until <= now => {
+                    st.locks.remove(&token);
+                    tracing::debug!(queue = %self.name, seq, "lock expired; message returns to the queue");
+                    self.unlock(&mut st, seq, deferred, true);
+                }
+                (DeadlineKind::Scheduled, EntryState::Scheduled) if forwards => {
+                    let entry = st.remove_entry(&seq).expect("present: matched above");
+                    st.outbox.push(Transfer::Forward(entry.msg));
+                }
+                (DeadlineKind::Scheduled, EntryState::Scheduled) => st.ready(seq),
+                (DeadlineKind::Ttl, EntryState::Available | EntryState::Deferred | EntryState::Scheduled) => {
+                    self.expire_message(&mut st, seq);
+                }
+                _ => {}
+            }
+        }
+        self.expire_session_locks(&mut st, now);
+        let next_message = st.deadlines.first().map(|d| d.0);
+        let next_session = st.session_deadlines.first().map(|d| d.0);
+        next_message.into_iter().chain(next_session).min()
     }
 
     /// Removes an expired message: to the dead-letter queue, or dropped.
@@ -675,6 +869,7 @@ impl Queue {
         let Some(entry) = st.remove_entry(&seq) else { return };
         if self.properties.dead_lettering_on_message_expiration {
             self.dead_letter(
+                st,
                 entry,
                 Some("TTLExpiredException".into()),
                 Some("The message expired and was dead lettered.".into()),

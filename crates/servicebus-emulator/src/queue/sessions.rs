@@ -178,17 +178,11 @@ impl Queue {
     /// Lets go of the session `claim` holds (its receiver closed): the messages it holds
     /// return to the session, counting a delivery.
     pub(crate) fn release_session(&self, claim: &SessionClaim) {
-        let wake = {
-            let mut st = self.lock();
-            let owned =
-                st.sessions.get(&claim.id).and_then(|s| s.lock.as_ref()).is_some_and(|l| l.owner == claim.owner);
-            if !owned {
-                return;
-            }
+        let mut st = self.lock();
+        let owned = st.sessions.get(&claim.id).and_then(|s| s.lock.as_ref()).is_some_and(|l| l.owner == claim.owner);
+        if owned {
             self.release_lock(&mut st, &claim.id, true);
-            st.waiters_to_wake()
-        };
-        wake.into_iter().for_each(|w| w());
+        }
     }
 
     /// Clears session `id`'s lock; the messages it held return (counted, if `counted`).

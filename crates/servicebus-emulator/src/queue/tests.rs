@@ -68,7 +68,7 @@ async fn the_quota_counts_what_is_held_and_frees_what_leaves() {
     };
     q.enqueue(vec![big(600 * 1024)]).unwrap();
     let full = q.enqueue(vec![big(300 * 1024), big(300 * 1024)]).unwrap_err();
-    assert_eq!((full.size, full.max), (600 * 1024, 1024 * 1024));
+    assert_eq!(full, QuotaExceeded::Entity { entity: "q".into(), size: 600 * 1024, max: 1024 * 1024 });
     assert_eq!(q.counts().active, 1, "all or none");
     let d = q.take(ReceiveMode::PeekLock).unwrap();
     assert!(q.check_room(500 * 1024).is_err(), "a locked message still counts");

@@ -23,6 +23,19 @@ pub struct QueueProperties {
     pub max_size_megabytes: u64,
     /// `RequiresSession`: messages need a session id, and receivers lock a session.
     pub requires_session: bool,
+    /// `RequiresDuplicateDetection` with its `DuplicateDetectionHistoryTimeWindow`: a message
+    /// whose message-id was sent inside the window is accepted and dropped. `None`: off.
+    /// (A subscription has none of its own: its topic detects duplicates.)
+    pub duplicate_detection_window: Option<Duration>,
+    /// `MaxMessageSizeInKilobytes` (in bytes): the largest message a sender may send here;
+    /// `None` is the emulator's (`--max-message-size`). Not for subscriptions: their topic's applies.
+    pub max_message_size: Option<usize>,
+    /// `ForwardTo`: the queue or topic every message moves to as it arrives (scheduled
+    /// messages when they are due); no receiver may attach here.
+    pub forward_to: Option<String>,
+    /// `ForwardDeadLetteredMessagesTo`: the queue or topic dead-lettered messages move to,
+    /// instead of this entity's dead-letter queue.
+    pub forward_dead_lettered_messages_to: Option<String>,
 }
 
 impl Default for QueueProperties {
@@ -34,28 +47,56 @@ impl Default for QueueProperties {
             dead_lettering_on_message_expiration: false,
             max_size_megabytes: DEFAULT_MAX_SIZE_MEGABYTES,
             requires_session: false,
+            duplicate_detection_window: None,
+            max_message_size: None,
+            forward_to: None,
+            forward_dead_lettered_messages_to: None,
         }
     }
 }
 
+/// `DuplicateDetectionHistoryTimeWindow` when `RequiresDuplicateDetection` sets none: the
+/// service's default, 10 minutes.
+pub const DEFAULT_DUPLICATE_DETECTION_WINDOW: Duration = Duration::from_secs(600);
+
 /// `MaxSizeInMegabytes` of an entity that sets none: the service's default, 1 GB.
 pub const DEFAULT_MAX_SIZE_MEGABYTES: u64 = 1024;
 
-/// Why a send was refused: the entity is full.
+/// Why a send was refused: the entity is full, or the emulator's memory budget is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "The maximum entity size has been reached or exceeded for '{entity}'. Size of entity in bytes: {size}, \
-     max entity size in bytes: {max}. Receive or purge messages, or raise MaxSizeInMegabytes."
-)]
-pub(crate) struct QuotaExceeded {
-    pub(crate) entity: String,
-    pub(crate) size: u64,
-    pub(crate) max: u64,
+pub(crate) enum QuotaExceeded {
+    #[error(
+        "The maximum entity size has been reached or exceeded for '{entity}'. Size of entity in bytes: {size}, \
+         max entity size in bytes: {max}. Receive or purge messages, or raise MaxSizeInMegabytes."
+    )]
+    Entity { entity: String, size: u64, max: u64 },
+    #[error(
+        "The emulator holds {used} bytes of messages; {wanted} more would pass its limit of {limit} bytes \
+         (--max-memory). Receive or purge messages, or raise --max-memory."
+    )]
+    Memory { used: u64, limit: u64, wanted: u64 },
 }
 
 impl QuotaExceeded {
     /// The AMQP condition the service uses.
     pub(crate) const CONDITION: &'static str = "amqp:resource-limit-exceeded";
+}
+
+/// A message without a session id, sent to an entity that requires sessions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "The SessionId was not set on a message, and it cannot be sent to the entity '{entity}'. Entities that have \
+     session support enabled can only receive messages that have the SessionId set to a valid value."
+)]
+pub(crate) struct SessionIdMissing {
+    pub(crate) entity: String,
+}
+
+impl SessionIdMissing {
+    /// The AMQP condition the service uses.
+    pub(crate) fn condition(&self) -> &'static str {
+        "amqp:not-allowed"
+    }
 }
 
 /// How a receiver takes messages.

@@ -1,4 +1,5 @@
-//! Limits the service enforces: message size, and token expiry on attached links.
+//! Limits the service enforces (message size, entity size, token expiry on attached links), and
+//! the emulator's memory budget.
 
 use std::time::Duration;
 
@@ -87,6 +88,7 @@ async fn a_full_entity_refuses_sends_with_resource_limit_exceeded() -> anyhow::R
     let config = Config {
         queues: vec![small("q")],
         topics: vec![servicebus_emulator::TopicConfig {
+            properties: Default::default(),
             name: "t".into(),
             subscriptions: vec![small("s")],
             rules: Default::default(),
@@ -120,6 +122,40 @@ async fn a_full_entity_refuses_sends_with_resource_limit_exceeded() -> anyhow::R
     let q = emulator.queue_counts("q").unwrap();
     assert_eq!(q.active + q.locked, 5, "{q:?}");
     assert_eq!(emulator.queue_counts("t/Subscriptions/s").unwrap().active, 5);
+    drop((sender, receiver, session, connection));
+    emulator.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn past_the_memory_budget_sends_are_refused_and_the_emulator_serves_on() -> anyhow::Result<()> {
+    let config = Config { queues: vec![queue("a"), queue("b")], ..Config::default() };
+    let emulator = Emulator::builder().config(config).bind("127.0.0.1:0".parse()?).max_memory(1 << 20).start().await?;
+    let mut connection = connect(&emulator, "memory").await?;
+    let mut session = Session::begin(&mut connection).await?;
+    let message = || Message::builder().data(Binary::from(vec![0u8; 200 * 1024])).build();
+    let mut accepted = 0;
+    let refused = loop {
+        // Alternate between two queues: the budget is the emulator's, not an entity's.
+        let entity = if accepted % 2 == 0 { "a" } else { "b" };
+        let mut sender = Sender::attach(&mut session, format!("s-{accepted}"), entity).await?;
+        let outcome = sender.send(message()).await;
+        sender.close().await?;
+        match outcome {
+            Ok(o) if o.is_accepted() => accepted += 1,
+            other => break format!("{other:?}"),
+        }
+        assert!(accepted <= 5, "a 1 MiB budget took {accepted} messages of 200 KiB");
+    };
+    assert_eq!(accepted, 5);
+    assert!(refused.contains("ResourceLimitExceeded") && refused.contains("--max-memory"), "{refused}");
+    assert!(emulator.memory_used() <= 1 << 20, "{} bytes held", emulator.memory_used());
+    // Receiving makes room; the connection was never at risk.
+    let mut receiver = Receiver::attach(&mut session, "r", "a").await?;
+    let d = receiver.recv::<fe2o3_amqp::types::messaging::Body<Value>>().await?;
+    receiver.accept(&d).await?;
+    let mut sender = Sender::attach(&mut session, "again", "b").await?;
+    assert!(sender.send(message()).await?.is_accepted());
     drop((sender, receiver, session, connection));
     emulator.shutdown().await;
     Ok(())

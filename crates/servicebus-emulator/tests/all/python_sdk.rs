@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use servicebus_emulator::{Config, Emulator, Keys, Rights};
 
-use super::support::{queue, queue_with, session_queue};
+use super::support::{queue, queue_with, session_queue, with_moving_entities};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
@@ -28,7 +28,7 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
         Rights::LISTEN,
     );
     let emulator = Emulator::builder()
-        .config(Config { queues: config, ..Config::default() })
+        .config(with_moving_entities(Config { queues: config, ..Config::default() }))
         .keys(keys)
         .bind("127.0.0.1:0".parse()?)
         .websocket("127.0.0.1:0".parse()?)

@@ -24,6 +24,17 @@ pub(crate) fn session_queue(name: &str, lock: Duration, max_delivery_count: u32)
     queue
 }
 
+/// `config` with the entities of `tests/moving.json` added: duplicate detection, forwarding
+/// chains and loops, and small quotas, in Microsoft's `Config.json` schema.
+pub(crate) fn with_moving_entities(mut config: Config) -> Config {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moving.json");
+    let moving = Config::from_file(std::path::Path::new(path)).expect("tests/moving.json loads");
+    assert!(moving.warnings.is_empty(), "{:?}", moving.warnings);
+    config.queues.extend(moving.queues);
+    config.topics.extend(moving.topics);
+    config
+}
+
 /// Starts an emulator on 127.0.0.1:0 with these queues.
 pub(crate) async fn start(queues: Vec<QueueConfig>) -> Emulator {
     let config = Config { queues, ..Config::default() };

@@ -382,3 +382,103 @@ test("a wrong key is refused", async () => {
     await c.close();
   }
 });
+
+// Entities of tests/moving.json (Microsoft's Config.json schema): duplicate detection,
+// forwarding chains, a forwarding loop, dead-letter forwarding, and 1 MB quotas.
+
+test("duplicate detection: a repeated message-id inside the window is accepted and dropped", () =>
+  withClient(async (c) => {
+    await send(c, "dedup", { body: "1", messageId: "order-1" }, { body: "2", messageId: "order-2" });
+    await send(c, "dedup", { body: "1 again", messageId: "order-1" });
+    await send(c, "dedup-topic", { body: "t", messageId: "event-1" });
+    await send(c, "dedup-topic", { body: "t again", messageId: "event-1" });
+    const receiver = c.createReceiver("dedup", { receiveMode: "receiveAndDelete" });
+    const got = await receive(receiver, 3, 3000);
+    assert.deepEqual(
+      got.map((m) => m.body),
+      ["1", "2"],
+    );
+    const sub = c.createReceiver("dedup-topic", "all", { receiveMode: "receiveAndDelete" });
+    assert.deepEqual(
+      (await receive(sub, 2, 3000)).map((m) => m.body),
+      ["t"],
+    );
+  }));
+
+test("forwarding: a chain through queues, a topic and a subscription; the source refuses receivers", () =>
+  withClient(async (c) => {
+    await send(c, "fwd-in", { body: "travels", messageId: "hop" });
+    const out = c.createReceiver("fwd-out");
+    const [m] = await receive(out, 1);
+    assert.equal(m.body, "travels");
+    assert.equal(m.messageId, "hop");
+    assert.equal(typeof m.enqueuedSequenceNumber, "number", "where it first arrived");
+    await out.completeMessage(m);
+    const kept = c.createReceiver("fwd-topic", "kept", { receiveMode: "receiveAndDelete" });
+    assert.equal((await receive(kept, 1)).length, 1);
+    const source = c.createReceiver("fwd-in");
+    const e = await failure(() => source.receiveMessages(1, { maxWaitTimeInMs: 2000 }));
+    assert.match(`${e.message}`, /auto-forwarding/);
+  }));
+
+test("forwarding: a loop dead-letters the message after four hops", () =>
+  withClient(async (c) => {
+    await send(c, "loop-a", { body: "round and round" });
+    const dlq = c.createReceiver("loop-a", { subQueueType: "deadLetter" });
+    const [d] = await receive(dlq, 1);
+    assert.equal(d.body, "round and round");
+    assert.equal(d.deadLetterReason, "MaxTransferHopCountExceeded");
+    await dlq.completeMessage(d);
+  }));
+
+test("forwarding: dead-lettered messages move to ForwardDeadLetteredMessagesTo with their reason", () =>
+  withClient(async (c) => {
+    await send(c, "dlf-work", { body: "rejected" }, { body: "poison" });
+    const work = c.createReceiver("dlf-work");
+    const [first, second] = await receive(work, 2);
+    await work.deadLetterMessage(first, { deadLetterReason: "Invalid", deadLetterErrorDescription: "no price" });
+    await work.abandonMessage(second); // MaxDeliveryCount 1
+    const parked = c.createReceiver("dlf-parked", { receiveMode: "receiveAndDelete" });
+    const got = await receive(parked, 2);
+    assert.deepEqual(
+      got.map((m) => [m.body, m.deadLetterReason, m.deadLetterSource]),
+      [
+        ["rejected", "Invalid", "dlf-work"],
+        ["poison", "MaxDeliveryCountExceeded", "dlf-work"],
+      ],
+    );
+  }));
+
+test("quotas: a send past MaxSizeInMegabytes is refused; forwarding to a full queue dead-letters", async () => {
+  const c = client({ retryOptions: { maxRetries: 0, timeoutInMs: 10000 } });
+  try {
+    const big = "x".repeat(200 * 1024);
+    for (let i = 0; i < 5; i++) {
+      await send(c, "quota", { body: big });
+      await send(c, "full", { body: big });
+    }
+    const e = await failure(() => send(c, "quota", { body: big }));
+    assert.equal(e.code, "QuotaExceeded", `${e}`);
+    const peeked = await c.createReceiver("quota").peekMessages(10);
+    assert.equal(peeked.length, 5, "what was stored is untouched");
+    await send(c, "full-src", { body: big, messageId: "no-room" });
+    const dlq = c.createReceiver("full-src", { subQueueType: "deadLetter" });
+    const [d] = await receive(dlq, 1);
+    assert.equal(d.messageId, "no-room");
+    assert.equal(d.deadLetterReason, "QuotaExceededException");
+    await dlq.completeMessage(d);
+  } finally {
+    await c.close();
+  }
+});
+
+test("message size: an entity's MaxMessageSizeInKilobytes is advertised and enforced", () =>
+  withClient(async (c) => {
+    const body = "y".repeat(600 * 1024); // past the emulator's 256 KiB, inside large's 1 MiB
+    await send(c, "large", { body });
+    const receiver = c.createReceiver("large", { receiveMode: "receiveAndDelete" });
+    const [m] = await receive(receiver, 1);
+    assert.equal(m.body.length, body.length);
+    const e = await failure(() => send(c, "small", { body: "z".repeat(2048) }));
+    assert.equal(e.code, "MessageSizeExceeded", `${e}`);
+  }));

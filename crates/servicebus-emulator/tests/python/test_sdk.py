@@ -36,6 +36,7 @@ from azure.servicebus.exceptions import (
     ServiceBusAuthenticationError,
     ServiceBusAuthorizationError,
     ServiceBusError,
+    ServiceBusQuotaExceededError,
     SessionCannotBeLockedError,
     SessionLockLostError,
 )
@@ -491,3 +492,91 @@ def test_websockets_carry_sends_receives_settlements_and_management():
             for m in got:
                 r.complete_message(m)
             assert r.peek_messages(max_message_count=5) == []
+
+
+# Entities of tests/moving.json (Microsoft's Config.json schema): duplicate detection,
+# forwarding chains, a forwarding loop, dead-letter forwarding, and 1 MB quotas.
+
+
+def drain(client, receiver, n, wait=5):
+    """Receives (and deletes) until `n` messages arrived or `wait` seconds passed."""
+    got = []
+    deadline = time.time() + wait
+    with receiver:
+        while len(got) < n and time.time() < deadline:
+            got.extend(receiver.receive_messages(max_message_count=n - len(got), max_wait_time=1))
+    return got
+
+
+def test_duplicate_detection_drops_a_repeated_message_id(client):
+    send(client, "dedup", "1", message_id="order-1")
+    send(client, "dedup", "1 again", message_id="order-1")
+    send(client, "dedup", "2", message_id="order-2")
+    with client.get_topic_sender("dedup-topic") as s:
+        s.send_messages([ServiceBusMessage("t", message_id="event-1"), ServiceBusMessage("t", message_id="event-1")])
+    mode = ServiceBusReceiveMode.RECEIVE_AND_DELETE
+    got = drain(client, client.get_queue_receiver("dedup", receive_mode=mode), 3, wait=3)
+    assert [str(m) for m in got] == ["1", "2"]
+    got = drain(client, client.get_subscription_receiver("dedup-topic", "all", receive_mode=mode), 2, wait=3)
+    assert [m.message_id for m in got] == ["event-1"]
+
+
+def test_forwarding_chain_and_a_source_without_receivers(client):
+    send(client, "fwd-in", "travels", message_id="hop")
+    mode = ServiceBusReceiveMode.RECEIVE_AND_DELETE
+    (m,) = drain(client, client.get_queue_receiver("fwd-out", receive_mode=mode), 1)
+    assert (str(m), m.message_id) == ("travels", "hop")
+    assert isinstance(m.enqueued_sequence_number, int)
+    assert len(drain(client, client.get_subscription_receiver("fwd-topic", "kept", receive_mode=mode), 1)) == 1
+    with pytest.raises(ServiceBusError, match="auto-forwarding"):
+        with client.get_queue_receiver("fwd-in", max_wait_time=2) as r:
+            r.receive_messages(max_message_count=1, max_wait_time=2)
+
+
+def test_forwarding_loop_dead_letters_after_four_hops(client):
+    send(client, "loop-a", "round and round")
+    dlq = client.get_queue_receiver("loop-a", sub_queue=ServiceBusSubQueue.DEAD_LETTER)
+    (d,) = drain(client, dlq, 1)
+    assert d.dead_letter_reason == "MaxTransferHopCountExceeded"
+
+
+def test_dead_lettered_messages_forward_with_reason_and_source(client):
+    send(client, "dlf-work", "rejected", "poison")
+    with client.get_queue_receiver("dlf-work", max_wait_time=5) as r:
+        got = []
+        while len(got) < 2:
+            got.extend(r.receive_messages(max_message_count=2, max_wait_time=3))
+        r.dead_letter_message(got[0], reason="Invalid", error_description="no price")
+        r.abandon_message(got[1])  # MaxDeliveryCount 1
+    mode = ServiceBusReceiveMode.RECEIVE_AND_DELETE
+    parked = drain(client, client.get_queue_receiver("dlf-parked", receive_mode=mode), 2)
+    assert [(str(m), m.dead_letter_reason, m.dead_letter_source) for m in parked] == [
+        ("rejected", "Invalid", "dlf-work"),
+        ("poison", "MaxDeliveryCountExceeded", "dlf-work"),
+    ]
+
+
+def test_quota_refuses_a_send_and_forwarding_to_a_full_queue_dead_letters():
+    big = "x" * (200 * 1024)
+    with ServiceBusClient.from_connection_string(CS, retry_total=0) as client:
+        for _ in range(5):
+            send(client, "quota", big)
+            send(client, "full", big)
+        with pytest.raises(ServiceBusQuotaExceededError):
+            send(client, "quota", big)
+        with client.get_queue_receiver("quota") as r:
+            assert len(r.peek_messages(max_message_count=10)) == 5
+        send(client, "full-src", big, message_id="no-room")
+        dlq = client.get_queue_receiver("full-src", sub_queue=ServiceBusSubQueue.DEAD_LETTER)
+        (d,) = drain(client, dlq, 1)
+        assert (d.message_id, d.dead_letter_reason) == ("no-room", "QuotaExceededException")
+
+
+def test_an_entitys_message_size_is_advertised_and_enforced(client):
+    body = "y" * (600 * 1024)  # past the emulator's 256 KiB, inside large's 1 MiB
+    send(client, "large", body)
+    mode = ServiceBusReceiveMode.RECEIVE_AND_DELETE
+    (m,) = drain(client, client.get_queue_receiver("large", receive_mode=mode), 1)
+    assert len(str(m)) == len(body)
+    with pytest.raises(MessageSizeExceededError):
+        send(client, "small", "z" * 2048)

@@ -1,0 +1,312 @@
+//! The namespace: its entities, and how link addresses resolve to them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use crate::auth::normalize;
+use crate::config::{Config, TopicProperties};
+use crate::message::StoredMessage;
+use crate::queue::{
+    Duplicates, Inbox, Memory, Queue, QueueCounts, QuotaExceeded, Refused, Routes, SessionIdMissing, Target,
+};
+use crate::rules::{MessageView, Rule, RuleSet};
+
+/// A topic: a message sent to it is copied to each subscription whose rules match.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    name: String,
+    subscriptions: HashMap<String, Arc<Queue>>,
+    /// The message-ids sent inside the window, when the topic detects duplicates.
+    duplicates: Option<Mutex<Duplicates>>,
+    /// The largest message a sender may send to it, if it sets one.
+    max_message_size: Option<usize>,
+}
+
+/// Where a sender's messages go.
+#[derive(Debug, Clone)]
+pub(crate) enum Destination {
+    Queue(Arc<Queue>),
+    Topic(Arc<Topic>),
+}
+
+impl Topic {
+    fn new(name: &str, properties: &TopicProperties, subscriptions: HashMap<String, Arc<Queue>>) -> Self {
+        let duplicates = properties.duplicate_detection_window.map(|w| Mutex::new(Duplicates::new(w)));
+        Self { name: name.to_string(), subscriptions, duplicates, max_message_size: properties.max_message_size }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn requires_session(&self) -> bool {
+        self.subscriptions.values().any(|s| s.requires_session())
+    }
+
+    /// Refuses `bytes` more if any subscription would pass its `MaxSizeInMegabytes`.
+    fn check_room(&self, bytes: u64) -> Result<(), QuotaExceeded> {
+        self.subscriptions.values().try_for_each(|sub| sub.check_room(bytes))
+    }
+
+    /// Copies messages to the subscriptions whose rules match, after dropping duplicates.
+    /// Returns the sequence numbers of the subscription that took the most copies (all of
+    /// them, when a subscription takes every message). A send that would pass a
+    /// subscription's `MaxSizeInMegabytes` is refused whole, as the service refuses a send
+    /// to a topic whose subscription is full; refused, the messages are handed back.
+    fn enqueue(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, (QuotaExceeded, Vec<StoredMessage>)> {
+        let messages = match &self.duplicates {
+            Some(d) => {
+                let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let messages = d.unseen(messages, now);
+                if let Err(e) = self.check_room(StoredMessage::total_size(&messages)) {
+                    return Err((e, messages));
+                }
+                d.record(&messages, now);
+                messages
+            }
+            None => match self.check_room(StoredMessage::total_size(&messages)) {
+                Ok(()) => messages,
+                Err(e) => return Err((e, messages)),
+            },
+        };
+        let mut seqs = Vec::new();
+        let views: Vec<MessageView> = messages.iter().map(|_| MessageView::default()).collect();
+        for sub in self.subscriptions.values() {
+            let copies: Vec<StoredMessage> = match sub.rules() {
+                Some(rules) => messages.iter().zip(&views).flat_map(|(m, v)| rules.route(m, v)).collect(),
+                None => messages.clone(),
+            };
+            if copies.is_empty() {
+                continue;
+            }
+            // Checked just above; a subscription filled by a concurrent send in between
+            // misses this message, as the log says.
+            match sub.enqueue(copies) {
+                Ok(s) if s.len() > seqs.len() => seqs = s,
+                Ok(_) => {}
+                Err(e) => tracing::warn!("a topic message missed a subscription: {e}"),
+            }
+        }
+        Ok(seqs)
+    }
+}
+
+impl Inbox for Topic {
+    fn accept(&self, messages: Vec<StoredMessage>) -> Result<(), (Refused, Vec<StoredMessage>)> {
+        if self.requires_session() && messages.iter().any(|m| m.session_id.is_none()) {
+            return Err((SessionIdMissing { entity: self.name.clone() }.into(), messages));
+        }
+        self.enqueue(messages).map(drop).map_err(|(e, back)| (e.into(), back))
+    }
+}
+
+impl Destination {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Queue(q) => q.name(),
+            Self::Topic(t) => t.name(),
+        }
+    }
+
+    /// The largest message a sender may send here, if the entity sets one.
+    pub(crate) fn max_message_size(&self) -> Option<usize> {
+        match self {
+            Self::Queue(q) => q.max_message_size(),
+            Self::Topic(t) => t.max_message_size,
+        }
+    }
+
+    /// Refuses messages this entity takes from no one: ones without a session id, when it (or,
+    /// for a topic, one of its subscriptions) requires sessions.
+    pub(crate) fn check_messages(&self, messages: &[StoredMessage]) -> Result<(), SessionIdMissing> {
+        let requires_session = match self {
+            Self::Queue(q) => q.requires_session(),
+            Self::Topic(t) => t.requires_session(),
+        };
+        if requires_session && messages.iter().any(|m| m.session_id.is_none()) {
+            return Err(SessionIdMissing { entity: self.name().to_string() });
+        }
+        Ok(())
+    }
+
+    /// Refuses `bytes` more if they would pass `MaxSizeInMegabytes` (of any subscription, for topics).
+    pub(crate) fn check_room(&self, bytes: u64) -> Result<(), QuotaExceeded> {
+        match self {
+            Self::Queue(q) => q.check_room(bytes),
+            Self::Topic(t) => t.check_room(bytes),
+        }
+    }
+
+    /// Enqueues atomically; returns the sequence numbers (of one subscription, for topics).
+    /// A send that would pass an entity's `MaxSizeInMegabytes` is refused whole.
+    pub(crate) fn enqueue(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, QuotaExceeded> {
+        match self {
+            Self::Queue(q) => q.enqueue(messages),
+            Self::Topic(t) => t.enqueue(messages).map_err(|(e, _)| e),
+        }
+    }
+}
+
+/// What a link address names.
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
+    /// `$cbs`.
+    Cbs,
+    /// `<entity>/$management`.
+    Management(Arc<Queue>),
+    /// A queue, subscription, or dead-letter queue (receive; queues also send).
+    Queue(Arc<Queue>),
+    /// A topic (send only).
+    Topic(Arc<Topic>),
+}
+
+/// An address that names nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("The messaging entity '{0}' could not be found.")]
+pub(crate) struct NotFound(pub(crate) String);
+
+/// The entities of the emulator.
+#[derive(Debug)]
+pub(crate) struct Namespace {
+    name: String,
+    queues: HashMap<String, Arc<Queue>>,
+    topics: HashMap<String, Arc<Topic>>,
+    timers: Vec<tokio::task::JoinHandle<()>>,
+    /// What every entity's messages take, together.
+    memory: Arc<Memory>,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        for t in &self.timers {
+            t.abort();
+        }
+    }
+}
+
+impl Namespace {
+    /// Creates the entities and starts their timers (needs a Tokio runtime). Together they
+    /// hold at most `max_memory` bytes of messages.
+    pub(crate) fn new(config: &Config, max_memory: u64) -> Self {
+        let memory = Arc::new(Memory::new(max_memory));
+        let mut ns = Self {
+            name: config.namespace.clone(),
+            queues: HashMap::new(),
+            topics: HashMap::new(),
+            timers: Vec::new(),
+            memory: memory.clone(),
+        };
+        for q in &config.queues {
+            let queue = Queue::build(&q.name, q.properties.clone(), None, memory.clone());
+            ns.start_timers(&queue);
+            ns.queues.insert(q.name.to_ascii_lowercase(), queue);
+        }
+        for t in &config.topics {
+            let mut subscriptions = HashMap::new();
+            for s in &t.subscriptions {
+                let rules = t.rules.get(&s.name).into_iter().flatten().cloned().map(Rule::compile);
+                let rules = rules.collect::<Result<Vec<_>, _>>().expect("the configuration checked its rules");
+                let name = format!("{}/Subscriptions/{}", t.name, s.name);
+                let queue = Queue::build(&name, s.properties.clone(), Some(RuleSet::new(rules)), memory.clone());
+                ns.start_timers(&queue);
+                subscriptions.insert(s.name.to_ascii_lowercase(), queue);
+            }
+            ns.topics.insert(t.name.to_ascii_lowercase(), Arc::new(Topic::new(&t.name, &t.properties, subscriptions)));
+        }
+        let subscriptions = config.topics.iter().flat_map(|t| t.subscriptions.iter().map(move |s| (Some(t), s)));
+        for (topic, q) in config.queues.iter().map(|q| (None, q)).chain(subscriptions) {
+            let p = &q.properties;
+            if p.forward_to.is_none() && p.forward_dead_lettered_messages_to.is_none() {
+                continue;
+            }
+            let path = match topic {
+                Some(t) => format!("{}/subscriptions/{}", t.name, q.name),
+                None => q.name.clone(),
+            };
+            let Ok((Node::Queue(source), _)) = ns.resolve(&path) else { continue };
+            let target = |name: &Option<String>| name.as_deref().and_then(|n| ns.inbox(n));
+            source.set_routes(Routes {
+                forward_to: target(&p.forward_to),
+                dead_lettered_to: target(&p.forward_dead_lettered_messages_to),
+            });
+        }
+        ns
+    }
+
+    /// A queue or topic, as a forwarding target.
+    fn inbox(&self, name: &str) -> Option<Target> {
+        let key = normalize(name);
+        let (name, inbox): (&str, Arc<dyn Inbox>) = match (self.queues.get(&key), self.topics.get(&key)) {
+            (Some(q), _) => (q.name(), q.clone()),
+            (None, Some(t)) => (t.name(), t.clone()),
+            (None, None) => return None,
+        };
+        Some(Target::new(name, &inbox))
+    }
+
+    fn start_timers(&mut self, queue: &Arc<Queue>) {
+        self.timers.push(tokio::spawn(queue.clone().run_timer()));
+        if let Some(dlq) = queue.dead_letter_queue() {
+            self.timers.push(tokio::spawn(dlq.clone().run_timer()));
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bytes the entities' messages take, counted against `--max-memory`.
+    pub(crate) fn memory_used(&self) -> u64 {
+        self.memory.used()
+    }
+
+    /// Resolves a link address (`amqps://host/q`, `/q`, `q/$DeadLetterQueue`, `t/Subscriptions/s`, ...).
+    /// Returns the node and the normalized path that authorization is checked against.
+    pub(crate) fn resolve(&self, address: &str) -> Result<(Node, String), NotFound> {
+        let path = normalize(address);
+        if path == "$cbs" {
+            return Ok((Node::Cbs, path));
+        }
+        let not_found = || NotFound(path.clone());
+        let (entity_path, management) = match path.strip_suffix("/$management") {
+            Some(p) => (p, true),
+            None => (path.as_str(), false),
+        };
+        let (entity_path, dead_letter) = match entity_path.strip_suffix("/$deadletterqueue") {
+            Some(p) => (p.strip_suffix("/$transfer").unwrap_or(p), true),
+            None => (entity_path, false),
+        };
+        let queue = if let Some(q) = self.queues.get(entity_path) {
+            Some(q.clone())
+        } else if let Some((topic, sub)) = entity_path.split_once("/subscriptions/") {
+            Some(self.topics.get(topic).and_then(|t| t.subscriptions.get(sub)).cloned().ok_or_else(not_found)?)
+        } else {
+            None
+        };
+        let node = match (queue, dead_letter, management) {
+            (Some(q), true, m) => {
+                let dlq = q.dead_letter_queue().cloned().ok_or_else(not_found)?;
+                if m { Node::Management(dlq) } else { Node::Queue(dlq) }
+            }
+            (Some(q), false, true) => Node::Management(q),
+            (Some(q), false, false) => Node::Queue(q),
+            (None, false, false) => Node::Topic(self.topics.get(entity_path).cloned().ok_or_else(not_found)?),
+            (None, _, _) => return Err(not_found()),
+        };
+        Ok((node, path))
+    }
+
+    /// Counts of a queue's (or `topic/Subscriptions/sub`'s) messages.
+    pub(crate) fn counts(&self, entity: &str) -> Option<QueueCounts> {
+        match self.resolve(entity) {
+            Ok((Node::Queue(q), _)) => Some(q.counts()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
