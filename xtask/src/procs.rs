@@ -63,6 +63,10 @@ impl EmulatorProcess {
     pub fn start(binary: &Path, config: Option<&Path>, port: u16) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(["--port", &port.to_string(), "--log-level", "warn"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if port == 0 {
+            // A test's emulator: its management endpoint on a free port too, not 5300.
+            cmd.args(["--management-port", "0"]);
+        }
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }

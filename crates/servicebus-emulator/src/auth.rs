@@ -225,7 +225,9 @@ pub(crate) fn validate(token: &str, audience: &str, keys: &Keys, now_secs: u64) 
     Ok(Grant { path: audience, expires_at, rights })
 }
 
-/// An address or audience without scheme, authority and surrounding slashes, URL-decoded, lower-case.
+/// An address or audience without scheme, authority, query and surrounding slashes,
+/// URL-decoded, lower-case. (The Node administration client signs its request URL, query
+/// and all; no entity name holds a `?`.)
 pub(crate) fn normalize(address: &str) -> String {
     let without_scheme = match address.find("://") {
         Some(i) => {
@@ -234,7 +236,9 @@ pub(crate) fn normalize(address: &str) -> String {
         }
         None => address,
     };
-    url_decode(without_scheme.trim_matches('/')).trim_matches('/').to_ascii_lowercase()
+    let decoded = url_decode(without_scheme.trim_matches('/'));
+    let path = decoded.split_once('?').map_or(decoded.as_str(), |(path, _query)| path);
+    path.trim_matches('/').to_ascii_lowercase()
 }
 
 /// Whether a grant for `granted` covers `path` (same path, or a parent by whole segments).
@@ -454,6 +458,7 @@ mod tests {
         assert_eq!(normalize("/orders"), "orders");
         assert_eq!(normalize("orders%2F%24DeadLetterQueue"), "orders/$deadletterqueue");
         assert_eq!(normalize("sb://host/"), "");
+        assert_eq!(normalize("https://h:5300/Orders?api-version=2021-05"), "orders");
     }
 
     #[test]

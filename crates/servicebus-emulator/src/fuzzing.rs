@@ -50,6 +50,22 @@ fn world() -> &'static World {
     })
 }
 
+/// Runs the management endpoint on `bytes` as a stream of HTTP requests, each answered as if
+/// authorized, against a namespace of its own (what the requests make does not outlive them).
+pub fn admin(bytes: &[u8]) {
+    let world = world();
+    world.runtime.block_on(async {
+        let config = Config { queues: vec![], ..Config::default() };
+        let shared = Shared {
+            namespace: Arc::new(Namespace::new(&config, 16 << 20)),
+            keys: Keys::default(),
+            max_message_size: 256 * 1024,
+            limits: Limits::default(),
+        };
+        crate::admin::fuzz(bytes, &shared).await;
+    });
+}
+
 /// Runs one connection's engine on `bytes` as everything the peer sends, then the peer's end
 /// of the stream. The first byte picks what comes first: 0, the AMQP protocol header; 1, the
 /// SASL header; anything else, nothing (the bytes themselves must be a header).

@@ -12,7 +12,8 @@
 //! TTL, message sessions (`RequiresSession`: session receivers, session locks and state),
 //! subscription rules (SQL and correlation filters, SQL actions), duplicate detection,
 //! auto-forwarding (`ForwardTo`, `ForwardDeadLetteredMessagesTo`), quotas, the `$management`
-//! operations, local transactions (`$coordinator`), TLS, and AMQP over WebSockets.
+//! operations, local transactions (`$coordinator`), TLS, AMQP over WebSockets, and the
+//! management endpoint (`/health` and the administration REST API).
 //! `docs/emulator.md` says what each does and where it differs from Azure.
 //!
 //! # Layout
@@ -20,6 +21,7 @@
 //! - `connection`: one connection's engine, a file per protocol layer (SASL, AMQP sessions,
 //!   links, session receivers, inbound transfers, nodes, outbound transfers, settlement).
 //! - `management`: `$cbs` and `$management` requests.
+//! - `admin`: the management endpoint (HTTP): `/health` and the administration REST API.
 //! - `transaction`: the coordinator's transactions.
 //! - `namespace`: the entities, topics and their fan-out, how addresses resolve, and the
 //!   forwarding links between entities.
@@ -43,6 +45,7 @@
 
 #![deny(missing_docs)]
 
+mod admin;
 pub mod auth;
 mod codec;
 pub mod config;
@@ -126,6 +129,8 @@ pub struct EmulatorBuilder {
     /// AMQP over WebSockets: plain, and with TLS (the certificate of `tls`).
     ws_addr: Option<SocketAddr>,
     wss_addr: Option<SocketAddr>,
+    /// The management endpoint (HTTP, and HTTPS with the certificate of `tls`).
+    management_addr: Option<SocketAddr>,
     max_message_size: usize,
     max_memory: u64,
     limits: Limits,
@@ -138,6 +143,7 @@ pub struct Emulator {
     tls_addr: Option<SocketAddr>,
     ws_addr: Option<SocketAddr>,
     wss_addr: Option<SocketAddr>,
+    management_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     connections: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Control>>>>,
     stop: watch::Sender<bool>,
@@ -160,6 +166,7 @@ impl Emulator {
             tls: None,
             ws_addr: None,
             wss_addr: None,
+            management_addr: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_memory: DEFAULT_MAX_MEMORY,
             limits: Limits::default(),
@@ -184,6 +191,11 @@ impl Emulator {
     /// The AMQP-over-WebSockets-with-TLS listener's address (`wss://`), if on.
     pub fn wss_addr(&self) -> Option<SocketAddr> {
         self.wss_addr
+    }
+
+    /// The management endpoint's address (`GET /health`, the administration REST API), if on.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
     }
 
     /// A connection string for the plain listener with the first configured key, as the SDKs take it.
@@ -296,6 +308,14 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Also serve the management endpoint on `addr`: `GET /health`, and the administration
+    /// REST API the SDKs' administration clients speak (HTTPS when [`EmulatorBuilder::tls`]
+    /// gives a certificate, plain HTTP always; one port serves both).
+    pub fn management(mut self, addr: SocketAddr) -> Self {
+        self.management_addr = Some(addr);
+        self
+    }
+
     /// The largest message accepted, in bytes.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
@@ -351,16 +371,25 @@ impl EmulatorBuilder {
         });
         let connections = Arc::new(Mutex::new(HashMap::new()));
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = listeners
+        let mut tasks: Vec<_> = listeners
             .into_iter()
             .map(|l| tokio::spawn(accept_loop(l, shared.clone(), connections.clone(), stop_rx.clone())))
             .collect();
+        let management_addr = match self.management_addr {
+            Some(addr) => {
+                let management = Listener::bind(addr, None, false).await?;
+                let serve = admin::serve(management.tcp, tls_acceptor.clone(), shared.clone(), stop_rx.clone());
+                tasks.push(tokio::spawn(serve));
+                Some(management.addr)
+            }
+            None => None,
+        };
         tracing::info!(
-            %local_addr, tls = ?tls_addr, ws = ?ws_addr, wss = ?wss_addr,
+            %local_addr, tls = ?tls_addr, ws = ?ws_addr, wss = ?wss_addr, management = ?management_addr,
             namespace = shared.namespace.name(),
             "servicebus emulator listening"
         );
-        Ok(Emulator { local_addr, tls_addr, ws_addr, wss_addr, shared, connections, stop, tasks })
+        Ok(Emulator { local_addr, tls_addr, ws_addr, wss_addr, management_addr, shared, connections, stop, tasks })
     }
 }
 

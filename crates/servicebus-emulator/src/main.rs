@@ -49,6 +49,13 @@ struct Args {
     /// RootManageSharedAccessKey=SAS_KEY_VALUE.
     #[arg(long = "key", value_name = "NAME=VALUE[:RIGHTS]")]
     keys: Vec<String>,
+    /// The management endpoint's port (GET /health, and the administration REST API; HTTPS
+    /// too with --tls-cert); 0 picks a free one.
+    #[arg(long, default_value_t = 5300)]
+    management_port: u16,
+    /// Serve no management endpoint.
+    #[arg(long, conflicts_with = "management_port")]
+    no_management: bool,
     /// The largest message accepted, in bytes.
     #[arg(long, default_value_t = servicebus_emulator::DEFAULT_MAX_MESSAGE_SIZE)]
     max_message_size: usize,
@@ -116,6 +123,9 @@ async fn run(args: Args) -> Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         builder = builder.tls(cert, key, SocketAddr::new(args.host, args.tls_port));
     }
+    if !args.no_management {
+        builder = builder.management(SocketAddr::new(args.host, args.management_port));
+    }
     if let Some(port) = args.ws_port {
         builder = builder.websocket(SocketAddr::new(args.host, port));
     }
@@ -132,6 +142,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some(wss) = emulator.wss_addr() {
         println!("servicebus-emulator listening on wss://{wss}{}", amqp_ws::PATH);
+    }
+    if let Some(m) = emulator.management_addr() {
+        println!("servicebus-emulator management endpoint on http://{m}/health");
     }
     println!("connection string: {}", emulator.connection_string());
     tokio::select! {

@@ -96,6 +96,33 @@ pub struct TopicProperties {
     pub max_message_size: Option<usize>,
 }
 
+impl From<QueueProperties> for TopicProperties {
+    /// The part of a `Properties` block a topic has.
+    fn from(p: QueueProperties) -> Self {
+        Self {
+            duplicate_detection_window: p.duplicate_detection_window,
+            default_message_ttl: p.default_message_ttl,
+            max_size_megabytes: p.max_size_megabytes,
+            max_message_size: p.max_message_size,
+        }
+    }
+}
+
+impl TopicProperties {
+    /// A subscription's settings as its topic bounds them: it holds as much as the topic may,
+    /// and keeps a message no longer than the topic's default TTL.
+    pub fn bound(&self, subscription: QueueProperties) -> QueueProperties {
+        QueueProperties {
+            max_size_megabytes: self.max_size_megabytes,
+            default_message_ttl: match (subscription.default_message_ttl, self.default_message_ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            ..subscription
+        }
+    }
+}
+
 impl Default for TopicProperties {
     fn default() -> Self {
         Self {
@@ -492,13 +519,7 @@ impl File {
             let what = format!("topic {:?}", t.name.0);
             unknown(&mut warnings, &what, &t.other);
             t.properties.check_keys(&what, Kind::Topic).map_err(invalid)?;
-            let topic = t.properties.resolve(&what, &mut warnings);
-            let properties = TopicProperties {
-                duplicate_detection_window: topic.duplicate_detection_window,
-                default_message_ttl: topic.default_message_ttl,
-                max_size_megabytes: topic.max_size_megabytes,
-                max_message_size: topic.max_message_size,
-            };
+            let properties = TopicProperties::from(t.properties.resolve(&what, &mut warnings));
             let mut subscriptions = Vec::new();
             let mut topic_rules = BTreeMap::new();
             let mut sub_names = std::collections::HashSet::new();
@@ -520,17 +541,7 @@ impl File {
                 if !rules.is_empty() {
                     topic_rules.insert(s.name.0.clone(), rules);
                 }
-                let own = s.properties.resolve(&what, &mut warnings);
-                let properties = QueueProperties {
-                    // A subscription holds as much as its topic may, and keeps a message no
-                    // longer than its topic's default TTL.
-                    max_size_megabytes: properties.max_size_megabytes,
-                    default_message_ttl: match (own.default_message_ttl, properties.default_message_ttl) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    },
-                    ..own
-                };
+                let properties = properties.bound(s.properties.resolve(&what, &mut warnings));
                 subscriptions.push(QueueConfig { name: s.name.0, properties });
             }
             config.topics.push(TopicConfig { name: t.name.0, properties, subscriptions, rules: topic_rules });
@@ -574,9 +585,24 @@ impl Config {
     }
 }
 
+/// Settings given some other way than `Config.json` (the administration API), under the same
+/// keys: checked as `Config.json`'s are, with the same errors. Keys outside the schema are
+/// the caller's to have left out. Forwarding targets are as given (the namespace checks them).
+pub(crate) fn entity_properties(kind: Kind, what: &str, json: serde_json::Value) -> Result<QueueProperties, String> {
+    let properties: Properties = serde_path_to_error::deserialize(json)
+        .map_err(|e| format!("{what}: {}: {}", e.path(), strip_position(&e.inner().to_string())))?;
+    properties.check_keys(what, kind)?;
+    Ok(properties.resolve(what, &mut Vec::new()))
+}
+
+/// A topic's settings, given some other way than `Config.json` ([`entity_properties`]).
+pub(crate) fn topic_properties(what: &str, json: serde_json::Value) -> Result<TopicProperties, String> {
+    entity_properties(Kind::Topic, what, json).map(TopicProperties::from)
+}
+
 /// What kind of entity a `Properties` block belongs to: each may set only its own keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Queue,
     Topic,
     Subscription,

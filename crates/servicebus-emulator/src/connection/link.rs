@@ -42,6 +42,15 @@ pub(super) enum Kind {
 }
 
 impl Link {
+    /// The entity this link is on, if it was deleted since the link attached.
+    pub(super) fn deleted_entity(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Deliver { queue, .. } | Kind::ManagementRequest { queue } => queue.is_deleted().then(|| queue.name()),
+            Kind::Accept { dest } => dest.is_deleted().then(|| dest.name()),
+            Kind::CbsRequest | Kind::Response { .. } | Kind::Coordinator => None,
+        }
+    }
+
     /// The largest message the peer may send on this link: its entity's, else `default`.
     pub(super) fn max_message_size(&self, default: usize) -> usize {
         match &self.kind {

@@ -327,6 +327,21 @@ impl Engine {
         }
         self.expire_link_authorizations(auth::now_secs());
         self.check_session_receivers(tokio::time::Instant::now());
+        self.detach_deleted_entities();
+    }
+
+    /// Detaches the links on entities deleted since they attached, as the service does.
+    fn detach_deleted_entities(&mut self) {
+        let deleted: Vec<(u16, u32, String)> = self
+            .sessions
+            .iter()
+            .flat_map(|(&c, s)| s.links.iter().filter_map(move |(&h, l)| Some((c, h, l.deleted_entity()?.to_string()))))
+            .collect();
+        for (channel, handle, entity) in deleted {
+            let e =
+                error("amqp:not-found", format!("The messaging entity '{entity}' could not be found; it was deleted."));
+            self.detach(channel, handle, Some(e));
+        }
     }
 
     fn on_frame<R: AsyncRead + Unpin>(

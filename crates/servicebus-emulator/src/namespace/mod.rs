@@ -1,27 +1,38 @@
 //! The namespace: its entities, and how link addresses resolve to them.
+//!
+//! The entities are made from the configuration when the emulator starts, and made, changed
+//! and deleted while it runs ([`entities`]: the administration API's operations). A deleted
+//! entity is marked so: the links that hold it are detached at their connection's next tick.
+
+mod entities;
+
+pub(crate) use entities::EntityError;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::time::Instant;
 
 use crate::auth::normalize;
 use crate::config::{Config, TopicProperties};
 use crate::message::StoredMessage;
-use crate::queue::{
-    Duplicates, Inbox, Memory, Queue, QueueCounts, QuotaExceeded, Refused, Routes, SessionIdMissing, Target,
-};
-use crate::rules::{MessageView, Rule, RuleSet};
+use crate::queue::{Duplicates, Inbox, Memory, Queue, QueueCounts, QuotaExceeded, Refused, SessionIdMissing, Target};
+use crate::rules::MessageView;
 
 /// A topic: a message sent to it is copied to each subscription whose rules match.
 #[derive(Debug)]
 pub(crate) struct Topic {
     name: String,
-    subscriptions: HashMap<String, Arc<Queue>>,
+    /// By lowercase name.
+    subscriptions: RwLock<HashMap<String, Arc<Queue>>>,
     /// The message-ids sent inside the window, when the topic detects duplicates.
     duplicates: Option<Mutex<Duplicates>>,
-    /// The largest message a sender may send to it, if it sets one.
-    max_message_size: Option<usize>,
+    properties: RwLock<TopicProperties>,
+    deleted: AtomicBool,
+    /// When it was made, and last changed (ms since the epoch).
+    created_ms: i64,
+    updated_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Where a sender's messages go.
@@ -32,22 +43,55 @@ pub(crate) enum Destination {
 }
 
 impl Topic {
-    fn new(name: &str, properties: &TopicProperties, subscriptions: HashMap<String, Arc<Queue>>) -> Self {
+    fn new(name: &str, properties: &TopicProperties) -> Self {
         let duplicates = properties.duplicate_detection_window.map(|w| Mutex::new(Duplicates::new(w)));
-        Self { name: name.to_string(), subscriptions, duplicates, max_message_size: properties.max_message_size }
+        let now = crate::message::now_ms();
+        Self {
+            name: name.to_string(),
+            subscriptions: RwLock::new(HashMap::new()),
+            duplicates,
+            properties: RwLock::new(properties.clone()),
+            deleted: AtomicBool::new(false),
+            created_ms: now,
+            updated_ms: std::sync::atomic::AtomicI64::new(now),
+        }
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
+    /// Its subscriptions now.
+    pub(crate) fn subscriptions(&self) -> Vec<Arc<Queue>> {
+        self.subscriptions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// One subscription, by name (case-insensitive).
+    pub(crate) fn subscription(&self, name: &str) -> Option<Arc<Queue>> {
+        self.subscriptions.read().unwrap_or_else(|p| p.into_inner()).get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// Its settings now.
+    pub(crate) fn props(&self) -> TopicProperties {
+        self.properties.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// When it was made and last changed (ms since the epoch).
+    pub(crate) fn times_ms(&self) -> (i64, i64) {
+        (self.created_ms, self.updated_ms.load(Ordering::Acquire))
+    }
+
     fn requires_session(&self) -> bool {
-        self.subscriptions.values().any(|s| s.requires_session())
+        self.subscriptions().iter().any(|s| s.requires_session())
     }
 
     /// Refuses `bytes` more if any subscription would pass its `MaxSizeInMegabytes`.
     fn check_room(&self, bytes: u64) -> Result<(), QuotaExceeded> {
-        self.subscriptions.values().try_for_each(|sub| sub.check_room(bytes))
+        self.subscriptions().iter().try_for_each(|sub| sub.check_room(bytes))
     }
 
     /// Copies messages to the subscriptions whose rules match, after dropping duplicates.
@@ -74,7 +118,7 @@ impl Topic {
         };
         let mut seqs = Vec::new();
         let views: Vec<MessageView> = messages.iter().map(|_| MessageView::default()).collect();
-        for sub in self.subscriptions.values() {
+        for sub in self.subscriptions() {
             let copies: Vec<StoredMessage> = match sub.rules() {
                 Some(rules) => messages.iter().zip(&views).flat_map(|(m, v)| rules.route(m, v)).collect(),
                 None => messages.clone(),
@@ -96,6 +140,9 @@ impl Topic {
 
 impl Inbox for Topic {
     fn accept(&self, messages: Vec<StoredMessage>) -> Result<(), (Refused, Vec<StoredMessage>)> {
+        if self.is_deleted() {
+            return Err((Refused::Gone(self.name.clone()), messages));
+        }
         if self.requires_session() && messages.iter().any(|m| m.session_id.is_none()) {
             return Err((SessionIdMissing { entity: self.name.clone() }.into(), messages));
         }
@@ -115,7 +162,15 @@ impl Destination {
     pub(crate) fn max_message_size(&self) -> Option<usize> {
         match self {
             Self::Queue(q) => q.max_message_size(),
-            Self::Topic(t) => t.max_message_size,
+            Self::Topic(t) => t.props().max_message_size,
+        }
+    }
+
+    /// Whether the entity was deleted (its links are detached).
+    pub(crate) fn is_deleted(&self) -> bool {
+        match self {
+            Self::Queue(q) => q.is_deleted(),
+            Self::Topic(t) => t.is_deleted(),
         }
     }
 
@@ -172,16 +227,24 @@ pub(crate) struct NotFound(pub(crate) String);
 #[derive(Debug)]
 pub(crate) struct Namespace {
     name: String,
-    queues: HashMap<String, Arc<Queue>>,
-    topics: HashMap<String, Arc<Topic>>,
-    timers: Vec<tokio::task::JoinHandle<()>>,
+    entities: RwLock<Entities>,
+    timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// What every entity's messages take, together.
     memory: Arc<Memory>,
+    /// When it was made (ms since the epoch).
+    created_ms: i64,
+}
+
+/// Queues and topics, by lowercase name (one name space for both).
+#[derive(Debug, Default)]
+struct Entities {
+    queues: HashMap<String, Arc<Queue>>,
+    topics: HashMap<String, Arc<Topic>>,
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        for t in &self.timers {
+        for t in self.timers.get_mut().unwrap_or_else(|p| p.into_inner()).iter() {
             t.abort();
         }
     }
@@ -191,55 +254,47 @@ impl Namespace {
     /// Creates the entities and starts their timers (needs a Tokio runtime). Together they
     /// hold at most `max_memory` bytes of messages.
     pub(crate) fn new(config: &Config, max_memory: u64) -> Self {
-        let memory = Arc::new(Memory::new(max_memory));
-        let mut ns = Self {
+        let ns = Self {
             name: config.namespace.clone(),
-            queues: HashMap::new(),
-            topics: HashMap::new(),
-            timers: Vec::new(),
-            memory: memory.clone(),
+            entities: RwLock::new(Entities::default()),
+            timers: Mutex::new(Vec::new()),
+            memory: Arc::new(Memory::new(max_memory)),
+            created_ms: crate::message::now_ms(),
         };
+        // Every entity first, then their forwarding links: a target may come later in the file.
+        let made = "the configuration was checked when it loaded";
         for q in &config.queues {
-            let queue = Queue::build(&q.name, q.properties.clone(), None, memory.clone());
-            ns.start_timers(&queue);
-            ns.queues.insert(q.name.to_ascii_lowercase(), queue);
+            ns.add_queue(&q.name, q.properties.clone()).expect(made);
         }
         for t in &config.topics {
-            let mut subscriptions = HashMap::new();
+            ns.add_topic(&t.name, t.properties.clone()).expect(made);
             for s in &t.subscriptions {
-                let rules = t.rules.get(&s.name).into_iter().flatten().cloned().map(Rule::compile);
-                let rules = rules.collect::<Result<Vec<_>, _>>().expect("the configuration checked its rules");
-                let name = format!("{}/Subscriptions/{}", t.name, s.name);
-                let queue = Queue::build(&name, s.properties.clone(), Some(RuleSet::new(rules)), memory.clone());
-                ns.start_timers(&queue);
-                subscriptions.insert(s.name.to_ascii_lowercase(), queue);
+                let rules = t.rules.get(&s.name).cloned().unwrap_or_default();
+                ns.add_subscription(&t.name, &s.name, s.properties.clone(), rules).expect(made);
             }
-            ns.topics.insert(t.name.to_ascii_lowercase(), Arc::new(Topic::new(&t.name, &t.properties, subscriptions)));
         }
         let subscriptions = config.topics.iter().flat_map(|t| t.subscriptions.iter().map(move |s| (Some(t), s)));
         for (topic, q) in config.queues.iter().map(|q| (None, q)).chain(subscriptions) {
-            let p = &q.properties;
-            if p.forward_to.is_none() && p.forward_dead_lettered_messages_to.is_none() {
-                continue;
-            }
             let path = match topic {
                 Some(t) => format!("{}/subscriptions/{}", t.name, q.name),
                 None => q.name.clone(),
             };
-            let Ok((Node::Queue(source), _)) = ns.resolve(&path) else { continue };
-            let target = |name: &Option<String>| name.as_deref().and_then(|n| ns.inbox(n));
-            source.set_routes(Routes {
-                forward_to: target(&p.forward_to),
-                dead_lettered_to: target(&p.forward_dead_lettered_messages_to),
-            });
+            if let Ok((Node::Queue(source), _)) = ns.resolve(&path) {
+                ns.link_routes(&source, &q.properties).expect(made);
+            }
         }
         ns
+    }
+
+    fn entities(&self) -> std::sync::RwLockReadGuard<'_, Entities> {
+        self.entities.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A queue or topic, as a forwarding target.
     fn inbox(&self, name: &str) -> Option<Target> {
         let key = normalize(name);
-        let (name, inbox): (&str, Arc<dyn Inbox>) = match (self.queues.get(&key), self.topics.get(&key)) {
+        let entities = self.entities();
+        let (name, inbox): (&str, Arc<dyn Inbox>) = match (entities.queues.get(&key), entities.topics.get(&key)) {
             (Some(q), _) => (q.name(), q.clone()),
             (None, Some(t)) => (t.name(), t.clone()),
             (None, None) => return None,
@@ -247,15 +302,22 @@ impl Namespace {
         Some(Target::new(name, &inbox))
     }
 
-    fn start_timers(&mut self, queue: &Arc<Queue>) {
-        self.timers.push(tokio::spawn(queue.clone().run_timer()));
+    fn start_timers(&self, queue: &Arc<Queue>) {
+        let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        timers.retain(|t| !t.is_finished());
+        timers.push(tokio::spawn(queue.clone().run_timer()));
         if let Some(dlq) = queue.dead_letter_queue() {
-            self.timers.push(tokio::spawn(dlq.clone().run_timer()));
+            timers.push(tokio::spawn(dlq.clone().run_timer()));
         }
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// When it was made (ms since the epoch).
+    pub(crate) fn created_ms(&self) -> i64 {
+        self.created_ms
     }
 
     /// The bytes the entities' messages take, counted against `--max-memory`.
@@ -279,10 +341,11 @@ impl Namespace {
             Some(p) => (p.strip_suffix("/$transfer").unwrap_or(p), true),
             None => (entity_path, false),
         };
-        let queue = if let Some(q) = self.queues.get(entity_path) {
+        let entities = self.entities();
+        let queue = if let Some(q) = entities.queues.get(entity_path) {
             Some(q.clone())
         } else if let Some((topic, sub)) = entity_path.split_once("/subscriptions/") {
-            Some(self.topics.get(topic).and_then(|t| t.subscriptions.get(sub)).cloned().ok_or_else(not_found)?)
+            Some(entities.topics.get(topic).and_then(|t| t.subscription(sub)).ok_or_else(not_found)?)
         } else {
             None
         };
@@ -293,7 +356,7 @@ impl Namespace {
             }
             (Some(q), false, true) => Node::Management(q),
             (Some(q), false, false) => Node::Queue(q),
-            (None, false, false) => Node::Topic(self.topics.get(entity_path).cloned().ok_or_else(not_found)?),
+            (None, false, false) => Node::Topic(entities.topics.get(entity_path).cloned().ok_or_else(not_found)?),
             (None, _, _) => return Err(not_found()),
         };
         Ok((node, path))

@@ -267,4 +267,43 @@ mod moving {
         drain(&ns, "b");
         assert_eq!(ns.memory_used(), 0, "what leaves gives its share back");
     }
+
+    #[tokio::test]
+    async fn entities_are_made_changed_and_deleted_while_the_namespace_serves() {
+        use crate::namespace::EntityError;
+        use crate::queue::QueueProperties;
+        let ns = namespace(r#"{"Name":"q"}"#, "");
+        assert_eq!(ns.add_queue("Q", QueueProperties::default()).unwrap_err(), EntityError::AlreadyExists("Q".into()));
+        assert!(matches!(ns.add_topic("q", Default::default()), Err(EntityError::AlreadyExists(_))), "one name space");
+        ns.add_topic("t", Default::default()).unwrap();
+        let sub = ns.add_subscription("T", "s", QueueProperties::default(), vec![]).unwrap();
+        assert_eq!(sub.name(), "t/Subscriptions/s");
+        send(&ns, "t", vec![message("1", 1)]);
+        assert_eq!(drain(&ns, "t/subscriptions/s").len(), 1, "a new subscription takes the topic's messages at once");
+
+        let forward = QueueProperties { forward_to: Some("nowhere".into()), ..Default::default() };
+        let made = ns.add_queue("fwd", QueueProperties::default()).unwrap();
+        let e = ns.update_queue(&made, forward).unwrap_err();
+        assert!(e.to_string().contains("ForwardTo of 'fwd' names 'nowhere'"), "{e}");
+        ns.update_queue(&made, QueueProperties { forward_to: Some("T".into()), ..Default::default() }).unwrap();
+        send(&ns, "fwd", vec![message("2", 1)]);
+        assert_eq!(drain(&ns, "t/subscriptions/s").len(), 1, "forwarding set by an update");
+        let sessions = QueueProperties { requires_session: true, ..Default::default() };
+        assert!(matches!(ns.update_queue(&made, sessions), Err(EntityError::Immutable { key: "RequiresSession", .. })));
+
+        let q = queue(&ns, "q");
+        send(&ns, "q", vec![message("3", 1)]);
+        ns.delete("q").unwrap();
+        assert!(q.is_deleted() && ns.resolve("q").is_err());
+        send(&ns, "fwd", vec![message("4", 1)]);
+        ns.delete("t").unwrap();
+        assert!(sub.is_deleted() && ns.resolve("t/subscriptions/s").is_err());
+        send(&ns, "fwd", vec![message("5", 1)]);
+        let dead = drain(&ns, "fwd/$DeadLetterQueue");
+        assert_eq!(dead.iter().map(id).collect::<Vec<_>>(), ["5"], "forwarding to a deleted topic dead-letters");
+        assert_eq!(ns.delete("t").unwrap_err(), EntityError::NotFound("t".into()));
+        send(&ns, "fwd", vec![message("6", 1)]);
+        let size = message("6", 1).size as u64;
+        assert_eq!(ns.memory_used(), crate::queue::Memory::cost(1, size), "a deleted entity's messages are let go");
+    }
 }

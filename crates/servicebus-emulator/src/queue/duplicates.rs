@@ -45,6 +45,11 @@ impl Duplicates {
             .collect()
     }
 
+    /// Changes the window (an entity's update); what is remembered stays.
+    pub(crate) fn set_window(&mut self, window: Duration) {
+        self.window = window;
+    }
+
     /// Remembers the message-ids of messages the entity took.
     pub(crate) fn record(&mut self, messages: &[StoredMessage], now: Instant) {
         for id in messages.iter().filter_map(|m| m.message_id.as_ref()) {

@@ -153,6 +153,9 @@ pub(crate) struct Routes {
 
 impl Inbox for super::Queue {
     fn accept(&self, messages: Vec<StoredMessage>) -> Result<(), (Refused, Vec<StoredMessage>)> {
+        if self.is_deleted() {
+            return Err((Refused::Gone(self.name().to_string()), messages));
+        }
         if self.requires_session() && messages.iter().any(|m| m.session_id.is_none()) {
             return Err((SessionIdMissing { entity: self.name().to_string() }.into(), messages));
         }

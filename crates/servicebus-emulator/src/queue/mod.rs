@@ -177,7 +177,8 @@ impl State {
 /// A queue, subscription, or dead-letter queue.
 pub(crate) struct Queue {
     name: String,
-    properties: QueueProperties,
+    /// Its settings; an update replaces them (`RequiresSession` never changes).
+    properties: RwLock<QueueProperties>,
     dead_letter: Option<Arc<Queue>>,
     /// A subscription's rules (none for queues and dead-letter queues).
     rules: Option<RuleSet>,
@@ -185,6 +186,12 @@ pub(crate) struct Queue {
     routes: RwLock<Routes>,
     state: Mutex<State>,
     timer: Notify,
+    /// Deleted from its namespace: its links are detached, forwarding to it is refused, and
+    /// its timer stops.
+    deleted: std::sync::atomic::AtomicBool,
+    /// When it was made, and last changed (ms since the epoch).
+    created_ms: i64,
+    updated_ms: std::sync::atomic::AtomicI64,
 }
 
 /// A queue's state, locked. Releasing it wakes the receivers a change made ready and moves
@@ -266,7 +273,7 @@ impl Queue {
         let duplicates = properties.duplicate_detection_window.map(Duplicates::new);
         Self {
             name: name.to_string(),
-            properties,
+            properties: RwLock::new(properties),
             dead_letter,
             rules: None,
             routes: RwLock::new(Routes::default()),
@@ -286,20 +293,70 @@ impl Queue {
                 memory,
             }),
             timer: Notify::new(),
+            deleted: std::sync::atomic::AtomicBool::new(false),
+            created_ms: now_ms(),
+            updated_ms: std::sync::atomic::AtomicI64::new(now_ms()),
         }
+    }
+
+    /// Takes it out of service: it is no longer in its namespace, and its messages (and its
+    /// dead-letter queue's) are gone.
+    pub(crate) fn delete(&self) {
+        for q in std::iter::once(self).chain(self.dead_letter.as_deref()) {
+            q.deleted.store(true, std::sync::atomic::Ordering::Release);
+            q.timer.notify_one();
+            let waiters = {
+                let mut st = q.lock();
+                let all: Vec<i64> = st.entries.keys().copied().collect();
+                for seq in all {
+                    st.remove_entry(&seq);
+                }
+                st.locks.clear();
+                st.outbox.clear();
+                std::mem::take(&mut st.waiters)
+            };
+            // Receivers waiting for a message look again, and find it gone.
+            waiters.into_iter().for_each(|w| w());
+        }
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// When it was made and last changed (ms since the epoch).
+    pub(crate) fn times_ms(&self) -> (i64, i64) {
+        (self.created_ms, self.updated_ms.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Replaces its settings. `RequiresSession` and duplicate detection being on or off are
+    /// fixed when it is made (as on the service); the caller checked that they do not change.
+    pub(crate) fn update(&self, properties: QueueProperties) {
+        let window = properties.duplicate_detection_window;
+        *self.properties.write().unwrap_or_else(|p| p.into_inner()) = properties;
+        if let (Some(window), Some(d)) = (window, self.lock().duplicates.as_mut()) {
+            d.set_window(window);
+        }
+        self.updated_ms.store(now_ms(), std::sync::atomic::Ordering::Release);
+        self.timer.notify_one();
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
+    /// Its settings now.
+    pub(crate) fn props(&self) -> std::sync::RwLockReadGuard<'_, QueueProperties> {
+        self.properties.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The largest message a sender may send here, if the entity sets one.
     pub(crate) fn max_message_size(&self) -> Option<usize> {
-        self.properties.max_message_size
+        self.props().max_message_size
     }
 
     pub(crate) fn requires_session(&self) -> bool {
-        self.properties.requires_session
+        self.props().requires_session
     }
 
     /// A subscription's rules; `None` for a queue.
@@ -378,7 +435,7 @@ impl Queue {
 
     /// The most this entity holds, in bytes.
     fn max_bytes(&self) -> u64 {
-        self.properties.max_size_megabytes.saturating_mul(1024 * 1024)
+        self.props().max_size_megabytes.saturating_mul(1024 * 1024)
     }
 
     /// Refuses `bytes` more if they would pass `MaxSizeInMegabytes`.
@@ -474,7 +531,7 @@ impl Queue {
     /// A message's time to live here, in ms: its own, but no longer than the entity's default
     /// (the service shortens a longer one silently); `None` is forever.
     fn ttl_ms(&self, msg: &StoredMessage) -> Option<i64> {
-        let default = self.properties.default_message_ttl.map(millis);
+        let default = self.props().default_message_ttl.map(millis);
         match (msg.header.ttl.map(i64::from), default) {
             (Some(own), Some(default)) => Some(own.min(default)),
             (own, default) => own.or(default),
@@ -484,7 +541,7 @@ impl Queue {
     /// The message session a message belongs to here: its session id, in an entity that
     /// requires sessions (one sent without, through a test hook, is in session "").
     fn session_of(&self, msg: &StoredMessage) -> Option<String> {
-        self.properties.requires_session.then(|| msg.session_id.clone().unwrap_or_default())
+        self.props().requires_session.then(|| msg.session_id.clone().unwrap_or_default())
     }
 
     /// Takes the next available message (of `session`, for a session receiver), or registers
@@ -521,7 +578,7 @@ impl Queue {
         let now = now_ms();
         if let Some(claim) = session {
             Self::check_claim(st, claim)?;
-        } else if self.properties.requires_session {
+        } else if self.props().requires_session {
             return Ok(None); // Only session receivers take from an entity that requires sessions.
         }
         loop {
@@ -561,8 +618,8 @@ impl Queue {
         let (until, until_ms) = match session_lock {
             Some(until_ms) => (far_future(now), until_ms),
             None => (
-                instant_after(now, self.properties.lock_duration),
-                now_ms().saturating_add(millis(self.properties.lock_duration)),
+                instant_after(now, self.props().lock_duration),
+                now_ms().saturating_add(millis(self.props().lock_duration)),
             ),
         };
         let entry = st.entries.get_mut(&seq).expect("callers pass a present entry");
@@ -640,7 +697,7 @@ impl Queue {
             entry.state = EntryState::Deferred;
             return;
         }
-        if entry.delivery_count >= self.properties.max_delivery_count {
+        if entry.delivery_count >= self.props().max_delivery_count {
             let entry = st.remove_entry(&seq).expect("present: matched above");
             self.dead_letter(
                 st,
@@ -648,7 +705,7 @@ impl Queue {
                 Some("MaxDeliveryCountExceeded".into()),
                 Some(format!(
                     "Message could not be consumed after {} delivery attempts.",
-                    self.properties.max_delivery_count
+                    self.props().max_delivery_count
                 )),
                 Vec::new(),
             );
@@ -723,8 +780,8 @@ impl Queue {
         let mut st = self.lock();
         let seq = *st.locks.get(&token).ok_or(SettleError::LockLost)?;
         let now = Instant::now();
-        let until = instant_after(now, self.properties.lock_duration);
-        let until_ms = now_ms().saturating_add(millis(self.properties.lock_duration));
+        let until = instant_after(now, self.props().lock_duration);
+        let until_ms = now_ms().saturating_add(millis(self.props().lock_duration));
         let entry = st.entries.get_mut(&seq).ok_or(SettleError::LockLost)?;
         if entry.session.is_some() {
             return Err(SettleError::SessionMessage);
@@ -769,7 +826,7 @@ impl Queue {
         session: Option<&SessionClaim>,
     ) -> Result<Vec<Delivery>, DeferredError> {
         let mut st = self.lock();
-        if self.properties.requires_session {
+        if self.props().requires_session {
             let claim = session.ok_or(DeferredError::SessionRequired)?;
             Self::check_claim(&st, claim).map_err(DeferredError::Session)?;
         }
@@ -777,7 +834,7 @@ impl Queue {
             let entry = st.entries.get(seq);
             let in_session = entry.is_some_and(|e| e.session.as_deref() == session.map(|c| c.id.as_str()));
             let deferred = matches!(entry.map(|e| e.state), Some(EntryState::Deferred));
-            if !deferred || (self.properties.requires_session && !in_session) {
+            if !deferred || (self.props().requires_session && !in_session) {
                 return Err(DeferredError::NotDeferred(*seq));
             }
         }
@@ -811,6 +868,11 @@ impl Queue {
             st.remove_entry(seq);
         }
         Ok(())
+    }
+
+    /// The bytes its messages take, as sent (what counts against `MaxSizeInMegabytes`).
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.lock().bytes
     }
 
     /// Counts of messages by state.
@@ -867,7 +929,7 @@ impl Queue {
     /// Removes an expired message: to the dead-letter queue, or dropped.
     fn expire_message(&self, st: &mut State, seq: i64) {
         let Some(entry) = st.remove_entry(&seq) else { return };
-        if self.properties.dead_lettering_on_message_expiration {
+        if self.props().dead_lettering_on_message_expiration {
             self.dead_letter(
                 st,
                 entry,
@@ -882,7 +944,7 @@ impl Queue {
 
     /// Runs time-driven changes forever; the namespace aborts the task when it shuts down.
     pub(crate) async fn run_timer(self: Arc<Self>) {
-        loop {
+        while !self.is_deleted() {
             let next = self.run_deadlines();
             let notified = self.timer.notified();
             match next {

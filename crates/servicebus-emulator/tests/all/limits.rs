@@ -88,7 +88,8 @@ async fn a_full_entity_refuses_sends_with_resource_limit_exceeded() -> anyhow::R
     let config = Config {
         queues: vec![small("q")],
         topics: vec![servicebus_emulator::TopicConfig {
-            properties: Default::default(),
+            // A topic's size applies to each of its subscriptions.
+            properties: servicebus_emulator::TopicProperties { max_size_megabytes: 1, ..Default::default() },
             name: "t".into(),
             subscriptions: vec![small("s")],
             rules: Default::default(),

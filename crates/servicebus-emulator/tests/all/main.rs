@@ -5,6 +5,7 @@ mod attacks;
 mod cli;
 mod frames;
 mod limits;
+mod management;
 mod node_sdk;
 mod python_sdk;
 mod scopes;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use servicebus_emulator::{Config, Emulator, TopicConfig};
 
-use super::support::{queue, queue_with, session_queue, with_moving_entities};
+use super::support::{admin_connection_string, queue, queue_with, session_queue, with_moving_entities};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_sdk_works_against_the_emulator() -> anyhow::Result<()> {
@@ -32,17 +32,25 @@ async fn the_node_sdk_works_against_the_emulator() -> anyhow::Result<()> {
             rules: Default::default(),
         },
     ];
+    // The administration client speaks HTTPS only: the management endpoint has a certificate.
+    let cert = super::tls::TestCert::new();
     let emulator = Emulator::builder()
         .config(with_moving_entities(Config { queues, topics, ..Config::default() }))
         .bind("127.0.0.1:0".parse()?)
+        .tls(cert.cert(), cert.key(), "127.0.0.1:0".parse()?)
+        .management("127.0.0.1:0".parse()?)
         .start()
         .await?;
+    let management = emulator.management_addr().expect("the management endpoint is on");
 
-    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/test_sdk.cjs");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+    let files = ["test_sdk.cjs", "test_admin.cjs"].map(|f| format!("{dir}/{f}"));
     let output = tokio::process::Command::new(xtask::node::node())
         .args(["--test", "--test-reporter=spec", "--test-concurrency=1"])
-        .arg(tests)
+        .args(&files)
         .env("NODE_PATH", &modules)
+        .env("NODE_EXTRA_CA_CERTS", cert.cert())
+        .env("EMULATOR_ADMIN_CONNECTION_STRING", admin_connection_string(management))
         .env("EMULATOR_CONNECTION_STRING", emulator.connection_string())
         .output()
         .await?;
@@ -58,7 +66,10 @@ async fn the_node_sdk_works_against_the_emulator() -> anyhow::Result<()> {
         output.status.success() && failed == Some(0),
         "node --test failed: {passed:?} passed, {failed:?} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
-    let cases = std::fs::read_to_string(tests)?.lines().filter(|l| l.starts_with("test(")).count();
+    let mut cases = 0;
+    for file in &files {
+        cases += std::fs::read_to_string(file)?.lines().filter(|l| l.starts_with("test(")).count();
+    }
     assert_eq!(passed, Some(cases as u32), "every case must run\n{stdout}");
     assert_eq!(count("skipped"), Some(0), "no case may be skipped\n{stdout}");
     Ok(())

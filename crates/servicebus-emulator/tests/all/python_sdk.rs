@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use servicebus_emulator::{Config, Emulator, Keys, Rights};
 
-use super::support::{queue, queue_with, session_queue, with_moving_entities};
+use super::support::{admin_connection_string, queue, queue_with, session_queue, with_moving_entities};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
@@ -27,18 +27,25 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
         "listen-only-secret",
         Rights::LISTEN,
     );
+    // The administration client speaks HTTPS only: the management endpoint has a certificate.
+    let cert = super::tls::TestCert::new();
     let emulator = Emulator::builder()
         .config(with_moving_entities(Config { queues: config, ..Config::default() }))
         .keys(keys)
         .bind("127.0.0.1:0".parse()?)
         .websocket("127.0.0.1:0".parse()?)
+        .tls(cert.cert(), cert.key(), "127.0.0.1:0".parse()?)
+        .management("127.0.0.1:0".parse()?)
         .start()
         .await?;
+    let management = emulator.management_addr().expect("the management endpoint is on");
 
-    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/test_sdk.py");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
     let output = tokio::process::Command::new(&python)
         .args(["-m", "pytest", "-v", "-p", "no:cacheprovider"])
-        .arg(tests)
+        .args([format!("{dir}/test_sdk.py"), format!("{dir}/test_admin.py")])
+        .env("EMULATOR_ADMIN_CONNECTION_STRING", admin_connection_string(management))
+        .env("EMULATOR_CA", cert.cert())
         .env("EMULATOR_CONNECTION_STRING", emulator.connection_string())
         .env("EMULATOR_ENDPOINT", format!("sb://{}", emulator.local_addr()))
         .env("EMULATOR_WS_ENDPOINT", format!("sb://{}", emulator.ws_addr().expect("the WebSocket listener is on")))
@@ -52,5 +59,11 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
     let summary = stdout.lines().rev().find(|l| l.contains("passed") || l.contains("failed")).unwrap_or("");
     assert!(output.status.success(), "pytest failed: {summary}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(!summary.contains("skipped"), "no case may be skipped: {summary}");
+    let mut cases = 0;
+    for file in ["test_sdk.py", "test_admin.py"] {
+        cases +=
+            std::fs::read_to_string(format!("{dir}/{file}"))?.lines().filter(|l| l.starts_with("def test_")).count();
+    }
+    assert!(summary.contains(&format!(" {cases} passed")), "every case must run ({cases}): {summary}\n{stdout}");
     Ok(())
 }

@@ -35,6 +35,14 @@ pub(crate) fn with_moving_entities(mut config: Config) -> Config {
     config
 }
 
+/// The connection string of the administration client for a management endpoint: HTTPS at
+/// `addr`, with the default key (the SDKs' administration clients take the endpoint's host
+/// and port from `Endpoint`).
+pub(crate) fn admin_connection_string(addr: std::net::SocketAddr) -> String {
+    use servicebus_emulator::auth::{DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE};
+    format!("Endpoint=sb://{addr};SharedAccessKeyName={DEFAULT_KEY_NAME};SharedAccessKey={DEFAULT_KEY_VALUE}")
+}
+
 /// Starts an emulator on 127.0.0.1:0 with these queues.
 pub(crate) async fn start(queues: Vec<QueueConfig>) -> Emulator {
     let config = Config { queues, ..Config::default() };

@@ -12,54 +12,11 @@
 
 const { test } = require("node:test");
 const assert = require("node:assert/strict");
+
 const { ServiceBusClient } = require("@azure/service-bus");
+const { CS, client, withClient, send, receive, sleep, failure } = require("./helpers.cjs");
 
-const CS = process.env.EMULATOR_CONNECTION_STRING;
 const LOCK_SECONDS = 60;
-
-function client(options) {
-  return new ServiceBusClient(CS, options);
-}
-
-async function withClient(body, options) {
-  const c = client(options);
-  try {
-    await body(c);
-  } finally {
-    await c.close();
-  }
-}
-
-async function send(c, entity, ...messages) {
-  const sender = c.createSender(entity);
-  try {
-    await sender.sendMessages(messages.length === 1 ? messages[0] : messages);
-  } finally {
-    await sender.close();
-  }
-}
-
-/** Receives until `n` messages arrived or `waitMs` passed. */
-async function receive(receiver, n, waitMs = 5000) {
-  const got = [];
-  const deadline = Date.now() + waitMs;
-  while (got.length < n && Date.now() < deadline) {
-    got.push(...(await receiver.receiveMessages(n - got.length, { maxWaitTimeInMs: 1000 })));
-  }
-  return got;
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Runs `body` and returns the error it throws (failing if it throws none). */
-async function failure(body) {
-  try {
-    await body();
-  } catch (e) {
-    return e;
-  }
-  assert.fail("expected an error");
-}
 
 test("send one, a list and a batch; receive in peek-lock and complete", () =>
   withClient(async (c) => {
