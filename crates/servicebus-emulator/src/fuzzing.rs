@@ -43,7 +43,8 @@ fn world() -> &'static World {
             }],
             ..Config::default()
         };
-        let namespace = runtime.block_on(async { Arc::new(Namespace::new(&config, u64::MAX)) });
+        let namespace = runtime
+            .block_on(async { Arc::new(Namespace::new(&config, u64::MAX).expect("the fuzzing namespace is valid")) });
         let keys = Keys::default().with_rights("sender", "sender-key", Rights::SEND);
         let shared = Arc::new(Shared { namespace, keys, max_message_size: 256 * 1024, limits: Limits::default() });
         World { runtime, shared }
@@ -57,7 +58,7 @@ pub fn admin(bytes: &[u8]) {
     world.runtime.block_on(async {
         let config = Config { queues: vec![], ..Config::default() };
         let shared = Shared {
-            namespace: Arc::new(Namespace::new(&config, 16 << 20)),
+            namespace: Arc::new(Namespace::new(&config, 16 << 20).expect("an empty namespace is valid")),
             keys: Keys::default(),
             max_message_size: 256 * 1024,
             limits: Limits::default(),

@@ -106,6 +106,10 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The entities cannot be made as configured (a name used twice, a rule that does not
+    /// compile, a forwarding target that is not a queue or topic).
+    #[error("the configuration cannot be served: {0}")]
+    Config(String),
     /// The TLS certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
@@ -364,7 +368,10 @@ impl EmulatorBuilder {
         let local_addr = addr_of(false, false).expect("the plain listener is always bound");
         let (tls_addr, ws_addr, wss_addr) = (addr_of(true, false), addr_of(false, true), addr_of(true, true));
         let shared = Arc::new(Shared {
-            namespace: Arc::new(namespace::Namespace::new(&self.config, self.max_memory)),
+            namespace: Arc::new(
+                namespace::Namespace::new(&self.config, self.max_memory)
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            ),
             keys: self.keys.or_else(|| self.config.keys.clone()).unwrap_or_default(),
             max_message_size: self.max_message_size,
             limits: self.limits,

@@ -7,7 +7,7 @@ use crate::namespace::Namespace;
 
 fn shared() -> Shared {
     Shared {
-        namespace: Arc::new(Namespace::new(&Config { queues: vec![], ..Config::default() }, u64::MAX)),
+        namespace: Arc::new(Namespace::new(&Config { queues: vec![], ..Config::default() }, u64::MAX).unwrap()),
         keys: Keys::default().with_rights("listener", "listen-key", Rights::LISTEN),
         max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
         limits: crate::Limits::default(),

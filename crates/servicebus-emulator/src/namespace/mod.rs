@@ -252,8 +252,9 @@ impl Drop for Namespace {
 
 impl Namespace {
     /// Creates the entities and starts their timers (needs a Tokio runtime). Together they
-    /// hold at most `max_memory` bytes of messages.
-    pub(crate) fn new(config: &Config, max_memory: u64) -> Self {
+    /// hold at most `max_memory` bytes of messages. A configuration loaded from a file was
+    /// checked already; one built in code is checked here (names, rules, forwarding targets).
+    pub(crate) fn new(config: &Config, max_memory: u64) -> Result<Self, EntityError> {
         let ns = Self {
             name: config.namespace.clone(),
             entities: RwLock::new(Entities::default()),
@@ -262,15 +263,14 @@ impl Namespace {
             created_ms: crate::message::now_ms(),
         };
         // Every entity first, then their forwarding links: a target may come later in the file.
-        let made = "the configuration was checked when it loaded";
         for q in &config.queues {
-            ns.add_queue(&q.name, q.properties.clone()).expect(made);
+            ns.add_queue(&q.name, q.properties.clone())?;
         }
         for t in &config.topics {
-            ns.add_topic(&t.name, t.properties.clone()).expect(made);
+            ns.add_topic(&t.name, t.properties.clone())?;
             for s in &t.subscriptions {
                 let rules = t.rules.get(&s.name).cloned().unwrap_or_default();
-                ns.add_subscription(&t.name, &s.name, s.properties.clone(), rules).expect(made);
+                ns.add_subscription(&t.name, &s.name, s.properties.clone(), rules)?;
             }
         }
         let subscriptions = config.topics.iter().flat_map(|t| t.subscriptions.iter().map(move |s| (Some(t), s)));
@@ -280,10 +280,10 @@ impl Namespace {
                 None => q.name.clone(),
             };
             if let Ok((Node::Queue(source), _)) = ns.resolve(&path) {
-                ns.link_routes(&source, &q.properties).expect(made);
+                ns.link_routes(&source, &q.properties)?;
             }
         }
-        ns
+        Ok(ns)
     }
 
     fn entities(&self) -> std::sync::RwLockReadGuard<'_, Entities> {

@@ -12,7 +12,7 @@ fn ns() -> Namespace {
         subscriptions: vec![QueueConfig { name: "audit".into(), properties: Default::default() }],
         rules: Default::default(),
     });
-    Namespace::new(&c, u64::MAX)
+    Namespace::new(&c, u64::MAX).unwrap()
 }
 
 #[tokio::test]
@@ -65,7 +65,7 @@ mod moving {
     fn namespace_within(queues: &str, topics: &str, max_memory: u64) -> Namespace {
         let text =
             format!(r#"{{"UserConfig":{{"Namespaces":[{{"Name":"n","Queues":[{queues}],"Topics":[{topics}]}}]}}}}"#);
-        Namespace::new(&Config::parse(&text, "test").unwrap(), max_memory)
+        Namespace::new(&Config::parse(&text, "test").unwrap(), max_memory).unwrap()
     }
 
     fn message(id: &str, size: usize) -> StoredMessage {
@@ -306,4 +306,16 @@ mod moving {
         let size = message("6", 1).size as u64;
         assert_eq!(ns.memory_used(), crate::queue::Memory::cost(1, size), "a deleted entity's messages are let go");
     }
+}
+
+#[tokio::test]
+async fn a_configuration_built_in_code_is_checked_when_the_namespace_is_made() {
+    let queue = |name: &str| QueueConfig { name: name.into(), properties: Default::default() };
+    let twice = Config { queues: vec![queue("a"), queue("A")], ..Config::default() };
+    assert_eq!(Namespace::new(&twice, u64::MAX).unwrap_err().to_string(), "The messaging entity 'A' already exists.");
+    let mut forwards = queue("a");
+    forwards.properties.forward_to = Some("nowhere".into());
+    let dangling = Config { queues: vec![forwards], ..Config::default() };
+    let e = Namespace::new(&dangling, u64::MAX).unwrap_err().to_string();
+    assert!(e.contains("ForwardTo of 'a' names 'nowhere'"), "{e}");
 }
