@@ -295,6 +295,8 @@ mod moving {
         send(&ns, "q", vec![message("3", 1)]);
         ns.delete("q").unwrap();
         assert!(q.is_deleted() && ns.resolve("q").is_err());
+        q.enqueue(vec![message("late", 1)]).unwrap();
+        assert_eq!(q.counts(), QueueCounts::default(), "a send racing the delete is gone with the entity");
         send(&ns, "fwd", vec![message("4", 1)]);
         ns.delete("t").unwrap();
         assert!(sub.is_deleted() && ns.resolve("t/subscriptions/s").is_err());

@@ -461,6 +461,12 @@ impl Queue {
     /// they are handed back. Duplicates (with duplicate detection) are accepted and dropped;
     /// with `ForwardTo`, the messages due now move on as the lock is released.
     fn store(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, (QuotaExceeded, Vec<StoredMessage>)> {
+        if self.is_deleted() {
+            // A send that raced the entity's deletion: it is gone with the entity's messages
+            // (its link is detached at the connection's next tick).
+            tracing::debug!(queue = %self.name, count = messages.len(), "messages for a deleted entity dropped");
+            return Ok(Vec::new());
+        }
         let now = now_ms();
         let instant_now = Instant::now();
         let forwards = self.forwards();
