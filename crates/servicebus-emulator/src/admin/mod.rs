@@ -285,6 +285,9 @@ impl Ctx<'_> {
                 Err(e) => e.into(),
             },
             "PUT" => {
+                if let Err(e) = crate::config::check_entity_name(name) {
+                    return failure(400, e);
+                }
                 let description = match body(request).and_then(|b| atom::parse_entry(b, "")) {
                     Ok(d) => d,
                     Err(e) => return failure(400, e),
@@ -364,6 +367,12 @@ impl Ctx<'_> {
                 Err(e) => e.into(),
             },
             "PUT" => {
+                if let Err(e) = crate::config::check_entity_name(name).and_then(|()| match name.contains('/') {
+                    true => Err(format!("invalid subscription name {name:?}: a subscription's name has no '/'")),
+                    false => Ok(()),
+                }) {
+                    return failure(400, e);
+                }
                 let (properties, default_rule) = match body(request).and_then(|b| atom::parse_entry(b, "")) {
                     Ok(Description::Subscription { properties, default_rule }) => (properties, default_rule),
                     Ok(_) => return failure(400, format!("/{path} takes a SubscriptionDescription")),

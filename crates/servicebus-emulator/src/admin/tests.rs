@@ -77,6 +77,11 @@ async fn a_queue_is_made_read_listed_changed_and_deleted() {
     assert_eq!(made.status, 201, "{}", made.body);
     assert!(made.body.contains("<MaxDeliveryCount>3</MaxDeliveryCount>"), "{}", made.body);
     assert_eq!(handle(&put, &shared).status, 409, "made twice");
+    for bad in ["-x", "a$b/$DeadLetterQueue", "a%20b"] {
+        let refused = handle(&admin("PUT", bad, &entry("<QueueDescription/>")), &shared);
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
+        assert!(refused.body.contains("invalid entity name"), "{}", refused.body);
+    }
     let got = handle(&admin("GET", "ORDERS", ""), &shared);
     assert!(got.body.contains("<title type=\"text\">orders</title>"), "{}", got.body);
     let listed = handle(&admin("GET", "$Resources/queues", ""), &shared);

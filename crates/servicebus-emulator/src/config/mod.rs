@@ -308,17 +308,23 @@ struct EntityName(String);
 impl<'de> Deserialize<'de> for EntityName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
-        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/');
-        let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if name.is_empty() || name.len() > 260 || !name.chars().all(ok_char) || !edges_ok {
-            return Err(serde::de::Error::custom(format!(
-                "invalid entity name {name:?}: use letters, digits, '_', '-', '.' and '/', \
-                 starting and ending with a letter or digit, at most 260 characters"
-            )));
-        }
+        check_entity_name(&name).map_err(serde::de::Error::custom)?;
         Ok(Self(name))
     }
+}
+
+/// Refuses a queue, topic or subscription name the service refuses.
+pub(crate) fn check_entity_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/');
+    let edges_ok =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 260 || !name.chars().all(ok_char) || !edges_ok {
+        return Err(format!(
+            "invalid entity name {name:?}: use letters, digits, '_', '-', '.' and '/', \
+             starting and ending with a letter or digit, at most 260 characters"
+        ));
+    }
+    Ok(())
 }
 
 /// A whole number in `range`; the error names `key` and the range.
