@@ -380,13 +380,13 @@ pub(super) fn subscription_entry(base: &str, host: &str, topic: &str, name: &str
 /// A rule's entry.
 pub(super) fn rule_entry(base: &str, topic: &str, subscription: &str, rule: &RuleConfig, created: i64) -> String {
     let filter = match &rule.filter {
-        RuleFilter::Sql(sql) => sql_xml("SqlFilter", sql),
-        RuleFilter::True => sql_xml("TrueFilter", "1=1"),
-        RuleFilter::False => sql_xml("FalseFilter", "1=0"),
+        RuleFilter::Sql(sql) => sql_xml("Filter", "SqlFilter", sql),
+        RuleFilter::True => sql_xml("Filter", "TrueFilter", "1=1"),
+        RuleFilter::False => sql_xml("Filter", "FalseFilter", "1=0"),
         RuleFilter::Correlation(c) => correlation_xml(c),
     };
     let action = match &rule.action {
-        Some(sql) => sql_xml("SqlRuleAction", sql).replace("<Filter ", "<Action ").replace("</Filter>", "</Action>"),
+        Some(sql) => sql_xml("Action", "SqlRuleAction", sql),
         None => r#"<Action i:type="EmptyRuleAction"/>"#.to_string(),
     };
     let d = format!(
@@ -398,9 +398,10 @@ pub(super) fn rule_entry(base: &str, topic: &str, subscription: &str, rule: &Rul
     entry(base, &path, &rule.name, (created, created), &d)
 }
 
-fn sql_xml(kind: &str, sql: &str) -> String {
+/// A SQL filter or action: `<{name} i:type="{kind}">` with its expression.
+fn sql_xml(name: &str, kind: &str, sql: &str) -> String {
     format!(
-        r#"<Filter i:type="{kind}">{}<CompatibilityLevel>20</CompatibilityLevel></Filter>"#,
+        r#"<{name} i:type="{kind}">{}<CompatibilityLevel>20</CompatibilityLevel></{name}>"#,
         element("SqlExpression", sql)
     )
 }

@@ -253,22 +253,31 @@ impl Ctx<'_> {
         Response::new(200, ATOM_FEED, atom::feed(&self.base, path, "Publicly Listed Services", &[]))
     }
 
-    fn page(&self, request: &Request, path: &str, title: &str, entries: Vec<String>) -> Response {
+    /// The page of `items` that `$skip` and `$top` ask for, each rendered (only those).
+    fn page<T>(
+        &self,
+        request: &Request,
+        path: &str,
+        title: &str,
+        items: &[T],
+        render: impl Fn(&T) -> String,
+    ) -> Response {
         let number = |name: &str, default: usize| request.query(name).and_then(|v| v.parse().ok()).unwrap_or(default);
         let (skip, top) = (number("$skip", 0), number("$top", DEFAULT_PAGE));
-        let page: Vec<String> = entries.into_iter().skip(skip).take(top).collect();
+        let page: Vec<String> = items.iter().skip(skip).take(top).map(render).collect();
         Response::new(200, ATOM_FEED, atom::feed(&self.base, path, title, &page))
     }
 
     fn list(&self, kind: Listed, request: &Request) -> Response {
         let (queues, topics) = self.shared.namespace.all();
-        let (path, entries) = match kind {
-            Listed::Queues => {
-                ("$Resources/queues", queues.iter().map(|q| atom::queue_entry(&self.base, &self.host, q)).collect())
+        match kind {
+            Listed::Queues => self.page(request, "$Resources/queues", "queues", &queues, |q| {
+                atom::queue_entry(&self.base, &self.host, q)
+            }),
+            Listed::Topics => {
+                self.page(request, "$Resources/topics", "topics", &topics, |t| atom::topic_entry(&self.base, t))
             }
-            Listed::Topics => ("$Resources/topics", topics.iter().map(|t| atom::topic_entry(&self.base, t)).collect()),
-        };
-        self.page(request, path, path.trim_start_matches("$Resources/"), entries)
+        }
     }
 
     /// A queue or topic: get, create or update (`If-Match`), delete.
@@ -315,36 +324,23 @@ impl Ctx<'_> {
 
     fn put_queue(&self, name: &str, properties: crate::queue::QueueProperties, update: bool) -> Response {
         let ns = &self.shared.namespace;
-        let queue = if update {
-            match ns.queue(name).and_then(|q| ns.update_queue(&q, properties).map(|()| q)) {
-                Ok(q) => q,
-                Err(e) => return e.into(),
-            }
-        } else {
-            let made = ns.add_queue(name, properties.clone()).and_then(|q| match ns.link_routes(&q, &properties) {
-                Ok(()) => Ok(q),
-                Err(e) => {
-                    let _ = ns.delete(name);
-                    Err(e)
-                }
-            });
-            match made {
-                Ok(q) => q,
-                Err(e) => return e.into(),
-            }
+        let done = match update {
+            true => ns.queue(name).and_then(|q| ns.update_queue(&q, properties).map(|()| (200, q))),
+            false => ns.create_queue(name, properties).map(|q| (201, q)),
         };
-        self.entry(if update { 200 } else { 201 }, atom::queue_entry(&self.base, &self.host, &queue))
+        match done {
+            Ok((status, queue)) => self.entry(status, atom::queue_entry(&self.base, &self.host, &queue)),
+            Err(e) => e.into(),
+        }
     }
 
     fn subscriptions(&self, request: &Request, topic: &str) -> Response {
         let Ok(t) = self.shared.namespace.topic(topic) else { return self.nothing(topic) };
         let mut subs = t.subscriptions();
         subs.sort_by(|a, b| a.name().cmp(b.name()));
-        let entries = subs
-            .iter()
-            .map(|s| atom::subscription_entry(&self.base, &self.host, t.name(), own_name(s.name()), s))
-            .collect();
-        self.page(request, &format!("{topic}/Subscriptions"), "Subscriptions", entries)
+        self.page(request, &format!("{topic}/Subscriptions"), "Subscriptions", &subs, |s| {
+            atom::subscription_entry(&self.base, &self.host, t.name(), own_name(s.name()), s)
+        })
     }
 
     /// A subscription: get, create or update, delete.
@@ -388,14 +384,7 @@ impl Ctx<'_> {
                         Err(e) => e.into(),
                     };
                 }
-                let made = ns.add_subscription(topic, name, properties.clone(), default_rule.into_iter().collect());
-                let made = made.and_then(|s| match ns.link_routes(&s, &properties) {
-                    Ok(()) => Ok(s),
-                    Err(e) => {
-                        let _ = ns.delete(&path);
-                        Err(e)
-                    }
-                });
+                let made = ns.create_subscription(topic, name, properties, default_rule.into_iter().collect());
                 match (made, ns.topic(topic)) {
                     (Ok(s), Ok(t)) => write(&t, &s, 201),
                     (Err(e), _) | (_, Err(e)) => e.into(),
@@ -412,8 +401,7 @@ impl Ctx<'_> {
         };
         let (created, _) = s.times_ms();
         let rules = s.rules().map(|r| r.list()).unwrap_or_default();
-        let entries = rules.iter().map(|r| atom::rule_entry(&self.base, topic, sub, r, created)).collect();
-        self.page(request, &path, "Rules", entries)
+        self.page(request, &path, "Rules", &rules, |r| atom::rule_entry(&self.base, topic, sub, r, created))
     }
 
     /// A rule: get, create or replace (`If-Match`), delete.

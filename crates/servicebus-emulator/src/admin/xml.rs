@@ -47,8 +47,7 @@ pub(super) fn parse(text: &str) -> Result<Element, String> {
             .read_event()
             .map_err(|e| format!("the XML is malformed at byte {}: {e}", reader.buffer_position()))?;
         match event {
-            Event::Start(start) | Event::Empty(start) if stack.len() >= MAX_DEPTH => {
-                let _ = start;
+            Event::Start(_) | Event::Empty(_) if stack.len() >= MAX_DEPTH => {
                 return Err(format!("the XML nests deeper than {MAX_DEPTH} elements"));
             }
             Event::Start(start) => stack.push(element(&start)?),

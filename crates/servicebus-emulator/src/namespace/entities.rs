@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Namespace, Topic};
+use crate::auth::normalize;
 use crate::config::TopicProperties;
 use crate::queue::{Queue, QueueProperties, Routes};
 use crate::rules::{Rule, RuleConfig, RuleError, RuleSet};
@@ -111,26 +112,54 @@ impl Namespace {
         (queues, topics)
     }
 
-    /// Links `source` to the targets its properties name (`ForwardTo`,
-    /// `ForwardDeadLetteredMessagesTo`), which must be queues or topics of the namespace.
+    /// Makes a queue with its forwarding links, checked before it is made (the administration
+    /// API's create).
+    pub(crate) fn create_queue(&self, name: &str, properties: QueueProperties) -> Result<Arc<Queue>, EntityError> {
+        let routes = self.routes_for(name, &properties)?;
+        let queue = self.add_queue(name, properties)?;
+        queue.set_routes(routes);
+        Ok(queue)
+    }
+
+    /// Makes a subscription with its forwarding links, checked before it is made.
+    pub(crate) fn create_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        properties: QueueProperties,
+        rules: Vec<RuleConfig>,
+    ) -> Result<Arc<Queue>, EntityError> {
+        let routes = self.routes_for(&format!("{topic}/Subscriptions/{name}"), &properties)?;
+        let subscription = self.add_subscription(topic, name, properties, rules)?;
+        subscription.set_routes(routes);
+        Ok(subscription)
+    }
+
+    /// Links `source` to the targets its properties name ([`Self::routes_for`]).
     pub(crate) fn link_routes(&self, source: &Queue, properties: &QueueProperties) -> Result<(), EntityError> {
+        source.set_routes(self.routes_for(source.name(), properties)?);
+        Ok(())
+    }
+
+    /// The targets that `properties` of the entity `source` name (`ForwardTo`,
+    /// `ForwardDeadLetteredMessagesTo`), which must be queues or topics of the namespace; a
+    /// queue may not forward to itself.
+    fn routes_for(&self, source: &str, properties: &QueueProperties) -> Result<Routes, EntityError> {
+        if properties.forward_to.as_deref().is_some_and(|t| normalize(t) == source.to_ascii_lowercase()) {
+            return Err(EntityError::ForwardsToItself(source.to_string()));
+        }
         let target = |key: &'static str, name: &Option<String>| match name {
             None => Ok(None),
             Some(name) => self.inbox(name).map(Some).ok_or_else(|| EntityError::NoSuchTarget {
-                entity: source.name().to_string(),
+                entity: source.to_string(),
                 key,
                 target: name.clone(),
             }),
         };
-        let routes = Routes {
+        Ok(Routes {
             forward_to: target("ForwardTo", &properties.forward_to)?,
             dead_lettered_to: target("ForwardDeadLetteredMessagesTo", &properties.forward_dead_lettered_messages_to)?,
-        };
-        if routes.forward_to.as_ref().is_some_and(|t| t.name.eq_ignore_ascii_case(source.name())) {
-            return Err(EntityError::ForwardsToItself(source.name().to_string()));
-        }
-        source.set_routes(routes);
-        Ok(())
+        })
     }
 
     /// Changes a queue's or subscription's settings (and forwarding).

@@ -18,8 +18,18 @@ use std::sync::{Arc, Weak};
 use fe2o3_amqp_types::primitives::SimpleValue;
 use serde_amqp::Value;
 
+use super::Queue;
 use super::types::{QuotaExceeded, SessionIdMissing};
 use crate::message::{DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON, StoredMessage, annotation, key};
+
+/// A message leaving its entity for another.
+#[derive(Debug)]
+pub(super) enum Transfer {
+    /// To `ForwardTo`.
+    Forward(StoredMessage),
+    /// Dead-lettered, to `ForwardDeadLetteredMessagesTo`.
+    DeadLettered(StoredMessage),
+}
 
 /// The most times a message is forwarded, as on Service Bus.
 pub(crate) const MAX_HOPS: u8 = 4;
@@ -151,7 +161,54 @@ pub(crate) struct Routes {
     pub(crate) dead_lettered_to: Option<Target>,
 }
 
-impl Inbox for super::Queue {
+impl Queue {
+    /// Moves messages out, once the lock is released: forwarded ones in one batch, then
+    /// dead-lettered ones. What a target refuses goes to this queue's dead-letter queue.
+    pub(super) fn transfer(&self, outbox: Vec<Transfer>) {
+        let routes = self.routes();
+        let (mut forward, mut dead_lettered) = (Vec::new(), Vec::new());
+        for t in outbox {
+            match t {
+                Transfer::Forward(m) => forward.push(m),
+                Transfer::DeadLettered(mut m) => {
+                    m.annotations.insert(key(annotation::DEAD_LETTER_SOURCE), Value::String(self.name.clone()));
+                    dead_lettered.push(m);
+                }
+            }
+        }
+        let move_on = |messages: Vec<StoredMessage>, target: &Option<Target>| match target {
+            Some(target) => target.forward(messages),
+            // Its forwarding was removed while these were on their way: they stay, dead-lettered.
+            None => messages.into_iter().map(|m| (m, DeadLetter::forwarding_removed())).collect::<Vec<_>>(),
+        };
+        for (mut msg, why) in move_on(forward, &routes.forward_to) {
+            msg.merge_application_properties(why.properties());
+            self.dead_letter_here(msg);
+        }
+        for (mut msg, why) in move_on(dead_lettered, &routes.dead_lettered_to) {
+            // It keeps the reason it was dead-lettered with, unless it could not go for
+            // a reason of its own (the hop limit).
+            if why.is_hop_limit() {
+                msg.merge_application_properties(why.properties());
+            }
+            msg.annotations.swap_remove(&key(annotation::DEAD_LETTER_SOURCE));
+            self.dead_letter_here(msg);
+        }
+    }
+
+    /// Puts a message straight into this queue's dead-letter queue.
+    fn dead_letter_here(&self, msg: StoredMessage) {
+        match &self.dead_letter {
+            Some(dlq) => {
+                let count = msg.header.delivery_count;
+                dlq.enqueue_dead_lettered(msg, count);
+            }
+            None => tracing::warn!(queue = %self.name, "a dead-letter queue forwards nothing; message dropped"),
+        }
+    }
+}
+
+impl Inbox for Queue {
     fn accept(&self, messages: Vec<StoredMessage>) -> Result<(), (Refused, Vec<StoredMessage>)> {
         if self.is_deleted() {
             return Err((Refused::Gone(self.name().to_string()), messages));

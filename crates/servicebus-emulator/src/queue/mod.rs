@@ -14,7 +14,7 @@
 //! [`forward`] auto-forwarding; [`types`] the words of the API (properties, settlements,
 //! errors); `tests.rs` the rules.
 //!
-//! Size: about 800 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
+//! Size: about 920 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
 //! one `State` under one lock; splitting it would spread that lock's invariants over files.
 
 mod duplicates;
@@ -24,7 +24,8 @@ mod sessions;
 mod types;
 
 pub(crate) use duplicates::Duplicates;
-pub(crate) use forward::{DeadLetter, Inbox, Refused, Routes, Target};
+use forward::Transfer;
+pub(crate) use forward::{Inbox, Refused, Routes, Target};
 pub(crate) use memory::Memory;
 
 use sessions::MessageSession;
@@ -40,13 +41,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fe2o3_amqp_types::primitives::SimpleValue;
-use serde_amqp::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::message::{
-    DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON, MessageState, Stamp, StoredMessage, annotation, key, now_ms,
-};
+use crate::message::{DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON, MessageState, Stamp, StoredMessage, now_ms};
 use crate::rules::RuleSet;
 
 /// `now + d`, or the far future when that is past what an `Instant` holds.
@@ -115,15 +113,6 @@ struct State {
     /// The emulator's memory budget, which every entry is charged to ([`Self::remove_entry`]
     /// gives its share back; whoever inserts one charges it).
     memory: Arc<Memory>,
-}
-
-/// A message leaving its entity for another.
-#[derive(Debug)]
-enum Transfer {
-    /// To `ForwardTo`.
-    Forward(StoredMessage),
-    /// Dead-lettered, to `ForwardDeadLetteredMessagesTo`.
-    DeadLettered(StoredMessage),
 }
 
 impl State {
@@ -350,6 +339,13 @@ impl Queue {
         self.properties.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// When a lock (of a message, or of a session) taken at `now` lapses: as an instant, and in
+    /// ms since the epoch.
+    fn lock_until(&self, now: Instant) -> (Instant, i64) {
+        let lock_duration = self.props().lock_duration;
+        (instant_after(now, lock_duration), now_ms().saturating_add(millis(lock_duration)))
+    }
+
     /// The largest message a sender may send here, if the entity sets one.
     pub(crate) fn max_message_size(&self) -> Option<usize> {
         self.props().max_message_size
@@ -386,51 +382,6 @@ impl Queue {
     /// Whether its messages move on as they arrive (`ForwardTo`): no receiver may attach.
     pub(crate) fn forwards(&self) -> bool {
         self.routes.read().unwrap_or_else(|p| p.into_inner()).forward_to.is_some()
-    }
-
-    /// Moves messages out, once the lock is released: forwarded ones in one batch, then
-    /// dead-lettered ones. What a target refuses goes to this queue's dead-letter queue.
-    fn transfer(&self, outbox: Vec<Transfer>) {
-        let routes = self.routes();
-        let (mut forward, mut dead_lettered) = (Vec::new(), Vec::new());
-        for t in outbox {
-            match t {
-                Transfer::Forward(m) => forward.push(m),
-                Transfer::DeadLettered(mut m) => {
-                    m.annotations.insert(key(annotation::DEAD_LETTER_SOURCE), Value::String(self.name.clone()));
-                    dead_lettered.push(m);
-                }
-            }
-        }
-        let move_on = |messages: Vec<StoredMessage>, target: &Option<Target>| match target {
-            Some(target) => target.forward(messages),
-            // Its forwarding was removed while these were on their way: they stay, dead-lettered.
-            None => messages.into_iter().map(|m| (m, DeadLetter::forwarding_removed())).collect::<Vec<_>>(),
-        };
-        for (mut msg, why) in move_on(forward, &routes.forward_to) {
-            msg.merge_application_properties(why.properties());
-            self.dead_letter_here(msg);
-        }
-        for (mut msg, why) in move_on(dead_lettered, &routes.dead_lettered_to) {
-            // It keeps the reason it was dead-lettered with, unless it could not go for
-            // a reason of its own (the hop limit).
-            if why.is_hop_limit() {
-                msg.merge_application_properties(why.properties());
-            }
-            msg.annotations.swap_remove(&key(annotation::DEAD_LETTER_SOURCE));
-            self.dead_letter_here(msg);
-        }
-    }
-
-    /// Puts a message straight into this queue's dead-letter queue.
-    fn dead_letter_here(&self, msg: StoredMessage) {
-        match &self.dead_letter {
-            Some(dlq) => {
-                let count = msg.header.delivery_count;
-                dlq.enqueue_dead_lettered(msg, count);
-            }
-            None => tracing::warn!(queue = %self.name, "a dead-letter queue forwards nothing; message dropped"),
-        }
     }
 
     /// The most this entity holds, in bytes.
@@ -480,8 +431,10 @@ impl Queue {
             };
             let due = |m: &StoredMessage| m.scheduled_enqueue_ms.is_none_or(|at| at <= now);
             // What stays here counts against the quota; what moves on counts at its target.
-            let kept: u64 = messages.iter().filter(|m| !(forwards && due(m))).map(|m| m.size as u64).sum();
-            let kept_count = messages.iter().filter(|m| !(forwards && due(m))).count();
+            let (kept_count, kept) = messages
+                .iter()
+                .filter(|m| !(forwards && due(m)))
+                .fold((0, 0u64), |(n, bytes), m| (n + 1, bytes + m.size as u64));
             if let Err(e) = self.room_for(st.bytes, kept) {
                 return Err((e, messages));
             }
@@ -623,10 +576,7 @@ impl Queue {
         });
         let (until, until_ms) = match session_lock {
             Some(until_ms) => (far_future(now), until_ms),
-            None => (
-                instant_after(now, self.props().lock_duration),
-                now_ms().saturating_add(millis(self.props().lock_duration)),
-            ),
+            None => self.lock_until(now),
         };
         let entry = st.entries.get_mut(&seq).expect("callers pass a present entry");
         entry.state = EntryState::Locked { token, until, until_ms, deferred };
@@ -703,16 +653,14 @@ impl Queue {
             entry.state = EntryState::Deferred;
             return;
         }
-        if entry.delivery_count >= self.props().max_delivery_count {
+        let max_delivery_count = self.props().max_delivery_count;
+        if entry.delivery_count >= max_delivery_count {
             let entry = st.remove_entry(&seq).expect("present: matched above");
             self.dead_letter(
                 st,
                 entry,
                 Some("MaxDeliveryCountExceeded".into()),
-                Some(format!(
-                    "Message could not be consumed after {} delivery attempts.",
-                    self.props().max_delivery_count
-                )),
+                Some(format!("Message could not be consumed after {max_delivery_count} delivery attempts.")),
                 Vec::new(),
             );
             return;
@@ -786,8 +734,7 @@ impl Queue {
         let mut st = self.lock();
         let seq = *st.locks.get(&token).ok_or(SettleError::LockLost)?;
         let now = Instant::now();
-        let until = instant_after(now, self.props().lock_duration);
-        let until_ms = now_ms().saturating_add(millis(self.props().lock_duration));
+        let (until, until_ms) = self.lock_until(now);
         let entry = st.entries.get_mut(&seq).ok_or(SettleError::LockLost)?;
         if entry.session.is_some() {
             return Err(SettleError::SessionMessage);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Queue, SettleError, State, instant_after, millis};
+use super::{Queue, SettleError, State};
 use crate::message::now_ms;
 
 /// One message session of an entity.
@@ -146,8 +146,7 @@ impl Queue {
     fn take_lock(&self, st: &mut State, id: &str, now: Instant) -> SessionClaim {
         self.release_lock(st, id, true);
         let owner = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
-        let until = instant_after(now, self.props().lock_duration);
-        let until_ms = now_ms().saturating_add(millis(self.props().lock_duration));
+        let (until, until_ms) = self.lock_until(now);
         let session = st.sessions.entry(id.to_string()).or_default();
         session.lock = Some(SessionLock { owner, until, until_ms, locked: BTreeSet::new() });
         st.session_deadlines.insert((until, id.to_string()));
@@ -159,8 +158,7 @@ impl Queue {
     pub(crate) fn renew_session_lock(&self, claim: &SessionClaim) -> Result<i64, SessionError> {
         let mut st = self.lock();
         Self::check_claim(&st, claim)?;
-        let until = instant_after(Instant::now(), self.props().lock_duration);
-        let until_ms = now_ms().saturating_add(millis(self.props().lock_duration));
+        let (until, until_ms) = self.lock_until(Instant::now());
         if let Some(lock) = st.sessions.get_mut(&claim.id).and_then(|s| s.lock.as_mut()) {
             lock.until = until;
             lock.until_ms = until_ms;
