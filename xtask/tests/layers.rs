@@ -30,7 +30,7 @@ fn the_scan_sees_child_modules_and_imports_of_the_crates_own_modules() {
     assert!(client["receiver"].contains("receiver::link"), "{client:?}");
     assert!(client["sender"].contains("connection"), "{client:?}");
     let host = graph("host-runtime");
-    assert!(host["messaging::imports"].contains("delivery"), "{host:?}");
-    assert!(host["messaging::imports"].contains("messaging::call"), "{host:?}");
+    assert!(host["messaging::ops"].contains("delivery"), "{host:?}");
+    assert!(host["messaging::dec2024"].contains("messaging::call"), "{host:?}");
     assert!(host["worker"].contains("instance"), "{host:?}");
 }

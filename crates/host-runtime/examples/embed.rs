@@ -1,10 +1,12 @@
 //! Service Bus messaging in a Wasmtime program of your own.
 //!
-//! This program has its own store type ([`App`]) and its own linker. It adds WASI and our
-//! messaging imports to that linker, receives a message itself, runs a guest's `handler` on
-//! it, and has what the guest left unsettled settled by the host's matrix (complete after
-//! `ok`, abandon after an error). The guest settles, sends and pulls through the same
-//! imports as under `messaging-host`.
+//! This program has its own store type ([`App`]) and its own linker. It tells which revision
+//! of `wasi:messaging` the guest targets, adds WASI and that revision's messaging imports to
+//! the linker, receives a message itself, runs the guest's handler on it (`handler` of the
+//! February 2024 draft, or `incoming-handler.handle` of the December 2024 revision), and has
+//! what the guest left unsettled settled by the host's matrix (complete after `ok`, abandon
+//! after an error). The guest settles and sends through the same imports as under
+//! `messaging-host`.
 //!
 //! With the emulator running (`cargo xtask run` starts one with `orders` and `payments`),
 //! and an order on `orders`:
@@ -29,7 +31,7 @@ use host_runtime::messaging::{self, CallCtx, Messaging, MessagingCtx};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wit_interface::ServicebusGuest;
+use wit_interface::{Revision, ServicebusGuest, dec2024};
 
 /// The program's own store data: WASI, the resource table WASI and messaging share, and the
 /// two messaging contexts (the process's, and this call's).
@@ -65,9 +67,15 @@ pub(crate) async fn run(
     let engine = Engine::new(&Config::new())?;
     let component = Component::from_file(&engine, component)
         .map_err(|e| anyhow::anyhow!("loading the component {}: {e:#}", component.display()))?;
+    let ty = component.component_type();
+    let (imports, exports): (Vec<String>, Vec<String>) = (
+        ty.imports(&engine).map(|(n, _)| n.to_string()).collect(),
+        ty.exports(&engine).map(|(n, _)| n.to_string()).collect(),
+    );
+    let revision = Revision::of(imports.iter().map(String::as_str), exports.iter().map(String::as_str))?;
     let mut linker = Linker::<App>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    messaging::add_to_linker(&mut linker, App::messaging)?;
+    messaging::add_to_linker(&mut linker, revision, App::messaging)?;
 
     let client = ServiceBusClient::new(connection_string, ClientOptions::default())?;
     let mut ctx = MessagingCtx::builder().connection(DEFAULT_CONNECTION, client);
@@ -95,16 +103,25 @@ pub(crate) async fn run(
         call: CallCtx::new(channel, std::slice::from_ref(&delivery)),
     };
     let mut store = Store::new(&engine, app);
-    let guest = ServicebusGuest::instantiate_async(&mut store, &component, &linker).await?;
-    let result = guest.wasi_messaging_messaging_guest().call_handler(&mut store, &[delivery.guest_message()]).await?;
-    let succeeded = match result {
-        Ok(()) => true,
-        Err(e) => {
-            let error = store.data_mut().messaging().take_error(e);
-            tracing::warn!("the handler returned an error: {error}");
-            false
+    let failure = match revision {
+        Revision::Feb2024 => {
+            let guest = ServicebusGuest::instantiate_async(&mut store, &component, &linker).await?;
+            let messages = [delivery.guest_message()];
+            let result = guest.wasi_messaging_messaging_guest().call_handler(&mut store, &messages).await?;
+            result.err().map(|e| store.data_mut().messaging().take_error(e).to_string())
+        }
+        Revision::Dec2024 => {
+            let guest = dec2024::ServicebusGuest::instantiate_async(&mut store, &component, &linker).await?;
+            // The message is a handle: its state, which names the delivery, in the store's table.
+            let message = store.data_mut().table.push(delivery.message_state())?;
+            let result = guest.wasi_messaging_incoming_handler().call_handle(&mut store, message).await?;
+            result.err().map(|e| format!("{e:?}"))
         }
     };
+    if let Some(error) = &failure {
+        tracing::warn!("the handler returned an error: {error}");
+    }
+    let succeeded = failure.is_none();
     // What the guest pulled belongs to the call too.
     ctx.settle_leftovers(&store.data().call.deliveries(), succeeded).await;
     ctx.close().await;

@@ -1,16 +1,16 @@
 //! Entry points for the criterion benches (`benches/`): one handler call on a fresh
-//! instance, or on a reused one, with the host's real engine, linker and store setup
-//! but no broker; and a call's span. Not part of the host's API.
+//! instance (of either revision), or on a reused one, with the host's real engine, linker and
+//! store setup but no broker; and a call's span. Not part of the host's API.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use amqp_servicebus::{ClientOptions, ServiceBusClient};
 use wasmtime::Store;
-use wit_interface::{Message, ServicebusGuest};
+use wit_interface::{Message, MessageState, ServicebusGuest};
 
 use crate::engine::{self, EngineSettings, LoadError};
-use crate::instance::{HostState, Instances};
+use crate::instance::{HostState, Instance, Instances};
 use crate::links::DEFAULT_CONNECTION;
 use crate::messaging::{CallCtx, MessagingCtx};
 
@@ -48,21 +48,34 @@ impl Bench {
         self.instances.store(CallCtx::new("bench", &[]))
     }
 
-    /// Instantiates afresh, calls `handler(messages)`, and drops the instance: one host dispatch.
+    /// Instantiates afresh, calls `handler(messages)`, and drops the instance: one host
+    /// dispatch to a guest of the February 2024 draft.
     pub async fn fresh_call(&self, messages: &[Message]) -> wasmtime::Result<()> {
         let mut store = self.store();
-        let instance = self.instances.instantiate(&mut store).await?;
-        let result = instance.wasi_messaging_messaging_guest().call_handler(&mut store, messages).await?;
+        let guest = feb2024(self.instances.instantiate(&mut store).await?)?;
+        let result = guest.wasi_messaging_messaging_guest().call_handler(&mut store, messages).await?;
         if let Err(e) = result {
             Instances::take_error(&mut store, e);
         }
         Ok(())
     }
 
+    /// Instantiates afresh, calls `handle` on a handle holding `message`, and drops the
+    /// instance: one host dispatch to a guest of the December 2024 revision.
+    pub async fn fresh_handle(&self, message: MessageState) -> wasmtime::Result<()> {
+        let mut store = self.store();
+        let Instance::Dec2024(guest) = self.instances.instantiate(&mut store).await? else {
+            wasmtime::bail!("the benched guest is not of the December 2024 revision")
+        };
+        let handle = store.data_mut().table_mut().push(message)?;
+        let _ = guest.wasi_messaging_incoming_handler().call_handle(&mut store, handle).await?;
+        Ok(())
+    }
+
     /// A store and instance to call repeatedly.
     pub async fn reused(&self) -> wasmtime::Result<Reused> {
         let mut store = self.store();
-        let instance = self.instances.instantiate(&mut store).await?;
+        let instance = feb2024(self.instances.instantiate(&mut store).await?)?;
         Ok(Reused { store, instance })
     }
 }
@@ -75,5 +88,12 @@ impl Reused {
             Instances::take_error(&mut self.store, e);
         }
         Ok(())
+    }
+}
+
+fn feb2024(instance: Instance) -> wasmtime::Result<ServicebusGuest> {
+    match instance {
+        Instance::Feb2024(guest) => Ok(guest),
+        Instance::Dec2024(_) => wasmtime::bail!("the benched guest is not of the February 2024 draft"),
     }
 }

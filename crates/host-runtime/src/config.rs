@@ -279,7 +279,8 @@ pub struct ConnectionConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GuestConfig {
-    /// Channels to consume besides the guest's own.
+    /// Channels to consume: besides those `configure()` names (February 2024 draft), or all of
+    /// them (December 2024 revision). `--channel NAME` adds to them.
     #[serde(default)]
     pub channels: Vec<String>,
     /// Channels the guest may send and redirect to, besides its own.
@@ -291,6 +292,13 @@ pub struct GuestConfig {
     /// Environment variables the guest sees.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The guest's own settings, read through `wasi:config/store` (`[guest.config]`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// The queue (one that requires sessions) requests ask their replies to come to; without
+    /// it `request-reply.request` fails with `permission-denied`.
+    #[serde(default)]
+    pub reply_queue: Option<String>,
 }
 
 /// `host.toml`.

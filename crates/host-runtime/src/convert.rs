@@ -1,6 +1,7 @@
 //! Messages between Service Bus and the guest, by the rules of `docs/semantics.md`:
 //! host-assigned keys, system keys, application keys (with the `app:` escape), and
-//! `format` ↔ `content-type`.
+//! `format` ↔ `content-type` (the February 2024 draft's record) or the `content-type`
+//! accessors (the December 2024 revision's resource).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,7 +9,7 @@ use amqp_servicebus::{BodyKind, Message as SbMessage, ReceivedMessage, SimpleVal
 use base64::Engine as _;
 use serde_amqp::Value;
 use wit_interface::metadata::{self, Key};
-use wit_interface::{FormatSpec, Message};
+use wit_interface::{FormatSpec, Message, MessageState};
 
 /// A bad metadata value on a message the guest sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,11 +21,37 @@ pub struct MetadataError {
     pub problem: String,
 }
 
-/// A received message as the guest sees it.
+/// A received message as a guest of the February 2024 draft sees it.
 pub fn to_guest(m: &ReceivedMessage, channel: &str, delivery_id: &str) -> Message {
+    let (data, format, md) = guest_parts(m, channel, Some(delivery_id));
+    Message { data, format, metadata: Some(md) }
+}
+
+/// A received message as a guest of the December 2024 revision sees it: the same data and
+/// metadata, its ContentType, and the channel as its topic. `delivery_id` is `None` for a
+/// message the call cannot settle (a reply the host received for a request).
+pub fn to_message_state(m: &ReceivedMessage, channel: &str, delivery_id: Option<&str>) -> MessageState {
+    let (data, _, md) = guest_parts(m, channel, delivery_id);
+    MessageState {
+        data,
+        content_type: m.content_type.clone(),
+        metadata: Some(md),
+        topic: Some(channel.to_string()),
+        delivery: delivery_id.map(String::from),
+    }
+}
+
+/// The body, its format, and the metadata of a received message.
+fn guest_parts(
+    m: &ReceivedMessage,
+    channel: &str,
+    delivery_id: Option<&str>,
+) -> (Vec<u8>, FormatSpec, Vec<(String, String)>) {
     let mut md: Vec<(String, String)> = Vec::with_capacity(16 + m.application_properties.len());
     let mut put = |k: &str, v: String| md.push((k.to_string(), v));
-    put(metadata::DELIVERY_ID, delivery_id.to_string());
+    if let Some(id) = delivery_id {
+        put(metadata::DELIVERY_ID, id.to_string());
+    }
     if let Some(t) = m.lock_token {
         put(metadata::LOCK_TOKEN, t.hyphenated().to_string());
     }
@@ -70,7 +97,7 @@ pub fn to_guest(m: &ReceivedMessage, channel: &str, delivery_id: &str) -> Messag
         BodyKind::Value(v) => (serde_amqp::to_vec(v).unwrap_or_default(), FormatSpec::Amqp),
         BodyKind::Other => (m.body.to_vec(), FormatSpec::Amqp),
     };
-    Message { data, format, metadata: Some(md) }
+    (data, format, md)
 }
 
 fn format_of(content_type: Option<&str>) -> FormatSpec {
@@ -81,10 +108,34 @@ fn format_of(content_type: Option<&str>) -> FormatSpec {
     }
 }
 
-/// A message the guest sent, as a Service Bus message.
+/// A message a guest of the February 2024 draft sent, as a Service Bus message.
 pub fn from_guest(m: &Message) -> Result<SbMessage, MetadataError> {
-    let mut out = SbMessage::new(m.data.clone());
-    for (k, v) in m.metadata.iter().flatten() {
+    let mut out = with_metadata(m.data.clone(), m.metadata.as_deref().unwrap_or_default())?;
+    if out.content_type.is_none() {
+        out.content_type = match m.format {
+            FormatSpec::Cloudevents => Some("application/cloudevents+json".into()),
+            FormatSpec::Http => Some("application/http".into()),
+            _ => None,
+        };
+    }
+    Ok(out)
+}
+
+/// A message a guest of the December 2024 revision sent, as a Service Bus message: its
+/// metadata as for the February 2024 draft; its content type, when set, over a
+/// `content-type` key.
+pub fn from_message_state(m: MessageState) -> Result<SbMessage, MetadataError> {
+    let mut out = with_metadata(m.data, m.metadata.as_deref().unwrap_or_default())?;
+    if m.content_type.is_some() {
+        out.content_type = m.content_type;
+    }
+    Ok(out)
+}
+
+/// A Service Bus message of `data` with the properties `metadata` names.
+fn with_metadata(data: Vec<u8>, md: &[(String, String)]) -> Result<SbMessage, MetadataError> {
+    let mut out = SbMessage::new(data);
+    for (k, v) in md {
         match metadata::classify(k) {
             Key::HostAssigned(_) => {}
             Key::System(key) => set_system(&mut out, key, v)?,
@@ -92,13 +143,6 @@ pub fn from_guest(m: &Message) -> Result<SbMessage, MetadataError> {
                 out.application_properties.insert(name.to_string(), SimpleValue::String(v.clone()));
             }
         }
-    }
-    if out.content_type.is_none() {
-        out.content_type = match m.format {
-            FormatSpec::Cloudevents => Some("application/cloudevents+json".into()),
-            FormatSpec::Http => Some("application/http".into()),
-            _ => None,
-        };
     }
     Ok(out)
 }

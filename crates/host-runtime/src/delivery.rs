@@ -171,6 +171,12 @@ impl Delivery {
         convert::to_guest(&self.message, &self.channel, &self.id)
     }
 
+    /// The message as a guest of the December 2024 revision sees it: the same data and
+    /// metadata in a message handle's state, which names this delivery.
+    pub fn message_state(&self) -> wit_interface::MessageState {
+        convert::to_message_state(&self.message, &self.channel, Some(&self.id))
+    }
+
     /// Where it stands.
     pub fn state(&self) -> DeliveryState {
         self.lock().0

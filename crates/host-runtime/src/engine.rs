@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wit_interface::names;
+use wit_interface::{Revision, names};
 
 use crate::cache;
 
@@ -52,10 +52,12 @@ pub enum LoadError {
     /// The component does not export the messaging guest, or imports what the host does not provide.
     #[error(
         "{path} is not a wasi:messaging guest: {problem}\n  it imports: {imports}\n  it exports: {exports}\n  \
-         a guest exports {guest} and imports only WASI 0.2, {draft} (and optionally {extension})",
-        guest = names::MESSAGING_GUEST,
-        draft = names::DRAFT_IMPORTS.join(", "),
-        extension = names::EXTENSION_IMPORTS.join(", ")
+         a guest of the February 2024 draft exports {feb} and imports only WASI 0.2 and {feb_imports};\n  \
+         a guest of the December 2024 revision exports {dec} and imports only WASI 0.2 and {dec_imports}",
+        feb = Revision::Feb2024.export(),
+        feb_imports = Revision::Feb2024.imports().join(", "),
+        dec = Revision::Dec2024.export(),
+        dec_imports = Revision::Dec2024.imports().join(", "),
     )]
     WrongWorld {
         /// The file.
@@ -101,7 +103,9 @@ pub struct LoadedGuest {
     pub(crate) settings: EngineSettings,
     /// Where it was loaded from (for errors).
     pub(crate) path: String,
-    /// Whether it imports the extension (else it is a draft-only guest).
+    /// The revision of `wasi:messaging` it targets.
+    pub revision: Revision,
+    /// Whether it imports the extension's `settlement`.
     pub imports_settlement: bool,
     /// Whether the compiled artifact came from the cache.
     pub from_cache: bool,
@@ -110,7 +114,10 @@ pub struct LoadedGuest {
 
 impl std::fmt::Debug for LoadedGuest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedGuest").field("imports_settlement", &self.imports_settlement).finish_non_exhaustive()
+        f.debug_struct("LoadedGuest")
+            .field("revision", &self.revision)
+            .field("imports_settlement", &self.imports_settlement)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,7 +164,7 @@ pub fn load(path: &Path, settings: EngineSettings) -> Result<LoadedGuest, LoadEr
     let engine = engine(&settings).map_err(compile)?;
     let (component, from_cache) =
         cache::compile_cached(&engine, &bytes, settings.cache_dir.as_deref()).map_err(compile)?;
-    let imports_settlement = check_world(&engine, &component, &shown)?;
+    let (revision, imports_settlement) = check_world(&engine, &component, &shown)?;
 
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let ticker_engine = engine.weak();
@@ -174,34 +181,28 @@ pub fn load(path: &Path, settings: EngineSettings) -> Result<LoadedGuest, LoadEr
             }
         })
         .map_err(|e| compile(format!("cannot start the epoch ticker: {e}")))?;
-    Ok(LoadedGuest { engine, component, settings, path: shown, imports_settlement, from_cache, stop_ticker })
+    Ok(LoadedGuest { engine, component, settings, path: shown, revision, imports_settlement, from_cache, stop_ticker })
 }
 
-/// Checks the component's imports and exports; returns whether it imports the extension.
-fn check_world(engine: &Engine, component: &Component, path: &str) -> Result<bool, LoadError> {
+/// Checks the component's imports and exports: its revision, and whether it imports the
+/// extension's `settlement`.
+fn check_world(engine: &Engine, component: &Component, path: &str) -> Result<(Revision, bool), LoadError> {
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let wrong = |problem: String| LoadError::WrongWorld {
-        path: path.into(),
-        problem,
-        imports: if imports.is_empty() { "(nothing)".into() } else { imports.join(", ") },
-        exports: if exports.is_empty() { "(nothing)".into() } else { exports.join(", ") },
+    let revision =
+        Revision::of(imports.iter().map(String::as_str), exports.iter().map(String::as_str)).map_err(|e| {
+            let listed = |names: &[String]| if names.is_empty() { "(nothing)".into() } else { names.join(", ") };
+            LoadError::WrongWorld {
+                path: path.into(),
+                problem: e.to_string(),
+                imports: listed(&imports),
+                exports: listed(&exports),
+            }
+        })?;
+    let settlement = match revision {
+        Revision::Feb2024 => names::SETTLEMENT,
+        Revision::Dec2024 => names::SETTLEMENT_DEC2024,
     };
-    if !exports.iter().any(|e| e == names::MESSAGING_GUEST) {
-        return Err(wrong(format!("it does not export {}", names::MESSAGING_GUEST)));
-    }
-    let provided = |i: &str| {
-        names::DRAFT_IMPORTS.contains(&i)
-            || names::EXTENSION_IMPORTS.contains(&i)
-            || names::WASI_IMPORT_PREFIXES.iter().any(|p| i.starts_with(p))
-    };
-    let unknown: Vec<&String> = imports.iter().filter(|i| !provided(i)).collect();
-    if !unknown.is_empty() {
-        return Err(wrong(format!(
-            "it imports {} that this host does not provide",
-            unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(imports.iter().any(|i| i == names::SETTLEMENT))
+    Ok((revision, imports.iter().any(|i| i == settlement)))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use amqp_servicebus::{ClientOptions, ConnectionString, Error as SbError, ServiceBusClient};
 use tokio::sync::{mpsc, watch};
-use wit_interface::GuestConfiguration;
+use wit_interface::{GuestConfiguration, Revision};
 
 use crate::config::{self, ChannelOptions, ConfigError, HostConfig};
 use crate::engine::{self, EngineSettings, LoadError};
@@ -39,7 +39,10 @@ pub enum StartError {
     #[error("the guest's configure() {0}")]
     Configure(String),
     /// No channel to consume.
-    #[error("no channels: the guest's configure() returned none and host.toml [guest] channels adds none")]
+    #[error(
+        "no channels: a guest of the February 2024 draft names them in configure(); for any guest, host.toml's \
+         [guest] channels or --channel NAME add them"
+    )]
     NoChannels,
     /// A channel does not exist, or cannot be reached.
     #[error("channel {channel:?}: {error}")]
@@ -116,6 +119,13 @@ impl Host {
             .await
             .map_err(|e| StartError::Configure(format!("loading the guest stopped: {e}")))??;
         let from_cache = guest.from_cache;
+        tracing::info!(
+            component = %options.component.display(),
+            revision = %guest.revision,
+            "the guest targets the {} of wasi:messaging (it exports {})",
+            guest.revision,
+            guest.revision.export()
+        );
         let (updates_tx, updates_rx) = mpsc::unbounded_channel::<GuestConfiguration>();
         let mut ctx = MessagingCtx::builder()
             .connection(
@@ -128,17 +138,22 @@ impl Host {
                 .map_err(|error| StartError::Connection { name: name.clone(), error })?;
             ctx = ctx.connection(name.clone(), client);
         }
+        for (key, value) in &options.config.guest.config {
+            ctx = ctx.config(key.clone(), value.clone());
+        }
+        if let Some(queue) = &options.config.guest.reply_queue {
+            ctx = ctx.reply_queue(queue.clone());
+        }
         let ctx = Arc::new(ctx.build().expect("the default connection was added"));
         let env: Vec<(String, String)> = options.config.guest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let rt = Arc::new(Instances::new(Arc::new(guest), ctx.clone(), env)?);
 
         let configured = configure(&rt).await?;
-        tracing::info!(channels = ?configured.channels, extensions = ?configured.extensions, "configure() returned");
-        let initial = plan(&configured, &options.config)?;
+        let initial = plan(&configured, &options.config, rt.revision())?;
         if initial.is_empty() {
             return Err(StartError::NoChannels);
         }
-        for channel in initial.keys() {
+        for channel in initial.keys().chain(&options.config.guest.reply_queue) {
             ctx.links()
                 .default_client()
                 .check_entity(channel)
@@ -229,7 +244,7 @@ impl Prepared {
             let hard_stop = hard_stop.clone();
             tokio::spawn(async move {
                 while let Some(gc) = updates_rx.recv().await {
-                    let next = match plan(&gc, &host_config) {
+                    let next = match plan(&gc, &host_config, rt.revision()) {
                         Ok(p) => p,
                         Err(e) => {
                             tracing::warn!("update-guest-configuration ignored: {e}");
@@ -289,25 +304,32 @@ fn start_worker(
     channels.lock().unwrap_or_else(|p| p.into_inner()).insert(channel, (opts, Worker { stop, task }));
 }
 
-/// Calls the guest's `configure()` in an instance of its own.
+/// Calls the guest's `configure()` in an instance of its own: what it asked for. A guest of the
+/// December 2024 revision has no `configure()`, and asks for nothing (the host names its
+/// channels).
 async fn configure(rt: &Instances) -> Result<GuestConfiguration, StartError> {
     let mut store = rt.store(CallCtx::new("(configure)", &[]));
-    let call = async {
-        let instance = rt.instantiate(&mut store).await?;
-        instance.wasi_messaging_messaging_guest().call_configure(&mut store).await
+    let Some(call) = tokio::time::timeout(Duration::from_secs(30), rt.configure(&mut store)).await.transpose() else {
+        return Ok(GuestConfiguration { channels: Vec::new(), extensions: None });
     };
-    match tokio::time::timeout(Duration::from_secs(30), call).await {
+    match call {
         Err(_) => Err(StartError::Configure("did not return within 30 s".into())),
         Ok(Err(trap)) => Err(StartError::Configure(format!("trapped: {trap:#}"))),
-        Ok(Ok(Err(e))) => {
-            Err(StartError::Configure(format!("returned an error: {}", Instances::take_error(&mut store, e))))
+        Ok(Ok(Err(e))) => Err(StartError::Configure(format!("returned an error: {e}"))),
+        Ok(Ok(Ok(gc))) => {
+            tracing::info!(channels = ?gc.channels, extensions = ?gc.extensions, "configure() returned");
+            Ok(gc)
         }
-        Ok(Ok(Ok(gc))) => Ok(gc),
     }
 }
 
-/// The channels to consume and their options: the guest's plus host.toml's, merged.
-fn plan(gc: &GuestConfiguration, host: &HostConfig) -> Result<BTreeMap<String, ChannelOptions>, ConfigError> {
+/// The channels to consume and their options: the guest's plus host.toml's, merged. A guest
+/// of the December 2024 revision handles one message a call.
+fn plan(
+    gc: &GuestConfiguration,
+    host: &HostConfig,
+    revision: Revision,
+) -> Result<BTreeMap<String, ChannelOptions>, ConfigError> {
     let guest = config::guest_options(gc.extensions.as_deref().unwrap_or_default())?;
     let mut seen = HashSet::new();
     let mut out = BTreeMap::new();
@@ -317,6 +339,17 @@ fn plan(gc: &GuestConfiguration, host: &HostConfig) -> Result<BTreeMap<String, C
             continue;
         }
         let opts = config::channel_options(&channel, &guest, host)?;
+        if revision == Revision::Dec2024 && opts.max_batch_size > 1 {
+            return Err(ConfigError::Invalid {
+                at: format!("channel {channel:?}"),
+                key: "max-batch-size".into(),
+                message: format!(
+                    "is {}, but a guest of the December 2024 revision takes one message a call \
+                     (incoming-handler.handle): remove it, or set it to 1",
+                    opts.max_batch_size
+                ),
+            });
+        }
         out.insert(channel, opts);
     }
     Ok(out)

@@ -1,11 +1,12 @@
 //! The Wasmtime host that runs `wasi:messaging` guests on Azure Service Bus.
 //!
-//! The flow: load the component (compiled once, cached on disk) → call its
-//! `configure()` → merge its channels and options with `host.toml` → check every
-//! channel exists → run a worker per channel → for each delivery, call `handler`
-//! in a fresh instance (deadline, memory cap) → the guest settles through its
-//! imports → the host settles what is left by the matrix (ok → complete; error,
-//! trap or timeout → abandon). `docs/semantics.md` is the guest's contract.
+//! The flow: load the component (compiled once, cached on disk) and tell its revision of
+//! `wasi:messaging` from its exports → take its channels (a February 2024 guest's
+//! `configure()`, `host.toml`, `--channel`) and options → check every channel exists → run a
+//! worker per channel → for each delivery, call `handler` (February 2024) or `handle`
+//! (December 2024) in a fresh instance (deadline, memory cap) → the guest settles through its
+//! imports → the host settles what is left by the matrix (ok → complete; error, trap or
+//! timeout → abandon). `docs/semantics.md` is the guest's contract.
 //!
 //! # Layout
 //! A message moves down this list: a worker receives it, a call's store is built, the guest
@@ -74,7 +75,9 @@
 //!
 //! let mut linker = Linker::<MyState>::new(engine);
 //! wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-//! messaging::add_to_linker(&mut linker, |s: &mut MyState| Messaging::new(&s.messaging, &mut s.call, &mut s.table))?;
+//! messaging::add_to_linker(&mut linker, wit_interface::Revision::Dec2024, |s: &mut MyState| {
+//!     Messaging::new(&s.messaging, &mut s.call, &mut s.table)
+//! })?;
 //! let ctx = MessagingCtx::builder().connection("default", client).allow("payments").build()?;
 //! # Ok(()) }
 //! ```

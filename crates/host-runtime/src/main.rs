@@ -27,9 +27,13 @@ struct Args {
     /// The Service Bus connection string.
     #[arg(long, env = "SERVICEBUS_CONNECTION_STRING", hide_env_values = true)]
     connection_string: Option<String>,
-    /// host.toml: connections, channel options, the guest's allow-list and environment.
+    /// host.toml: connections, channel options, the guest's allow-list, environment and settings.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A channel (queue, or topic/Subscriptions/subscription) for the guest to receive from;
+    /// repeat it for more. Adds to the channels of host.toml's `[guest]` table.
+    #[arg(long = "channel", value_name = "NAME")]
+    channels: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -94,10 +98,11 @@ async fn run(args: Args) -> Result<()> {
     // is ready must shut it down gracefully, not kill it with the default action.
     let mut signals = Signals::install()?;
     let grace = parse_duration(&args.grace_period).map_err(|e| anyhow::anyhow!("--grace-period: {e}"))?;
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => HostConfig::from_file(path)?,
         None => HostConfig::default(),
     };
+    config.guest.channels.extend(args.channels.iter().cloned());
     let connection = match args.connection_string.as_deref().or(config.connection_string.as_deref()) {
         Some(cs) => ConnectionString::parse(cs).context("the connection string")?,
         None => match ConnectionString::from_variables(|k| std::env::var(k).ok())? {

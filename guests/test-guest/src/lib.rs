@@ -21,6 +21,7 @@
 //! | `latency` | prints `latency-us <n>` to stderr: wall clock now minus the `sent-at-us` property |
 //! | `note:<text>` | nothing (makes scripts unique, e.g. to count duplicates) |
 //! | `echo:<key>` | reads metadata key `<key>` (`(none)` if absent) |
+//! | `config:<key>` | reads `wasi:config/store.get(key)` (`(none)` if absent) |
 //! | `state-get` | `sessions.get-state`; reads the state as text (`(none)` if there is none) |
 //! | `state-set:<text>`, `state-clear` | `sessions.set-state` with the text, or `none` |
 //! | `ok` | returns `ok` now, skipping the remaining steps |
@@ -103,9 +104,17 @@ fn run_script(m: &Message) -> Result<(), Error> {
     for step in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let (op, arg) = step.split_once(':').unwrap_or((step, ""));
         let result: Result<(), Error> = match op {
-            "echo" | "state-get" => {
+            "echo" | "state-get" | "config" => {
                 let read = match op {
                     "echo" => Ok(meta(m, arg).unwrap_or("(none)").to_string()),
+                    "config" => {
+                        // A config error is not a messaging error: it has no kind to report.
+                        report.push(match wasi::config::store::get(arg) {
+                            Ok(v) => format!("{step} => ok {}", v.as_deref().unwrap_or("(none)")),
+                            Err(e) => format!("{step} => err {e:?}"),
+                        });
+                        continue;
+                    }
                     _ => sessions::get_state(m)
                         .map(|s| s.map_or_else(|| "(none)".to_string(), |s| String::from_utf8_lossy(&s).into_owned())),
                 };

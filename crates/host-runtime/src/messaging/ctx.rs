@@ -1,6 +1,6 @@
 //! The per-process context: connections and their links, the allow-list, the counters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use amqp_servicebus::{Error as SbError, ReceivedMessage, Receiver, ServiceBusClient};
@@ -30,6 +30,10 @@ pub struct MessagingCtx {
     metrics: Arc<Metrics>,
     pub(super) updates: Option<mpsc::UnboundedSender<GuestConfiguration>>,
     ids: DeliveryIds,
+    /// The guest's `wasi:config/store` values.
+    pub(super) config: BTreeMap<String, String>,
+    /// Where requests ask their replies to go (a queue that requires sessions).
+    reply_queue: Option<String>,
 }
 
 impl std::fmt::Debug for MessagingCtx {
@@ -45,6 +49,8 @@ pub struct MessagingCtxBuilder {
     allowed: HashSet<String>,
     metrics: Option<Arc<Metrics>>,
     updates: Option<mpsc::UnboundedSender<GuestConfiguration>>,
+    config: BTreeMap<String, String>,
+    reply_queue: Option<String>,
 }
 
 impl MessagingCtxBuilder {
@@ -74,6 +80,22 @@ impl MessagingCtxBuilder {
         self
     }
 
+    /// Gives the guest the `wasi:config/store` value `value` under `key`.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.insert(key.into(), value.into());
+        self
+    }
+
+    /// Lets the guest make requests (`request-reply.request`, December 2024 revision): each
+    /// asks its replies to come to `queue`, a queue that requires sessions, in a message
+    /// session of its own. The guest may also send there.
+    pub fn reply_queue(mut self, queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        self.allowed.insert(queue.to_ascii_lowercase());
+        self.reply_queue = Some(queue);
+        self
+    }
+
     /// The context.
     pub fn build(self) -> Result<MessagingCtx, BuildError> {
         if !self.connections.contains_key(DEFAULT_CONNECTION) {
@@ -85,6 +107,8 @@ impl MessagingCtxBuilder {
             metrics: self.metrics.unwrap_or_default(),
             updates: self.updates,
             ids: DeliveryIds::new(),
+            config: self.config,
+            reply_queue: self.reply_queue,
         })
     }
 }
@@ -103,6 +127,11 @@ impl MessagingCtx {
     /// The counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The queue requests ask their replies to come to, if the guest may make requests.
+    pub fn reply_queue(&self) -> Option<&str> {
+        self.reply_queue.as_deref()
     }
 
     /// Lets the guest send and redirect to `channel` from now on.

@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 
 use crate::config::ChannelOptions;
 use crate::delivery::{self, Delivery};
-use crate::instance::Instances;
+use crate::instance::{Failure, Instances};
 use crate::messaging::CallCtx;
 use crate::trace::{SpanId, TraceContext, TraceId};
 
@@ -18,7 +18,7 @@ use crate::trace::{SpanId, TraceContext, TraceId};
 #[derive(Debug)]
 enum CallEnd {
     Ok,
-    Error(String),
+    Error(Failure),
     Trap(String),
     Timeout(Duration),
     Cancelled,
@@ -141,15 +141,11 @@ async fn run_call(
     metrics.received(channel, messages.len() as u64);
     let deliveries: Vec<Arc<Delivery>> =
         messages.into_iter().map(|m| ctx.delivery(channel, m, receiver.clone())).collect();
-    let guest_messages: Vec<_> = deliveries.iter().map(|d| d.guest_message()).collect();
     let mut store = rt.store(CallCtx::new(channel, &deliveries).with_trace(trace));
 
     metrics.call_started(channel);
     let started = tokio::time::Instant::now();
-    let call = async {
-        let instance = rt.instantiate(&mut store).await?;
-        instance.wasi_messaging_messaging_guest().call_handler(&mut store, &guest_messages).await
-    };
+    let call = rt.handle(&mut store, &deliveries);
     // Lock renewal runs beside the call, in this task (a task of its own per call cost a spawn
     // and an abort per message); running wasm yields every epoch tick, so it is never starved.
     let renewal = async {
@@ -162,7 +158,7 @@ async fn run_call(
         r = tokio::time::timeout(options.handler_timeout, call) => match r {
             Err(_) => CallEnd::Timeout(options.handler_timeout),
             Ok(Ok(Ok(()))) => CallEnd::Ok,
-            Ok(Ok(Err(e))) => CallEnd::Error(Instances::take_error(&mut store, e).to_string()),
+            Ok(Ok(Err(failure))) => CallEnd::Error(failure),
             Ok(Err(trap)) => CallEnd::Trap(format!("{trap:#}")),
         },
         _ = hard_stop.wait_for(|stop| *stop) => CallEnd::Cancelled,
@@ -176,9 +172,17 @@ async fn run_call(
     let (trace_id, span_id) = (TraceId(trace.trace_id), SpanId(trace.span_id));
     match &end {
         CallEnd::Ok => {}
-        CallEnd::Error(e) => {
+        CallEnd::Error(Failure { level, text }) => {
             counters.handler_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(%channel, %trace_id, %span_id, "handler returned an error: {e}");
+            match *level {
+                tracing::Level::ERROR => {
+                    tracing::error!(%channel, %trace_id, %span_id, "handler returned an error: {text}")
+                }
+                tracing::Level::WARN => {
+                    tracing::warn!(%channel, %trace_id, %span_id, "handler returned an error: {text}")
+                }
+                _ => tracing::info!(%channel, %trace_id, %span_id, "handler returned an error: {text}"),
+            }
         }
         CallEnd::Trap(t) => {
             counters.handler_traps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

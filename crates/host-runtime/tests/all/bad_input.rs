@@ -37,8 +37,61 @@ async fn component_files_that_are_not_guests() {
     let e = start_err(empty, "").await;
     assert!(matches!(e, StartError::Load(LoadError::WrongWorld { .. })), "{e}");
     let text = e.to_string();
-    assert!(text.contains("does not export wasi:messaging/messaging-guest@0.2.0-draft"), "{text}");
+    assert!(
+        text.contains(
+            "exports neither wasi:messaging/messaging-guest@0.2.0-draft (the February 2024 draft) nor \
+                       wasi:messaging/incoming-handler@0.2.0-draft (the December 2024 revision)"
+        ),
+        "{text}"
+    );
     assert!(text.contains("it imports: (nothing)"), "{text}");
+}
+
+/// A component that imports an empty instance under each of `imports` and exports the first
+/// under each of `exports`: a shape no guest generator makes, for the checks that come before
+/// linking.
+fn component(imports: &[&str], exports: &[&str]) -> Vec<u8> {
+    use wasm_encoder::{
+        Component, ComponentExportKind, ComponentExportSection, ComponentImportSection, ComponentTypeRef,
+        ComponentTypeSection, InstanceType,
+    };
+    let mut types = ComponentTypeSection::new();
+    types.instance(&InstanceType::new());
+    let mut imported = ComponentImportSection::new();
+    for name in imports {
+        imported.import(*name, ComponentTypeRef::Instance(0));
+    }
+    let mut exported = ComponentExportSection::new();
+    for name in exports {
+        exported.export(*name, ComponentExportKind::Instance, 0, None);
+    }
+    let mut c = Component::new();
+    c.section(&types).section(&imported).section(&exported);
+    c.finish()
+}
+
+#[tokio::test]
+async fn a_component_that_mixes_the_revisions_is_refused_naming_the_imports() {
+    use wit_interface::names;
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = dir.path().join("mixed.wasm");
+    let imports = [names::TYPES, names::CONSUMER, names::SETTLEMENT];
+    std::fs::write(&mixed, component(&imports, &[names::INCOMING_HANDLER])).unwrap();
+    let e = start_err(mixed, "[guest]\nchannels = [\"test-in\"]\n").await;
+    assert!(matches!(e, StartError::Load(LoadError::WrongWorld { .. })), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "it exports the December 2024 revision's handler but imports \
+             wasi:messaging/consumer@0.2.0-draft, servicebus:messaging/settlement@0.1.0 of the February 2024 draft"
+        ),
+        "{text}"
+    );
+
+    let both = dir.path().join("both.wasm");
+    std::fs::write(&both, component(&[names::TYPES], &[names::MESSAGING_GUEST, names::INCOMING_HANDLER])).unwrap();
+    let text = start_err(both, "").await.to_string();
+    assert!(text.contains("exports both"), "{text}");
 }
 
 #[tokio::test]

@@ -165,3 +165,51 @@ async fn json_logs_carry_the_calls_trace() -> anyhow::Result<()> {
     emu.shutdown().await;
     Ok(())
 }
+
+/// A component built from upstream's WIT alone (`sample-handler`, `messaging-core` at the
+/// vendored commit) runs on the binary with `--channel`: `ok` completes, an `error` abandons,
+/// and what it sends arrives with its content type and metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_dec2024_component_runs_with_channel_flags() -> anyhow::Result<()> {
+    let orders = queue_with("orders", Duration::from_secs(30), 1);
+    let emu = emulator(vec![orders, queue("payments")]).await;
+    let dir = tempfile::tempdir()?;
+    let toml = dir.path().join("host.toml");
+    std::fs::write(&toml, "[guest]\nallowed-targets = [\"payments\"]\n")?;
+    let c = client(&emu);
+    c.sender("orders")
+        .send(amqp_servicebus::Message::new(r#"{"id":"o-1","customer":"ada","amount_cents":1200}"#))
+        .await?;
+    c.sender("orders").send(amqp_servicebus::Message::new("not an order")).await?;
+    let host = Command::new(BIN)
+        .arg(guest("sample-handler"))
+        .args(["--channel", "orders", "--config"])
+        .arg(&toml)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("SERVICEBUS_CONNECTION_STRING", emu.connection_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The order became a payment and was completed; the bad one was abandoned, which with
+    // MaxDeliveryCount 1 dead-letters it.
+    let done = QueueCounts { dead_lettered: 1, ..Default::default() };
+    eventually("both orders settled", Duration::from_secs(30), || emu.queue_counts("orders").unwrap() == done).await;
+    let payment = c.receiver("payments").receive(1, Duration::from_secs(5)).await?;
+    assert_eq!(payment[0].content_type.as_deref(), Some("application/json"));
+    assert_eq!(payment[0].correlation_id.as_deref(), Some("o-1"));
+    let order_id = payment[0].application_properties.get("order-id");
+    assert_eq!(order_id, Some(&amqp_servicebus::SimpleValue::String("o-1".into())));
+    let dead = c.receiver("orders/$DeadLetterQueue").receive(1, Duration::from_secs(5)).await?;
+    assert_eq!(dead[0].dead_letter_reason(), Some("MaxDeliveryCountExceeded"));
+
+    assert!(Command::new("kill").args(["-TERM", &host.id().to_string()]).status()?.success());
+    let out = tokio::task::spawn_blocking(move || host.wait_with_output()).await??;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {log}", out.status);
+    assert!(log.contains("the guest targets the December 2024 revision of wasi:messaging"), "{log}");
+    assert!(log.contains("handler returned an error: other: not an order"), "{log}");
+    emu.shutdown().await;
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! `examples/embed.rs`, compiled into the tests and run against the emulator: a program with
-//! its own store type and linker runs the sample guest on messages it received itself.
+//! its own store type and linker runs the sample guest of either revision on messages it
+//! received itself.
 
 use amqp_servicebus::Message;
 use host_runtime::delivery::{DeliveryState, Outcome};
@@ -35,6 +36,26 @@ async fn a_program_with_its_own_store_and_linker_runs_a_handler_on_a_message_it_
     let state = example::run(&component, &emu.connection_string(), "orders", &[]).await?;
     assert_eq!(state, DeliveryState::Settled(Outcome::Abandoned));
     assert_eq!(emu.queue_counts("orders").unwrap().active, 1, "the order is there to be handled again");
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_program_runs_a_guest_of_the_dec2024_revision() -> anyhow::Result<()> {
+    let emu = emulator(vec![queue("orders"), queue("payments")]).await;
+    let c = client(&emu);
+    let component = guest("sample-handler");
+
+    c.sender("orders").send(Message::new(r#"{"id":"o-1","customer":"ada","amount_cents":1200}"#)).await?;
+    let state = example::run(&component, &emu.connection_string(), "orders", &["payments"]).await?;
+    assert_eq!(state, DeliveryState::Settled(Outcome::Completed), "handle returned ok: completed");
+    let payments = c.receiver("payments").receive(1, std::time::Duration::from_secs(5)).await?;
+    assert_eq!(payments[0].correlation_id.as_deref(), Some("o-1"));
+    assert_eq!(payments[0].content_type.as_deref(), Some("application/json"));
+
+    c.sender("orders").send(Message::new("not json")).await?;
+    let state = example::run(&component, &emu.connection_string(), "orders", &["payments"]).await?;
+    assert_eq!(state, DeliveryState::Settled(Outcome::Abandoned), "handle returned an error: abandoned");
     emu.shutdown().await;
     Ok(())
 }

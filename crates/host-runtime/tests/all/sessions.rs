@@ -6,21 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use amqp_servicebus::{Message, ServiceBusClient, SessionReceiverOptions};
-use servicebus_emulator::{QueueConfig, QueueCounts, QueueProperties};
+use servicebus_emulator::QueueCounts;
 
 use super::support::*;
-
-fn session_queue(name: &str, max_delivery_count: u32) -> QueueConfig {
-    QueueConfig {
-        name: name.into(),
-        properties: QueueProperties {
-            requires_session: true,
-            lock_duration: Duration::from_secs(5),
-            max_delivery_count,
-            ..QueueProperties::default()
-        },
-    }
-}
 
 /// Sends a script in session `session` to `queue`, reporting to `reports` under `id`.
 async fn send_in_session(c: &ServiceBusClient, queue: &str, session: &str, id: &str, script: &str) {

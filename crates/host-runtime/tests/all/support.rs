@@ -24,6 +24,19 @@ pub(crate) fn queue_with(name: &str, lock: Duration, max_delivery_count: u32) ->
     }
 }
 
+/// A queue that requires sessions, with a 5 s lock.
+pub(crate) fn session_queue(name: &str, max_delivery_count: u32) -> QueueConfig {
+    QueueConfig {
+        name: name.into(),
+        properties: QueueProperties {
+            requires_session: true,
+            lock_duration: Duration::from_secs(5),
+            max_delivery_count,
+            ..QueueProperties::default()
+        },
+    }
+}
+
 pub(crate) async fn emulator(queues: Vec<QueueConfig>) -> Emulator {
     // Logs with RUST_LOG (shown for failing tests).
     let _ = tracing_subscriber::fmt()
@@ -67,6 +80,29 @@ pub(crate) async fn test_host(emu: &Emulator, channels: &str, extra_toml: &str) 
     );
     let config = HostConfig::parse(&toml, "host.toml").unwrap();
     Host::start(options(emu, guest("test-guest"), config)).await.expect("the host starts")
+}
+
+/// Starts a host with the scripted guest of the December 2024 revision (`test-handler`)
+/// receiving from `channels`.
+pub(crate) async fn handler_host(emu: &Emulator, channels: &[&str], extra_toml: &str) -> Host {
+    let toml =
+        format!("[guest]\nchannels = {channels:?}\nallowed-targets = [\"reports\", \"elsewhere\"]\n{extra_toml}");
+    let config = HostConfig::parse(&toml, "host.toml").unwrap();
+    Host::start(options(emu, guest("test-handler"), config)).await.expect("the host starts")
+}
+
+/// Sends a script for `test-handler` to `queue`; it reports to `reports` (its `report-to`
+/// metadata), correlated by message-id.
+pub(crate) async fn send_handler_script(c: &ServiceBusClient, queue: &str, id: &str, script: &str) {
+    c.sender(queue).send(handler_script(id, script)).await.unwrap();
+}
+
+/// A script for `test-handler`, reporting to `reports` under `id`.
+pub(crate) fn handler_script(id: &str, script: &str) -> Message {
+    let mut m = Message::new(script.to_string());
+    m.message_id = Some(id.into());
+    m.application_properties.insert("report-to".into(), amqp_servicebus::SimpleValue::String("reports".into()));
+    m
 }
 
 /// Sends a script to `queue`; the guest reports to `reports`, correlated by message-id.

@@ -1,5 +1,6 @@
 //! Every guest in `guests/` builds to a component that wasmtime accepts, whose
-//! imports and exports match the world it claims, and whose `configure()` runs.
+//! imports and exports match the world it claims (and the revision the host tells from them),
+//! and whose `configure()` runs (February 2024 draft).
 
 use std::collections::BTreeSet;
 
@@ -8,13 +9,17 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, ResourceTable, ResourceType};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wit_interface::{Client, DraftGuestPre, GuestError, ServicebusGuestPre, names};
+use wit_interface::{
+    Client, DraftGuestPre, GuestError, MessageState, RequestOptions, Revision, ServicebusGuestPre, names,
+};
 
-/// The world each guest claims.
-const CLAIMS: [(&str, &str); 3] = [
-    ("sample-guest", "servicebus:messaging@0.1.0/servicebus-guest"),
-    ("test-guest", "servicebus:messaging@0.1.0/servicebus-guest"),
-    ("draft-guest", "wasi:messaging@0.2.0-draft/messaging"),
+/// The world each guest claims, and the revision it is of.
+const CLAIMS: [(&str, &str, Revision); 5] = [
+    ("sample-guest", "servicebus:messaging@0.1.0/servicebus-guest", Revision::Feb2024),
+    ("test-guest", "servicebus:messaging@0.1.0/servicebus-guest", Revision::Feb2024),
+    ("draft-guest", "wasi:messaging@0.2.0-draft/messaging", Revision::Feb2024),
+    ("sample-handler", "wasi:messaging@0.2.0-draft/messaging-core", Revision::Dec2024),
+    ("test-handler", "servicebus:messaging@0.2.0/servicebus-guest", Revision::Dec2024),
 ];
 
 struct State {
@@ -40,7 +45,7 @@ fn load(engine: &Engine, guest: &str) -> Result<Component> {
         .with_context(|| format!("loading {}", path.display()))
 }
 
-/// A linker with WASI, the messaging resource types, and every messaging function trapping.
+/// A linker with WASI, the messaging resource types, and every messaging and config function trapping.
 ///
 /// (`Linker::define_unknown_imports_as_traps` would also stub the WASI imports by
 /// their exact version, defeating the semver match with the linker's WASI.)
@@ -49,7 +54,7 @@ fn linker(engine: &Engine, component: &Component) -> Result<Linker<State>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     for (name, item) in component.component_type().imports(engine) {
         let ComponentItem::ComponentInstance(instance_ty) = item.ty else { continue };
-        if !name.starts_with("wasi:messaging/") && !name.starts_with("servicebus:") {
+        if !["wasi:messaging/", "servicebus:", "wasi:config/"].iter().any(|p| name.starts_with(p)) {
             continue;
         }
         let mut instance = linker.instance(name)?;
@@ -60,6 +65,12 @@ fn linker(engine: &Engine, component: &Component) -> Result<Linker<State>> {
                 }
                 ("error", ComponentItem::Resource(_)) => {
                     instance.resource("error", ResourceType::host::<GuestError>(), |_, _| Ok(()))?
+                }
+                ("message", ComponentItem::Resource(_)) => {
+                    instance.resource("message", ResourceType::host::<MessageState>(), |_, _| Ok(()))?
+                }
+                ("request-options", ComponentItem::Resource(_)) => {
+                    instance.resource("request-options", ResourceType::host::<RequestOptions>(), |_, _| Ok(()))?
                 }
                 (func, ComponentItem::ComponentFunc(_)) => {
                     let what = format!("{name}#{func}");
@@ -83,7 +94,7 @@ fn store(engine: &Engine, env: &[(&str, &str)]) -> Store<State> {
 fn the_guest_list_is_what_these_tests_cover() {
     let names = xtask::guests::guest_names().unwrap();
     let claimed: Vec<String> = {
-        let mut v: Vec<String> = CLAIMS.iter().map(|(g, _)| g.to_string()).collect();
+        let mut v: Vec<String> = CLAIMS.iter().map(|(g, _, _)| g.to_string()).collect();
         v.sort();
         v
     };
@@ -93,20 +104,32 @@ fn the_guest_list_is_what_these_tests_cover() {
 #[test]
 fn every_guest_imports_and_exports_what_its_world_says() -> Result<()> {
     let engine = engine();
-    let (resolve, _) = super::wit::resolve();
-    for (guest, world) in CLAIMS {
+    for (guest, world, revision) in CLAIMS {
+        let (resolve, _) = match revision {
+            Revision::Feb2024 => super::wit::resolve(),
+            Revision::Dec2024 => super::wit::resolve_dec2024(),
+        };
         let component = load(&engine, guest)?;
         let ty = component.component_type();
         let imports: BTreeSet<String> = ty.imports(&engine).map(|(n, _)| n.to_string()).collect();
         let exports: BTreeSet<String> = ty.exports(&engine).map(|(n, _)| n.to_string()).collect();
         let (world_imports, world_exports) = super::wit::world_interfaces(&resolve, world);
+        assert_eq!(
+            Revision::of(imports.iter().map(String::as_str), exports.iter().map(String::as_str)),
+            Ok(revision),
+            "{guest}"
+        );
 
         let foreign: Vec<&String> = imports
             .iter()
             .filter(|i| !world_imports.contains(*i) && !names::WASI_IMPORT_PREFIXES.iter().any(|p| i.starts_with(p)))
             .collect();
         assert!(foreign.is_empty(), "{guest} imports {foreign:?}, which {world} does not have");
-        assert!(imports.contains(names::MESSAGING_TYPES), "{guest} should import messaging-types: {imports:?}");
+        let types = match revision {
+            Revision::Feb2024 => names::MESSAGING_TYPES,
+            Revision::Dec2024 => names::TYPES,
+        };
+        assert!(imports.contains(types), "{guest} should import {types}: {imports:?}");
         assert_eq!(exports, world_exports, "{guest} exports differ from {world}");
     }
     Ok(())
