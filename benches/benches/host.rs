@@ -1,10 +1,11 @@
 //! The host's per-message costs: a handler call on a fresh instance (`InstancePre` +
 //! pooling: instantiate, call `handler` with one 1 KiB message, drop) versus a call on a
-//! reused instance; and converting a message to and from the WIT record.
+//! reused instance; the same handler of the December 2024 revision in Rust, Python and
+//! JavaScript on a fresh instance each; and converting a message to and from the WIT record.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use host_runtime::bench::Bench;
-use wit_interface::{FormatSpec, Message};
+use wit_interface::{FormatSpec, Message, MessageState};
 
 /// One 1 KiB message for the scripted test guest: `ok` returns at once; the rest is padding.
 fn message() -> Message {
@@ -42,6 +43,32 @@ fn dispatch(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("instance", "reused"), |b| {
         b.iter(|| runtime.block_on(reused.call(&messages)).unwrap())
     });
+    group.finish();
+}
+
+/// The sample handler of the December 2024 revision, per language, on a fresh instance a call:
+/// `handle` with a payment request (parsed and checked as JSON; nothing sent, so no broker).
+fn handlers(c: &mut Criterion) {
+    let components = xtask::guests::ensure_built().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let payment = MessageState {
+        data: br#"{"order_id":"o-42","customer":"ada","amount_cents":1200}"#.to_vec(),
+        content_type: Some("application/json".into()),
+        metadata: Some(vec![("delivery-id".into(), "d1".into()), ("order-id".into(), "o-42".into())]),
+        topic: Some("payments".into()),
+        delivery: None,
+    };
+    let mut group = c.benchmark_group("handle_payment_fresh");
+    for (language, guest) in
+        [("rust", "sample-handler"), ("python", "sample-handler-py"), ("javascript", "sample-handler-js")]
+    {
+        let bench = Bench::new(&components.path(guest).unwrap()).unwrap();
+        // It must succeed: a handler that fails fast would measure nothing.
+        runtime.block_on(bench.fresh_handle(payment.clone())).unwrap().expect("the payment is valid");
+        group.bench_function(BenchmarkId::new("language", language), |b| {
+            b.iter(|| runtime.block_on(bench.fresh_handle(payment.clone())).unwrap())
+        });
+    }
     group.finish();
 }
 
@@ -90,5 +117,5 @@ fn span(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dispatch, conversion, span);
+criterion_group!(benches, dispatch, handlers, conversion, span);
 criterion_main!(benches);

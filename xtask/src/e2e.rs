@@ -18,6 +18,9 @@ struct Env {
     host: PathBuf,
     sample: PathBuf,
     test_guest: PathBuf,
+    test_handler: PathBuf,
+    /// The sample handler of the December 2024 revision in Rust, Python and JavaScript.
+    handlers: [(&'static str, PathBuf); 3],
     dir: PathBuf,
     runtime: tokio::runtime::Runtime,
 }
@@ -36,10 +39,16 @@ pub fn run(only: Option<&str>) -> Result<()> {
         host,
         sample: components.path("sample-guest")?,
         test_guest: components.path("test-guest")?,
+        test_handler: components.path("test-handler")?,
+        handlers: [
+            ("Rust", components.path("sample-handler")?),
+            ("Python", components.path("sample-handler-py")?),
+            ("JavaScript", components.path("sample-handler-js")?),
+        ],
         dir,
         runtime: tokio::runtime::Runtime::new()?,
     };
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("one host serves several queues", several_queues),
         ("every settlement path of the sample guest", sample_paths),
         ("a poison message reaches the DLQ after MaxDeliveryCount", poison),
@@ -48,6 +57,11 @@ pub fn run(only: Option<&str>) -> Result<()> {
         ("SIGTERM with messages in flight exits cleanly", sigterm_in_flight),
         ("the host recovers when the emulator restarts", emulator_restart),
         ("20 sessions × 50 messages, two hosts, one SIGKILL: in order, nothing lost", sessions_across_a_kill),
+        ("200 requests from two requester hosts sharing a reply queue, every reply matched", request_reply),
+        (
+            "the sample handler in Rust, Python and JavaScript: orders become payments, bad ones are dead-lettered",
+            handlers,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     let chosen: Vec<_> = scenarios.into_iter().filter(|(name, _)| only.is_none_or(|o| name.contains(o))).collect();
@@ -520,4 +534,145 @@ fn start_on(binary: &Path, cfg: &Path, port: u16) -> Result<EmulatorProcess> {
             Err(e) => return Err(e).context("restarting the emulator on the same port"),
         }
     }
+}
+
+/// Request-reply (December 2024 revision) between processes: two requester hosts share one reply
+/// queue, a responder host answers; each of 200 requests must get its own reply, and only it.
+fn request_reply(env: &Env) -> Result<String> {
+    const N: usize = 200;
+    let cfg = env.dir.join("rpc.Config.json");
+    let queue = |name| procs::queue_json(name, "PT30S", 10, false);
+    procs::write_emulator_config_json(
+        &cfg,
+        "e2e",
+        vec![queue("triggers"), queue("rpc"), procs::queue_json("replies", "PT30S", 10, true), queue("reports")],
+    )?;
+    let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), 0)?;
+    let cs = emu.connection_string();
+    let c = client(&cs)?;
+    let toml = |name: &str, text: &str| -> Result<PathBuf> {
+        let path = env.dir.join(format!("{name}.host.toml"));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let requester = toml(
+        "requester",
+        "[guest]\nchannels = [\"triggers\"]\nreply-queue = \"replies\"\nallowed-targets = [\"rpc\", \"reports\"]\n\
+         [defaults]\nmax-concurrent-calls = 8\n",
+    )?;
+    let responder = toml(
+        "responder",
+        "[guest]\nchannels = [\"rpc\"]\nallowed-targets = [\"replies\", \"reports\"]\n[defaults]\nmax-concurrent-calls = 8\n",
+    )?;
+    let start =
+        |config: &Path, log: &str| HostProcess::start(&env.host, &env.test_handler, config, &cs, &env.dir.join(log));
+    let mut hosts = [start(&requester, "rpc-requester-1.log")?, start(&requester, "rpc-requester-2.log")?];
+    let mut answering = start(&responder, "rpc-responder.log")?;
+    env.runtime.block_on(async {
+        let sender = c.sender("triggers");
+        let triggers: Vec<Message> = (0..N)
+            .map(|i| {
+                let mut m = Message::new("request:rpc:1:30000");
+                m.message_id = Some(format!("t-{i}"));
+                let text = |v: String| amqp_servicebus::SimpleValue::String(v);
+                m.application_properties.insert("request-script".into(), text(format!("reply:echo-{i}")));
+                m.application_properties.insert("report-to".into(), text("reports".into()));
+                m
+            })
+            .collect();
+        for chunk in triggers.chunks(50) {
+            sender.send_batch(chunk.to_vec()).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    // Every trigger's report: its request's replies, which must be its own.
+    let receiver = c.receive_and_delete_receiver("reports");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut matched, mut wrong) = (HashSet::new(), Vec::new());
+    while matched.len() + wrong.len() < N {
+        ensure!(Instant::now() < deadline, "{} of {N} requests answered within 120 s", matched.len() + wrong.len());
+        for m in env.runtime.block_on(receiver.receive(100, Duration::from_millis(500)))? {
+            let id = m.correlation_id.clone().unwrap_or_default();
+            let report = String::from_utf8_lossy(&m.body).into_owned();
+            let i = id.strip_prefix("t-").unwrap_or_default();
+            if report == format!("request:rpc:1:30000 => ok echo-{i}") {
+                matched.insert(id);
+            } else {
+                wrong.push(format!("{id}: {report}"));
+            }
+        }
+    }
+    ensure!(wrong.is_empty(), "{} requests got the wrong answer: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    ensure!(matched.len() == N, "{} distinct requests answered of {N}", matched.len());
+    let per_host: Vec<f64> = hosts
+        .iter()
+        .map(|h| scrape(h.metrics).map(|m| metric(&m, "messaging_completed_total", "triggers")))
+        .collect::<Result<_>>()?;
+    ensure!(per_host.iter().all(|&n| n > 0.0), "one requester did all the work: {per_host:?}");
+    ensure!(peek_count(env, &c, "replies")? == 0, "replies were left on the reply queue");
+    for h in hosts.iter_mut().chain([&mut answering]) {
+        h.signal("TERM")?;
+        ensure!(h.wait()?, "a host did not exit cleanly; its log: {}", h.log.display());
+    }
+    emu.stop()?;
+    Ok(format!("{N} requests, {N} replies matched, requests per requester {per_host:?}"))
+}
+
+/// The sample handler of the December 2024 revision, in each language, on a host of its own:
+/// valid orders become payments (JSON, correlated, with metadata) and are completed; invalid ones
+/// are abandoned until Service Bus dead-letters them.
+fn handlers(env: &Env) -> Result<String> {
+    const ORDERS: usize = 20;
+    const BAD: usize = 2;
+    let mut summary = Vec::new();
+    for (language, component) in &env.handlers {
+        let started = Instant::now();
+        let cfg = config_json(env, "handlers", &[("orders", "PT30S", 2), ("payments", "PT30S", 10)])?;
+        let emu = EmulatorProcess::start(&env.emulator, Some(&cfg), 0)?;
+        let cs = emu.connection_string();
+        let c = client(&cs)?;
+        let toml = env.dir.join("handlers.host.toml");
+        std::fs::write(&toml, "[guest]\nchannels = [\"orders\"]\nallowed-targets = [\"payments\"]\n")?;
+        let log = env.dir.join(format!("handler-{}.log", language.to_lowercase()));
+        let mut host = HostProcess::start(&env.host, component, &toml, &cs, &log)?;
+        let mut orders: Vec<String> =
+            (0..ORDERS).map(|i| format!(r#"{{"id":"o-{i}","customer":"c-{i}","amount_cents":{}}}"#, 100 + i)).collect();
+        orders.push("not json".into());
+        orders.push(r#"{"id":"o-x","customer":"","amount_cents":5}"#.into());
+        send_scripts(env, &c, "orders", orders)?;
+        wait_for(&host, "every order settled", Duration::from_secs(120), |m| {
+            metric(m, "messaging_completed_total", "orders") >= ORDERS as f64
+                && metric(m, "messaging_abandoned_total", "orders") >= (2 * BAD) as f64
+        })?;
+        wait_empty(env, &c, "orders", Duration::from_secs(30))?;
+        let (payments, dead) = env.runtime.block_on(async {
+            let take = |entity: &str| {
+                let r = c.receive_and_delete_receiver(entity);
+                async move { r.receive(ORDERS + BAD + 1, Duration::from_secs(3)).await }
+            };
+            anyhow::Ok((take("payments").await?, take("orders/$DeadLetterQueue").await?))
+        })?;
+        ensure!(payments.len() == ORDERS, "{language}: {} payments for {ORDERS} orders", payments.len());
+        for p in &payments {
+            let id = p.correlation_id.clone().unwrap_or_default();
+            ensure!(p.content_type.as_deref() == Some("application/json"), "{language}: {id}'s content type");
+            let order_id = p.application_properties.get("order-id");
+            ensure!(
+                order_id == Some(&amqp_servicebus::SimpleValue::String(id.clone())),
+                "{language}: payment {id} has order-id {order_id:?}"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&p.body)?;
+            ensure!(body["order_id"] == id.as_str(), "{language}: payment {id} says {body}");
+        }
+        ensure!(dead.len() == BAD, "{language}: {} of {BAD} bad orders dead-lettered", dead.len());
+        ensure!(
+            dead.iter().all(|m| m.dead_letter_reason() == Some("MaxDeliveryCountExceeded")),
+            "{language}: dead-lettered for another reason"
+        );
+        host.signal("TERM")?;
+        ensure!(host.wait()?, "{language}: the host did not exit cleanly; its log: {}", log.display());
+        emu.stop()?;
+        summary.push(format!("{language} {:.1}s", started.elapsed().as_secs_f64()));
+    }
+    Ok(format!("{ORDERS} payments and {BAD} dead letters each: {}", summary.join(", ")))
 }

@@ -1,9 +1,10 @@
-//! Building the guests (`guests/`, a workspace of its own) for `wasm32-wasip2`.
+//! Building the guests: the Rust ones (`guests/`, a workspace of its own) for `wasm32-wasip2`,
+//! and those in Python and JavaScript ([`crate::componentize`]).
 //!
-//! [`ensure_built`] hashes every source file under `guests/` and `wit/` (plus the
-//! `rustc` version) and rebuilds only when the hash differs from the one recorded
-//! by the last successful build. A file lock serializes concurrent callers, so
-//! test binaries running in parallel build once and then all read the result.
+//! [`ensure_built`] hashes every source file a build depends on (for the Rust guests: under
+//! `guests/` and `wit/`, plus the `rustc` version) and rebuilds only when the hash differs
+//! from the one recorded by the last successful build. A file lock serializes concurrent
+//! callers, so test binaries running in parallel build once and then all read the result.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,7 +26,8 @@ pub struct Components {
 }
 
 impl Components {
-    /// The component file of the guest package `name`, e.g. `sample-guest`.
+    /// The component file of the guest `name`, e.g. `sample-guest` (a Rust guest's package
+    /// name) or `sample-handler-py`.
     pub fn path(&self, name: &str) -> Result<PathBuf> {
         self.by_name.get(name).cloned().with_context(|| {
             format!(
@@ -46,19 +48,34 @@ pub fn ensure_built() -> Result<Components> {
     let (target, lock) = paths::lock_in_target("guests")?;
 
     let names = guest_names()?;
-    let stamp_path = target.join("guests.stamp");
-    let fingerprint = fingerprint()?;
+    let rustc_version = Command::new(rustc()).arg("-vV").output().context("running rustc -vV")?;
+    let fingerprint = fingerprint(&[paths::guests_dir(), paths::wit_dir()], &rustc_version.stdout)?;
     let out_dir = paths::components_dir();
-    let components =
-        Components { by_name: names.iter().map(|n| (n.clone(), out_dir.join(format!("{n}.wasm")))).collect() };
-    let up_to_date = fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == fingerprint)
-        && components.by_name.values().all(|p| p.is_file());
-    if !up_to_date {
+    let mut by_name: BTreeMap<String, PathBuf> =
+        names.iter().map(|n| (n.clone(), out_dir.join(format!("{n}.wasm")))).collect();
+    if !is_built(&target.join("guests.stamp"), &fingerprint, by_name.values())? {
         build(&names, &out_dir)?;
-        fs::write(&stamp_path, &fingerprint).with_context(|| format!("writing {}", stamp_path.display()))?;
+        stamp(&target.join("guests.stamp"), &fingerprint)?;
+    }
+    for guest in crate::componentize::GUESTS {
+        by_name.insert(guest.name.to_string(), crate::componentize::ensure_built(&guest, &target, &out_dir)?);
     }
     drop(lock);
-    Ok(components)
+    Ok(Components { by_name })
+}
+
+/// Whether the last build recorded in `stamp` was of `fingerprint`, and its `outputs` are there.
+pub(crate) fn is_built<'a>(
+    stamp: &Path,
+    fingerprint: &str,
+    mut outputs: impl Iterator<Item = &'a PathBuf>,
+) -> Result<bool> {
+    Ok(fs::read_to_string(stamp).is_ok_and(|s| s.trim() == fingerprint) && outputs.all(|p| p.is_file()))
+}
+
+/// Records that a build of `fingerprint` succeeded.
+pub(crate) fn stamp(stamp: &Path, fingerprint: &str) -> Result<()> {
+    fs::write(stamp, fingerprint).with_context(|| format!("writing {}", stamp.display()))
 }
 
 /// The package names of the guests: each directory under `guests/` with a `Cargo.toml`.
@@ -138,14 +155,13 @@ pub fn ensure_target_installed() -> Result<()> {
     Ok(())
 }
 
-/// A hash of everything a guest build depends on.
-fn fingerprint() -> Result<String> {
+/// A hash of what a build depends on: the files under `roots`, and `extra` (a tool's version).
+pub(crate) fn fingerprint(roots: &[PathBuf], extra: &[u8]) -> Result<String> {
     let mut hasher = Sha256::new();
-    let rustc_version = Command::new(rustc()).arg("-vV").output().context("running rustc -vV")?;
-    hasher.update(&rustc_version.stdout);
-    for root in [paths::guests_dir(), paths::wit_dir()] {
+    hasher.update(extra);
+    for root in roots {
         let mut files = Vec::new();
-        collect_files(&root, &mut files)?;
+        collect_files(root, &mut files)?;
         files.sort();
         for file in files {
             hasher.update(file.to_string_lossy().as_bytes());
@@ -161,7 +177,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name == "target" || name.starts_with('.') && name != ".cargo" {
+        let generated = ["target", "node_modules", "__pycache__"].contains(&name);
+        if generated || name.starts_with('.') && name != ".cargo" {
             continue;
         }
         if path.is_dir() {
@@ -193,7 +210,7 @@ fn rustc() -> std::ffi::OsString {
 pub fn print_components(components: &Components, out: &mut impl std::io::Write) -> Result<()> {
     for (name, path) in components.iter() {
         let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        writeln!(out, "{name:<16} {:>8} bytes  {}", size, path.display())?;
+        writeln!(out, "{name:<18} {:>9} bytes  {}", size, path.display())?;
     }
     out.flush()?;
     Ok(())

@@ -6,9 +6,10 @@
 //!
 //! # Layout
 //! - [`paths`]: where the repository, the target directory and the components are.
-//! - [`guests`]: building the `guests/` workspace for `wasm32-wasip2`.
-//! - [`python`]: the Python venv with the official Azure SDK, for interop tests.
-//! - [`node`]: the official Azure SDK for Node.js from npm, for interop tests.
+//! - [`guests`]: building the `guests/` workspace for `wasm32-wasip2`, and the others.
+//! - [`componentize`]: the guests in Python and JavaScript, and their tools.
+//! - [`python`]: Python venvs: the official Azure SDK for interop tests; componentize-py.
+//! - [`node`]: npm projects: the official Azure SDK for Node.js; componentize-js.
 //! - [`procs`]: the emulator and host as processes, and the host's metrics.
 //! - [`demo`]: `cargo xtask run`.
 //! - [`e2e`]: `cargo xtask test-e2e`.
@@ -28,6 +29,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod bench;
+pub mod componentize;
 pub mod demo;
 pub mod e2e;
 pub mod fuzz;

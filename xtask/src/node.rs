@@ -1,9 +1,10 @@
-//! The Node.js environment for interop tests: the official Azure SDK from npm.
+//! Node.js projects installed into the target directory: the official Azure SDK for the
+//! interop tests, and componentize-js for the JavaScript guest.
 //!
-//! [`ensure_node_modules`] copies `package.json` and `package-lock.json` from
-//! [`NODE_PROJECT`] into `<target>/node-sdk` and runs `npm ci` there, once: a stamp
-//! records the lock file that was installed, and a file lock serializes concurrent callers.
-//! The lock file pins every package, so CI installs what was tested.
+//! [`ensure_npm_project`] copies a project's `package.json` and `package-lock.json` into
+//! `<target>/<name>` and runs `npm ci` there, once: a stamp records the lock file that was
+//! installed, and a file lock serializes concurrent callers. The lock file pins every package,
+//! so CI installs what was tested.
 
 use std::fs;
 use std::path::PathBuf;
@@ -18,20 +19,28 @@ pub const NODE_PROJECT: &str = "crates/servicebus-emulator/tests/node";
 
 /// The `node_modules` directory with the SDK installed, installing it if needed.
 pub fn ensure_node_modules() -> Result<PathBuf> {
-    let (target, _lock) = paths::lock_in_target("node-sdk")?;
+    ensure_npm_project(NODE_PROJECT, "node-sdk")
+}
 
-    let project = paths::repo_root().join(NODE_PROJECT);
-    let dir = target.join("node-sdk");
+/// The `node_modules` of the npm project at `project` (from the repository root), installed
+/// into `<target>/<name>` if it is not there with the same lock file.
+pub fn ensure_npm_project(project: &str, name: &str) -> Result<PathBuf> {
+    let (target, _lock) = paths::lock_in_target(name)?;
+
+    let project = paths::repo_root().join(project);
+    let dir = target.join(name);
     let modules = dir.join("node_modules");
     let stamp = dir.join("installed.stamp");
-    let manifest = fs::read_to_string(project.join("package.json")).context("reading the tests' package.json")?;
-    let locked =
-        fs::read_to_string(project.join("package-lock.json")).context("reading the tests' package-lock.json")?;
+    let read = |file: &str| {
+        let path = project.join(file);
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let (manifest, locked) = (read("package.json")?, read("package-lock.json")?);
     let wanted = format!("{manifest}\n{locked}");
     if modules.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(modules);
     }
-    eprintln!("installing the Node.js SDK for interop tests into {}", dir.display());
+    eprintln!("installing the npm packages of {} into {}", project.display(), dir.display());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::write(dir.join("package.json"), &manifest)?;
     fs::write(dir.join("package-lock.json"), &locked)?;

@@ -61,15 +61,16 @@ impl Bench {
     }
 
     /// Instantiates afresh, calls `handle` on a handle holding `message`, and drops the
-    /// instance: one host dispatch to a guest of the December 2024 revision.
-    pub async fn fresh_handle(&self, message: MessageState) -> wasmtime::Result<()> {
+    /// instance: one host dispatch to a guest of the December 2024 revision. The inner result
+    /// is what `handle` returned.
+    pub async fn fresh_handle(&self, message: MessageState) -> wasmtime::Result<Result<(), String>> {
         let mut store = self.store();
         let Instance::Dec2024(guest) = self.instances.instantiate(&mut store).await? else {
             wasmtime::bail!("the benched guest is not of the December 2024 revision")
         };
         let handle = store.data_mut().table_mut().push(message)?;
-        let _ = guest.wasi_messaging_incoming_handler().call_handle(&mut store, handle).await?;
-        Ok(())
+        let returned = guest.wasi_messaging_incoming_handler().call_handle(&mut store, handle).await?;
+        Ok(returned.map_err(|e| format!("{e:?}")))
     }
 
     /// A store and instance to call repeatedly.
