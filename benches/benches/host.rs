@@ -68,6 +68,9 @@ fn handlers(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("language", language), |b| {
             b.iter(|| runtime.block_on(bench.fresh_handle(payment.clone())).unwrap())
         });
+        group.bench_function(BenchmarkId::new("instantiate_only", language), |b| {
+            b.iter(|| runtime.block_on(bench.fresh_instance()).unwrap())
+        });
     }
     group.finish();
 }

@@ -73,6 +73,14 @@ impl Bench {
         Ok(returned.map_err(|e| format!("{e:?}")))
     }
 
+    /// Instantiates afresh and drops the instance without calling it: what a dispatch costs
+    /// before the guest runs.
+    pub async fn fresh_instance(&self) -> wasmtime::Result<()> {
+        let mut store = self.store();
+        self.instances.instantiate(&mut store).await?;
+        Ok(())
+    }
+
     /// A store and instance to call repeatedly.
     pub async fn reused(&self) -> wasmtime::Result<Reused> {
         let mut store = self.store();
