@@ -36,14 +36,18 @@ const COVERAGE_FLAGS: &[&str] = &[
 pub struct Options {
     /// Seconds per target.
     pub seconds: u64,
+    /// Targets run at once (each fuzzer is one process on one core).
+    pub jobs: usize,
     /// Targets to run; empty: all of them.
     pub targets: Vec<String>,
 }
 
 impl Options {
-    /// `[--time SECONDS] [TARGET …]`; 60 s per target by default.
+    /// `[--time SECONDS] [--jobs N] [TARGET …]`; 60 s per target, as many at once as there are
+    /// cores, by default.
     pub fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Self { seconds: 60, targets: Vec::new() };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut options = Self { seconds: 60, jobs: cores, targets: Vec::new() };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -56,8 +60,16 @@ impl Options {
                         .filter(|s| *s > 0)
                         .with_context(|| format!("--time {value:?} is not a positive number of seconds"))?;
                 }
+                "--jobs" => {
+                    let value = args.next().context("--jobs needs a number of targets to run at once")?;
+                    options.jobs = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("--jobs {value:?} is not a positive number"))?;
+                }
                 flag if flag.starts_with('-') => {
-                    bail!("unknown option {flag:?} (fuzz takes --time SECONDS and target names)")
+                    bail!("unknown option {flag:?} (fuzz takes --time SECONDS, --jobs N and target names)")
                 }
                 target => options.targets.push(target.to_string()),
             }
@@ -93,15 +105,29 @@ pub fn run(options: Options) -> Result<()> {
     let chosen = if options.targets.is_empty() { all } else { options.targets.clone() };
     let binaries = build()?;
     let fuzz_dir = paths::target_dir().join("fuzz");
+    // `jobs` workers take the targets in order; each target's line keeps its place.
+    let next = std::sync::Mutex::new(chosen.iter().enumerate());
+    let results = std::sync::Mutex::new(vec![None; chosen.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..options.jobs.min(chosen.len()) {
+            scope.spawn(|| {
+                loop {
+                    let Some((i, target)) = next.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
+                    let started = Instant::now();
+                    let result = run_one(&binaries.join(target), target, &fuzz_dir, options.seconds)
+                        .map(|runs| (runs, started.elapsed().as_secs_f64()));
+                    results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(result.map_err(|e| format!("{e:#}")));
+                }
+            });
+        }
+    });
     let mut summary = Vec::new();
     let mut failures = Vec::new();
-    for target in &chosen {
-        let started = Instant::now();
-        match run_one(&binaries.join(target), target, &fuzz_dir, options.seconds) {
-            Ok(runs) => summary
-                .push(format!("fuzz {target}: {runs} runs in {:.0} s, no failure", started.elapsed().as_secs_f64())),
+    for (target, result) in chosen.iter().zip(results.into_inner().unwrap_or_else(|p| p.into_inner())) {
+        match result.expect("every target ran") {
+            Ok((runs, seconds)) => summary.push(format!("fuzz {target}: {runs} runs in {seconds:.0} s, no failure")),
             Err(e) => {
-                eprintln!("{e:#}");
+                eprintln!("{e}");
                 summary.push(format!("fuzz {target}: FAILED"));
                 failures.push(target.clone());
             }
@@ -196,11 +222,13 @@ mod tests {
     #[test]
     fn options_and_targets() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(Options::parse(&[]).unwrap(), Options { seconds: 60, targets: vec![] });
-        let o = Options::parse(&args(&["--time", "30s", "amqp_wire"])).unwrap();
-        assert_eq!(o, Options { seconds: 30, targets: vec!["amqp_wire".into()] });
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Options::parse(&[]).unwrap(), Options { seconds: 60, jobs: cores, targets: vec![] });
+        let o = Options::parse(&args(&["--time", "30s", "--jobs", "3", "amqp_wire"])).unwrap();
+        assert_eq!(o, Options { seconds: 30, jobs: 3, targets: vec!["amqp_wire".into()] });
         assert!(Options::parse(&args(&["--time", "0"])).is_err());
-        assert!(Options::parse(&args(&["--jobs", "2"])).is_err());
+        assert!(Options::parse(&args(&["--jobs", "0"])).is_err());
+        assert!(Options::parse(&args(&["--workers", "2"])).is_err());
         let all = targets().unwrap();
         assert!(all.contains(&"emulator_connection".to_string()) && all.len() >= 10, "{all:?}");
         for t in &all {

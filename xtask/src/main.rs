@@ -29,8 +29,9 @@ commands:
                  --consumers: only these; --baseline-drain PATH: also another build of the native
                  consumer (examples/drain from another commit), in the same runs; --baseline-host
                  DIR: also another build's messaging-host with its test-guest.wasm, in DIR
-  fuzz [--time SECONDS] [TARGET …]
-                 build the fuzz targets in fuzz/ (libFuzzer) and run each for SECONDS (default 60);
+  fuzz [--time SECONDS] [--jobs N] [TARGET …]
+                 build the fuzz targets in fuzz/ (libFuzzer) and run each for SECONDS (default 60),
+                 N at once (default: one per core);
                  a crash stops the run with the input under target/fuzz/artifacts/
   help           show this message
 ";

@@ -89,9 +89,8 @@ impl Messaging<'_> {
         let receiver = match client.accept_session(&reply_queue, &session_id, session_options).await {
             Ok(r) => r,
             Err(e) => {
-                let kind = self.refuse_sb(&e).kind();
                 let why = format!("the reply queue {reply_queue:?} (reply-queue in host.toml) refused a session: {e}");
-                return Err(self.refuse(kind, why));
+                return Err(self.refuse(super::ops::kind_of(&e), why));
             }
         };
         message.reply_to = Some(reply_queue.clone());

@@ -31,8 +31,13 @@ impl Messaging<'_> {
         self.refuse(kind_of(e), e.to_string())
     }
 
+    /// The delivery `id` names, if the call has it.
+    fn lookup(&self, id: Option<&str>) -> Option<Arc<Delivery>> {
+        self.call.deliveries.get(id?).cloned()
+    }
+
     /// The delivery a message names by its delivery id (`None`: a message the guest made).
-    pub(super) fn find(&mut self, id: Option<&str>) -> Done<Arc<Delivery>> {
+    fn find(&mut self, id: Option<&str>) -> Done<Arc<Delivery>> {
         let Some(id) = id else {
             return Err(self.refuse(
                 ErrorKind::UnknownDelivery,
@@ -78,7 +83,7 @@ impl Messaging<'_> {
     /// Completes the delivery `id` names; nothing to do for a receive-and-delete message
     /// (removed when it was delivered).
     pub(super) async fn complete_delivery(&mut self, id: Option<&str>) -> Done<()> {
-        if self.find(id).is_ok_and(|d| !d.is_locked()) {
+        if self.lookup(id).is_some_and(|d| !d.is_locked()) {
             return Ok(());
         }
         self.settle(id, Settlement::Complete).await
@@ -219,7 +224,7 @@ impl Messaging<'_> {
 }
 
 /// The guest-visible kind of a client error.
-fn kind_of(e: &SbError) -> ErrorKind {
+pub(super) fn kind_of(e: &SbError) -> ErrorKind {
     match e.kind() {
         SbErrorKind::LockLost | SbErrorKind::SessionLockLost => ErrorKind::LockLost,
         SbErrorKind::NotFound => ErrorKind::NotFound,
