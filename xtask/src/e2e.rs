@@ -30,7 +30,7 @@ type Scenario = fn(&Env) -> Result<String>;
 /// Runs every scenario (or those whose name contains `only`); fails if any failed.
 pub fn run(only: Option<&str>) -> Result<()> {
     let components = guests::ensure_built()?;
-    let (emulator, host) = procs::test_binaries()?;
+    let (emulator, host) = procs::build_binaries()?;
     let dir = paths::target_dir().join("e2e");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

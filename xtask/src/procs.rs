@@ -31,39 +31,19 @@ pub fn write_emulator_config_json(path: &Path, namespace: &str, queues: Vec<serd
     std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Builds the emulator and host binaries (debug), for the demo, and returns their paths.
+/// Builds the emulator and host binaries (debug) and returns their paths.
 pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
-    binaries(&["build", "--quiet", "--locked", "-p", "servicebus-emulator", "-p", "host-runtime", "--bins"])
-}
-
-/// The emulator and host binaries as `cargo test --workspace` builds them (`--no-run`), for the
-/// end-to-end suite. The test build unifies the features of every member and its
-/// dev-dependencies, so [`build_binaries`] would make other artifacts and rebuild half the graph
-/// (three minutes of CI) for the same binaries; after `cargo xtask test`'s own test run this is
-/// a no-op. Alone, it builds the tests too.
-pub fn test_binaries() -> Result<(PathBuf, PathBuf)> {
-    binaries(&["test", "--workspace", "--no-run", "--quiet", "--locked"])
-}
-
-/// Runs cargo with `args` in the workspace, and returns where the two binaries are.
-fn binaries(args: &[&str]) -> Result<(PathBuf, PathBuf)> {
     let status = guests::cargo()
         .current_dir(paths::repo_root())
-        .args(args)
+        .args(["build", "--quiet", "--locked", "-p", "servicebus-emulator", "-p", "host-runtime", "--bins"])
         .env("CARGO_TARGET_DIR", paths::target_dir())
         .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+        .context("running cargo build")?;
     if !status.success() {
-        bail!("building the emulator and host binaries (cargo {}) failed ({status})", args.join(" "));
+        bail!("building the emulator and host binaries failed ({status})");
     }
     let dir = paths::target_dir().join("debug");
-    let built = (dir.join("servicebus-emulator"), dir.join("messaging-host"));
-    for binary in [&built.0, &built.1] {
-        if !binary.is_file() {
-            bail!("cargo {} did not build {}", args.join(" "), binary.display());
-        }
-    }
-    Ok(built)
+    Ok((dir.join("servicebus-emulator"), dir.join("messaging-host")))
 }
 
 /// A free port on 127.0.0.1 (bound and released; the caller binds it next).
