@@ -13,6 +13,7 @@
 //! | `abandon-delay:<ms>` | `settlement.abandon-with-delay` |
 //! | `complete-made` | `settlement.complete` on a message the guest made (not received) |
 //! | `send:<topic>` | `producer.send` of a new message with the data, content type and metadata of this one |
+//! | `send-ttl:<topic>:<value>` | `producer.send` of a new message whose `time-to-live` metadata is `<value>` |
 //! | `connect:<name>` | `client.connect(name)` |
 //! | `topic`, `content-type` | reads `message.topic()` / `content-type()` |
 //! | `echo:<key>` | reads metadata key `<key>` (`(none)` if absent) |
@@ -65,6 +66,7 @@ impl Guest for TestHandler {
                 "abandon-delay" => settled(settlement::abandon_with_delay(&m, arg.parse().unwrap_or(0))),
                 "complete-made" => settled(settlement::complete(&Message::new(b"made here"))),
                 "send" => send(&m, arg),
+                "send-ttl" => send_ttl(arg),
                 "connect" => Client::connect(arg).map(|_| None).map_err(|e| wasi_text(&e)),
                 "topic" => Ok(Some(m.topic().unwrap_or_else(|| "(none)".into()))),
                 "content-type" => Ok(Some(m.content_type().unwrap_or_else(|| "(none)".into()))),
@@ -164,6 +166,15 @@ fn send(m: &Message, topic: &str) -> Result<Option<String>, String> {
     }
     let c = Client::connect("default").map_err(|e| wasi_text(&e))?;
     producer::send(&c, topic, copy).map(|()| None).map_err(|e| wasi_text(&e))
+}
+
+/// `send-ttl:<topic>:<value>`: a message with `time-to-live` metadata `<value>`.
+fn send_ttl(arg: &str) -> Result<Option<String>, String> {
+    let (topic, ttl) = arg.split_once(':').unwrap_or((arg, ""));
+    let made = Message::new(b"ttl");
+    made.add_metadata("time-to-live", ttl);
+    let c = Client::connect("default").map_err(|e| wasi_text(&e))?;
+    producer::send(&c, topic, made).map(|()| None).map_err(|e| wasi_text(&e))
 }
 
 /// `request:<topic>[:<replies>[:<timeout-ms>]]`: the replies' data, `,`-separated.

@@ -123,10 +123,7 @@ impl Messaging<'_> {
                 "the message replied to has no reply-to: only a message that asks for replies can be replied to",
             ));
         };
-        let mut out = match convert::from_message_state(message) {
-            Ok(m) => m,
-            Err(e) => return Err(self.refuse(ErrorKind::InvalidArgument, e.to_string())),
-        };
+        let mut out = self.outgoing(convert::from_message_state(message))?;
         if let Some(session) = to.metadata_value(metadata::REPLY_TO_SESSION_ID) {
             out.session_id = Some(session.to_string());
         }
@@ -234,9 +231,9 @@ impl producer::Host for Messaging<'_> {
     async fn send(&mut self, c: Resource<Client>, topic: String, message: Resource<MessageState>) -> Answer<()> {
         let connection = self.table.get(&c)?.connection().to_string();
         let message = self.table.delete(message)?;
-        let done = match convert::from_message_state(message) {
+        let done = match self.outgoing(convert::from_message_state(message)) {
             Ok(m) => self.send_messages(&connection, &topic, vec![m]).await,
-            Err(e) => Err(self.refuse(ErrorKind::InvalidArgument, e.to_string())),
+            Err(e) => Err(e),
         };
         answer(done)
     }
@@ -256,9 +253,9 @@ impl request_reply::Host for Messaging<'_> {
             Some(o) => self.table.delete(o)?,
             None => RequestOptions::default(),
         };
-        let done = match convert::from_message_state(message) {
+        let done = match self.outgoing(convert::from_message_state(message)) {
             Ok(m) => self.send_request(&connection, &topic, m, options).await,
-            Err(e) => Err(self.refuse(ErrorKind::InvalidArgument, e.to_string())),
+            Err(e) => Err(e),
         };
         match done {
             Ok(replies) => {

@@ -68,10 +68,10 @@ impl messaging_types::HostError for Messaging<'_> {
 impl producer::Host for Messaging<'_> {
     async fn send(&mut self, c: Resource<Client>, ch: String, m: Vec<Message>) -> Answer<()> {
         let connection = self.take_client(c)?;
-        let converted: Result<Vec<_>, _> = m.iter().map(convert::from_guest).collect();
+        let converted: Done<Vec<_>> = m.iter().map(|m| self.outgoing(convert::from_guest(m))).collect();
         let done = match converted {
             Ok(messages) => self.send_messages(&connection, &ch, messages).await,
-            Err(e) => Err(self.refuse(wit_interface::ErrorKind::InvalidArgument, e.to_string())),
+            Err(e) => Err(e),
         };
         self.answer(done)
     }

@@ -10,6 +10,7 @@ use amqp_servicebus::{Error as SbError, ErrorKind as SbErrorKind, Message as SbM
 use wit_interface::{ErrorKind, GuestError, config_store};
 
 use super::call::Messaging;
+use crate::convert::MetadataError;
 use crate::delivery::{Delivery, NotSettleable, Settlement};
 
 /// Longest a dead-letter reason or description may be, in bytes.
@@ -44,8 +45,8 @@ impl Messaging<'_> {
                 "the message was not received by this call: only messages given to this call can be settled",
             ));
         };
-        match self.call.deliveries.get(id) {
-            Some(d) => Ok(d.clone()),
+        match self.lookup(Some(id)) {
+            Some(d) => Ok(d),
             None => {
                 Err(self.refuse(ErrorKind::UnknownDelivery, format!("delivery-id {id:?} was not given to this call")))
             }
@@ -117,6 +118,12 @@ impl Messaging<'_> {
             Ok(until) => Ok(until.duration_since(std::time::UNIX_EPOCH).map(|x| x.as_millis() as u64).unwrap_or(0)),
             Err(e) => Err(self.refuse_sb(&e)),
         }
+    }
+
+    /// A message the guest made, converted to send ([`crate::convert`]), or why its metadata
+    /// cannot be sent.
+    pub(super) fn outgoing(&mut self, converted: Result<SbMessage, MetadataError>) -> Done<SbMessage> {
+        converted.map_err(|e| self.refuse(ErrorKind::InvalidArgument, e.to_string()))
     }
 
     /// Sends `messages` to `channel` through `connection`, as one batch, carrying the call's

@@ -126,6 +126,15 @@ async fn the_message_is_the_service_bus_message_and_a_send_keeps_content_type_an
     assert_eq!(sent[0].application_properties.get("order-id"), Some(&SimpleValue::String("o-1".into())));
     assert_eq!(sent[0].application_properties.get("delivery-id"), None);
     assert_eq!(sent[0].application_properties.get("channel"), None);
+    // A metadata value Service Bus cannot take is refused, naming the key, and sends nothing.
+    send_handler_script(&c, "orders", "o-2", "send-ttl:elsewhere:soon").await;
+    let refused = reports.get("o-2").await;
+    assert_eq!(
+        refused,
+        ["send-ttl:elsewhere:soon => err other: invalid-argument: metadata key 'time-to-live': \"soon\" is not a \
+          number of milliseconds"]
+    );
+    assert_eq!(emu.queue_counts("elsewhere").unwrap().active, 0);
     // Settled by the matrix: `handle` returned ok.
     eventually("the order completed", Duration::from_secs(5), || emu.queue_counts("orders").unwrap().active == 0).await;
     host.shutdown(Duration::from_secs(5)).await;
