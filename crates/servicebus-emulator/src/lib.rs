@@ -13,7 +13,8 @@
 //! subscription rules (SQL and correlation filters, SQL actions), duplicate detection,
 //! auto-forwarding (`ForwardTo`, `ForwardDeadLetteredMessagesTo`), quotas, the `$management`
 //! operations, local transactions (`$coordinator`), TLS, AMQP over WebSockets, and the
-//! management endpoint (`/health` and the administration REST API).
+//! management endpoint (`/health` and the administration REST API), and, with a data
+//! directory, durability across restarts and crashes.
 //! `docs/emulator.md` says what each does and where it differs from Azure.
 //!
 //! # Layout
@@ -27,6 +28,8 @@
 //!   forwarding links between entities.
 //! - `queue`, `message`: an entity's messages, locks, message sessions, duplicate detection
 //!   and forwarding.
+//! - `storage`: the data directory (`--data-dir`): what entities write so that what the
+//!   emulator acknowledged survives a crash, committed in groups by one writer thread.
 //! - [`rules`]: subscription rules and their SQL dialect.
 //! - [`auth`]: keys, SAS tokens, grants.
 //! - [`config`]: Microsoft's `Config.json` schema.
@@ -59,6 +62,7 @@ mod message;
 mod namespace;
 mod queue;
 pub mod rules;
+mod storage;
 mod transaction;
 
 use std::collections::HashMap;
@@ -76,6 +80,7 @@ pub use config::{Config, ConfigError, QueueConfig, TopicConfig, TopicProperties}
 pub use limits::Limits;
 pub use queue::{DEFAULT_DUPLICATE_DETECTION_WINDOW, DEFAULT_MAX_SIZE_MEGABYTES, QueueCounts, QueueProperties};
 pub use rules::{CorrelationFilter, RuleConfig, RuleFilter};
+pub use storage::{Fsync, StorageError};
 
 use connection::{Control, Shared};
 
@@ -113,6 +118,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The data directory could not be opened or read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// TLS settings: PEM files.
@@ -138,6 +146,9 @@ pub struct EmulatorBuilder {
     max_message_size: usize,
     max_memory: u64,
     limits: Limits,
+    /// Where acknowledged changes are kept (`--data-dir`), and when they are synced.
+    data_dir: Option<PathBuf>,
+    fsync: Fsync,
 }
 
 /// A running emulator. Dropping it without [`Emulator::shutdown`] stops accepting
@@ -174,6 +185,8 @@ impl Emulator {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_memory: DEFAULT_MAX_MEMORY,
             limits: Limits::default(),
+            data_dir: None,
+            fsync: Fsync::default(),
         }
     }
 
@@ -260,6 +273,9 @@ impl Emulator {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        if let Some(storage) = self.shared.namespace.storage() {
+            storage.close();
+        }
     }
 }
 
@@ -335,6 +351,21 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Keeps what the emulator acknowledges in `dir` (made if missing), and takes back what
+    /// it kept there when it starts: messages in every state, delivery counts, session state,
+    /// sequence numbers. A send or settlement is acknowledged once it is written, synced by
+    /// [`EmulatorBuilder::fsync`]. Without this, everything is in memory (and faster).
+    pub fn data_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.data_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// When writes to the data directory are synced to disk (default [`Fsync::Batch`]).
+    pub fn fsync(mut self, fsync: Fsync) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
     /// What one connection may cost: timeouts, caps on sessions, links and names, unread output.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -367,11 +398,25 @@ impl EmulatorBuilder {
         };
         let local_addr = addr_of(false, false).expect("the plain listener is always bound");
         let (tls_addr, ws_addr, wss_addr) = (addr_of(true, false), addr_of(false, true), addr_of(true, true));
+        let (storage, contents) = match &self.data_dir {
+            Some(dir) => {
+                let (storage, contents) = storage::Storage::open(dir, self.fsync)?;
+                (Some(storage), contents)
+            }
+            None => (None, storage::Contents::default()),
+        };
+        let namespace = namespace::Namespace::with_storage(&self.config, self.max_memory, storage)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let restored = namespace.restore(&contents)?;
+        drop(contents);
+        if let Some(dir) = &self.data_dir {
+            tracing::info!(
+                dir = %dir.display(), fsync = ?self.fsync, entities = restored.entities, messages = restored.messages,
+                "data directory opened"
+            );
+        }
         let shared = Arc::new(Shared {
-            namespace: Arc::new(
-                namespace::Namespace::new(&self.config, self.max_memory)
-                    .map_err(|e| StartError::Config(e.to_string()))?,
-            ),
+            namespace: Arc::new(namespace),
             keys: self.keys.or_else(|| self.config.keys.clone()).unwrap_or_default(),
             max_message_size: self.max_message_size,
             limits: self.limits,

@@ -63,6 +63,16 @@ struct Args {
     /// KB, MB, GB). Past it, sends are refused (amqp:resource-limit-exceeded), never the process.
     #[arg(long, value_parser = parse_size, default_value = "2GiB")]
     max_memory: u64,
+    /// Keep what the emulator acknowledges in this directory (made if missing), and take it
+    /// back at start: messages in every state, delivery counts, session state. Without it,
+    /// everything is in memory and gone when the process ends.
+    #[arg(long, env = "SERVICEBUS_EMULATOR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: when writes are synced to disk. always: each send or settlement alone;
+    /// batch: many at once, each acknowledged only after its sync (group commit); never:
+    /// acknowledged once written to the OS (survives the process, not the machine).
+    #[arg(long, default_value = "batch", requires = "data_dir")]
+    fsync: servicebus_emulator::Fsync,
     /// Log level (error, warn, info, debug, trace), or a tracing filter; RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -125,6 +135,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if !args.no_management {
         builder = builder.management(SocketAddr::new(args.host, args.management_port));
+    }
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(dir).fsync(args.fsync);
     }
     if let Some(port) = args.ws_port {
         builder = builder.websocket(SocketAddr::new(args.host, port));

@@ -86,6 +86,8 @@ impl Transactions {
                 return Err(DischargeError::LockLost);
             }
         }
+        // With a store, the transaction's changes are committed together, or none is.
+        let _group = crate::storage::Group::open();
         for op in ops {
             match op {
                 Staged::Send(dest, messages) => {

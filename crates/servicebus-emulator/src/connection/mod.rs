@@ -41,7 +41,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fe2o3_amqp::frames::amqp::{Frame, FrameBody, FrameDecoder};
 use fe2o3_amqp_types::definitions::Error as AmqpError;
 use fe2o3_amqp_types::performatives::Open;
@@ -50,7 +49,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder as _, FramedRead};
 
-use self::output::{Backlog, Output};
+use self::output::{Backlog, Chunk, Output};
 use self::session::Session;
 use crate::auth::{self, Authorizations, Keys};
 use crate::codec::{self, Incoming, WireDecoder};
@@ -86,10 +85,11 @@ where
 {
     let (rd, wr) = tokio::io::split(io);
     let reader = FramedRead::new(rd, WireDecoder::new());
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Chunk>();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let backlog = Backlog::new(shared.limits.max_write_backlog);
-    let writer = tokio::spawn(output::write_loop(wr, out_rx, backlog.clone(), events_tx.clone()));
+    let storage = shared.namespace.storage().cloned();
+    let writer = tokio::spawn(output::write_loop(wr, out_rx, backlog.clone(), events_tx.clone(), storage));
     let now = tokio::time::Instant::now();
     let mut engine = Engine {
         shared,
@@ -170,7 +170,7 @@ pub(super) type Step = Result<(), Fault>;
 pub(super) struct Engine {
     shared: Arc<Shared>,
     out: Output,
-    out_tx: mpsc::UnboundedSender<Bytes>,
+    out_tx: mpsc::UnboundedSender<Chunk>,
     events_tx: mpsc::UnboundedSender<Event>,
     remote_idle: Option<Duration>,
     last_sent: tokio::time::Instant,
@@ -260,11 +260,14 @@ impl Engine {
         }
     }
 
+    /// Hands what was written to the writer task, with the store's position it acknowledges:
+    /// every change this thread made since the last flush (the handling of one event).
     fn flush(&mut self) {
+        let barrier = crate::storage::take_barrier();
         if let Some(bytes) = self.out.take() {
             self.last_sent = tokio::time::Instant::now();
             self.backlog.add(bytes.len());
-            let _ = self.out_tx.send(bytes);
+            let _ = self.out_tx.send(Chunk { bytes, barrier });
         }
     }
 

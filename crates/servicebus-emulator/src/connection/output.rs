@@ -3,6 +3,10 @@
 //! The engine never waits on the socket. It appends frames to [`Output`], and after each
 //! event hands the buffer to [`write_loop`]. [`Backlog`] counts what the peer has not read
 //! yet, so a peer that stops reading stops getting messages, and is dropped past the limit.
+//!
+//! With a store (`--data-dir`), a [`Chunk`] carries how far the store must have got before
+//! it may be written: the writer waits for that, so no acknowledgement reaches the peer
+//! before what it acknowledges is durable, and the engine still never waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +20,15 @@ use tokio::sync::mpsc;
 use super::Event;
 use crate::codec::{self, FRAME_TYPE_AMQP, FRAME_TYPE_SASL};
 use crate::management::error;
+use crate::storage::Storage;
+
+/// Frames flushed to the writer task.
+#[derive(Debug)]
+pub(super) struct Chunk {
+    pub(super) bytes: Bytes,
+    /// The store's position these frames acknowledge changes up to (0: none).
+    pub(super) barrier: u64,
+}
 
 /// Frames written but not yet flushed to the writer task.
 pub(super) struct Output {
@@ -146,20 +159,32 @@ impl Backlog {
 /// per message under load.
 pub(super) async fn write_loop<W: AsyncWrite>(
     wr: W,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
     backlog: Backlog,
     events: mpsc::UnboundedSender<Event>,
+    storage: Option<Arc<Storage>>,
 ) {
     tokio::pin!(wr);
     let mut gathered = BytesMut::new();
     while let Some(first) = rx.recv().await {
+        let mut barrier = first.barrier;
         let (result, written) = match rx.try_recv() {
-            Err(_) => (wr.write_all(&first).await, first.len()),
+            Err(_) => {
+                if !durable(storage.as_deref(), barrier).await {
+                    return;
+                }
+                (wr.write_all(&first.bytes).await, first.bytes.len())
+            }
             Ok(second) => {
-                gathered.extend_from_slice(&first);
-                gathered.extend_from_slice(&second);
+                gathered.extend_from_slice(&first.bytes);
+                gathered.extend_from_slice(&second.bytes);
+                barrier = barrier.max(second.barrier);
                 while let Ok(more) = rx.try_recv() {
-                    gathered.extend_from_slice(&more);
+                    gathered.extend_from_slice(&more.bytes);
+                    barrier = barrier.max(more.barrier);
+                }
+                if !durable(storage.as_deref(), barrier).await {
+                    return;
                 }
                 let result = wr.write_all(&gathered).await;
                 let written = gathered.len();
@@ -176,4 +201,17 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Waits until the store has `barrier`; false if it never will (its writer failed: the
+/// connection ends without the acknowledgements, and the client retries).
+async fn durable(storage: Option<&Storage>, barrier: u64) -> bool {
+    let Some(storage) = storage.filter(|_| barrier > 0) else { return true };
+    match storage.durable(barrier).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("dropping a connection whose acknowledgements cannot be made durable: {e}");
+            false
+        }
+    }
 }

@@ -39,7 +39,7 @@ impl Namespace {
         if entities.queues.contains_key(&key) || entities.topics.contains_key(&key) {
             return Err(EntityError::AlreadyExists(name.to_string()));
         }
-        let queue = Queue::build(name, properties, None, self.memory.clone());
+        let queue = Queue::build(name, properties, None, self.memory.clone(), self.storage.as_ref());
         entities.queues.insert(key, queue.clone());
         drop(entities);
         self.start_timers(&queue);
@@ -77,7 +77,8 @@ impl Namespace {
         }
         let properties = topic.props().bound(properties);
         let path = format!("{}/Subscriptions/{name}", topic.name);
-        let queue = Queue::build(&path, properties, Some(RuleSet::new(rules)), self.memory.clone());
+        let queue =
+            Queue::build(&path, properties, Some(RuleSet::new(rules)), self.memory.clone(), self.storage.as_ref());
         subscriptions.insert(key, queue.clone());
         drop(subscriptions);
         self.start_timers(&queue);

@@ -19,6 +19,17 @@ use crate::config::{Config, TopicProperties};
 use crate::message::StoredMessage;
 use crate::queue::{Duplicates, Inbox, Memory, Queue, QueueCounts, QuotaExceeded, Refused, SessionIdMissing, Target};
 use crate::rules::MessageView;
+use crate::storage::{Group, Storage, StorageError};
+
+/// What [`Namespace::restore`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Restored {
+    /// Entities that had messages or state.
+    pub(crate) entities: usize,
+    pub(crate) messages: usize,
+    /// Messages of entities the namespace does not have.
+    pub(crate) orphaned: usize,
+}
 
 /// A topic: a message sent to it is copied to each subscription whose rules match.
 #[derive(Debug)]
@@ -100,6 +111,8 @@ impl Topic {
     /// subscription's `MaxSizeInMegabytes` is refused whole, as the service refuses a send
     /// to a topic whose subscription is full; refused, the messages are handed back.
     fn enqueue(&self, messages: Vec<StoredMessage>) -> Result<Vec<i64>, (QuotaExceeded, Vec<StoredMessage>)> {
+        // With a store, every subscription's copy is committed together, or none is.
+        let _group = Group::open();
         let messages = match &self.duplicates {
             Some(d) => {
                 let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
@@ -231,6 +244,8 @@ pub(crate) struct Namespace {
     timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// What every entity's messages take, together.
     memory: Arc<Memory>,
+    /// Where every entity records its changes, with `--data-dir`.
+    storage: Option<Arc<Storage>>,
     /// When it was made (ms since the epoch).
     created_ms: i64,
 }
@@ -254,12 +269,23 @@ impl Namespace {
     /// Creates the entities and starts their timers (needs a Tokio runtime). Together they
     /// hold at most `max_memory` bytes of messages. A configuration loaded from a file was
     /// checked already; one built in code is checked here (names, rules, forwarding targets).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(config: &Config, max_memory: u64) -> Result<Self, EntityError> {
+        Self::with_storage(config, max_memory, None)
+    }
+
+    /// [`Self::new`], with every entity recording its changes in `storage`.
+    pub(crate) fn with_storage(
+        config: &Config,
+        max_memory: u64,
+        storage: Option<Arc<Storage>>,
+    ) -> Result<Self, EntityError> {
         let ns = Self {
             name: config.namespace.clone(),
             entities: RwLock::new(Entities::default()),
             timers: Mutex::new(Vec::new()),
             memory: Arc::new(Memory::new(max_memory)),
+            storage,
             created_ms: crate::message::now_ms(),
         };
         // Every entity first, then their forwarding links: a target may come later in the file.
@@ -360,6 +386,36 @@ impl Namespace {
             (None, _, _) => return Err(not_found()),
         };
         Ok((node, path))
+    }
+
+    /// Gives each entity what the store kept of it (as the emulator starts). Records of an
+    /// entity the namespace no longer has stay in the store, untouched, and are named in the log.
+    pub(crate) fn restore(&self, contents: &crate::storage::Contents) -> Result<Restored, StorageError> {
+        let Some(storage) = &self.storage else { return Ok(Restored::default()) };
+        let mut restored = Restored::default();
+        for (entity, records) in crate::queue::by_entity(contents, storage.dir())? {
+            let kept = records.messages.len();
+            match self.resolve(&entity) {
+                Ok((Node::Queue(q), _)) => {
+                    restored.messages += q.restore(records, storage.dir())?;
+                    restored.entities += 1;
+                }
+                _ => {
+                    tracing::warn!(
+                        entity,
+                        messages = kept,
+                        "the data directory holds messages of an entity this namespace does not have; they are kept \
+                         there, unread, until an entity of that name exists again"
+                    );
+                    restored.orphaned += kept;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    pub(crate) fn storage(&self) -> Option<&Arc<Storage>> {
+        self.storage.as_ref()
     }
 
     /// Counts of a queue's (or `topic/Subscriptions/sub`'s) messages.

@@ -9,21 +9,26 @@
 //! ([`Locked`]), so no queue ever takes another's lock while holding its own, except its
 //! dead-letter queue's, which takes none.
 //!
+//! With `--data-dir`, every change is also recorded for the store while the lock is held,
+//! and handed to it as the lock is released ([`durable`]).
+//!
 //! Layout: this file holds messages and their locks; [`sessions`] the message sessions of
 //! an entity that requires them (their locks and state); [`duplicates`] duplicate detection;
-//! [`forward`] auto-forwarding; [`types`] the words of the API (properties, settlements,
-//! errors); `tests.rs` the rules.
+//! [`forward`] auto-forwarding; [`durable`] what an entity writes to the store and reads back;
+//! [`types`] the words of the API (properties, settlements, errors); `tests.rs` the rules.
 //!
 //! Size: about 920 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
 //! one `State` under one lock; splitting it would spread that lock's invariants over files.
 
 mod duplicates;
+mod durable;
 mod forward;
 mod memory;
 mod sessions;
 mod types;
 
 pub(crate) use duplicates::Duplicates;
+pub(crate) use durable::{Journal, by_entity};
 use forward::Transfer;
 pub(crate) use forward::{Inbox, Refused, Routes, Target};
 pub(crate) use memory::Memory;
@@ -46,6 +51,7 @@ use tokio::time::Instant;
 
 use crate::message::{DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON, MessageState, Stamp, StoredMessage, now_ms};
 use crate::rules::RuleSet;
+use crate::storage::{Change, Group};
 
 /// `now + d`, or the far future when that is past what an `Instant` holds.
 fn instant_after(now: Instant, d: Duration) -> Instant {
@@ -113,10 +119,32 @@ struct State {
     /// The emulator's memory budget, which every entry is charged to ([`Self::remove_entry`]
     /// gives its share back; whoever inserts one charges it).
     memory: Arc<Memory>,
+    /// Where changes are recorded, with `--data-dir`.
+    journal: Option<Journal>,
+    /// Changes recorded since the lock was taken, submitted as it is released.
+    changes: Vec<Change>,
 }
 
 impl State {
+    /// Records changes for the store, if there is one.
+    fn record<C: IntoIterator<Item = Change>>(&mut self, changes: impl FnOnce(&Journal) -> C) {
+        if let Some(j) = &self.journal {
+            self.changes.extend(changes(j));
+        }
+    }
+
+    /// Records entry `seq` as it is now (after a change to its count, state or properties),
+    /// no longer locked.
+    fn record_entry(&mut self, seq: i64) {
+        if let (Some(j), Some(entry)) = (&self.journal, self.entries.get(&seq)) {
+            self.changes.extend(j.rewrite(seq, entry));
+        }
+    }
+
     fn insert_entry(&mut self, seq: i64, entry: Entry) {
+        if let Some(j) = &self.journal {
+            self.changes.push(j.put(seq, &entry, true));
+        }
         self.bytes += entry.msg.size as u64;
         if let Some(id) = &entry.session {
             self.sessions.entry(id.clone()).or_default().entries += 1;
@@ -126,6 +154,7 @@ impl State {
 
     fn remove_entry(&mut self, seq: &i64) -> Option<Entry> {
         let entry = self.entries.remove(seq)?;
+        self.record(|j| j.removed(*seq));
         self.bytes = self.bytes.saturating_sub(entry.msg.size as u64);
         self.memory.release(Memory::cost(1, entry.msg.size as u64));
         self.available.remove(seq);
@@ -181,6 +210,8 @@ pub(crate) struct Queue {
     /// When it was made, and last changed (ms since the epoch).
     created_ms: i64,
     updated_ms: std::sync::atomic::AtomicI64,
+    /// Its changes are recorded in a store (`--data-dir`).
+    durable: bool,
 }
 
 /// A queue's state, locked. Releasing it wakes the receivers a change made ready and moves
@@ -188,6 +219,9 @@ pub(crate) struct Queue {
 struct Locked<'a> {
     queue: &'a Queue,
     guard: Option<MutexGuard<'a, State>>,
+    /// With a store: what this change does to other entities (a dead-letter queue, a
+    /// forwarding target) is committed with it. Dropped last, after the transfers.
+    _group: Option<Group>,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -206,6 +240,13 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let Some(mut st) = self.guard.take() else { return };
+        if !st.changes.is_empty()
+            && let Some(j) = &st.journal
+        {
+            // Under the lock: one key's changes reach the store in the order they were made.
+            let storage = j.storage.clone();
+            storage.submit(std::mem::take(&mut st.changes));
+        }
         let wake = st.waiters_to_wake();
         let outbox = std::mem::take(&mut st.outbox);
         drop(st);
@@ -226,16 +267,17 @@ impl Queue {
     /// A queue with its dead-letter queue, outside any memory budget.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(name: &str, properties: QueueProperties) -> Arc<Self> {
-        Self::build(name, properties, None, Arc::new(Memory::unlimited()))
+        Self::build(name, properties, None, Arc::new(Memory::unlimited()), None)
     }
 
     /// A queue, or a topic's subscription with its `rules`, with its dead-letter queue; both
-    /// charge what they hold to `memory`.
+    /// charge what they hold to `memory`, and record their changes in `storage` if given.
     pub(crate) fn build(
         name: &str,
         properties: QueueProperties,
         rules: Option<RuleSet>,
         memory: Arc<Memory>,
+        storage: Option<&Arc<crate::storage::Storage>>,
     ) -> Arc<Self> {
         // A dead-lettered message is never refused: the dead-letter queue has no quota.
         let dlq_props = QueueProperties {
@@ -252,15 +294,24 @@ impl Queue {
             forward_dead_lettered_messages_to: None,
             ..properties.clone()
         };
-        let dead_letter = Arc::new(Self::bare(&format!("{name}/$DeadLetterQueue"), dlq_props, None, memory.clone()));
-        let mut queue = Self::bare(name, properties, Some(dead_letter), memory);
+        let dlq_name = format!("{name}/$DeadLetterQueue");
+        let journal = |name: &str| storage.map(|s| Journal::new(s.clone(), &crate::auth::normalize(name)));
+        let dead_letter = Arc::new(Self::bare(&dlq_name, dlq_props, None, memory.clone(), journal(&dlq_name)));
+        let mut queue = Self::bare(name, properties, Some(dead_letter), memory, journal(name));
         queue.rules = rules;
         Arc::new(queue)
     }
 
-    fn bare(name: &str, properties: QueueProperties, dead_letter: Option<Arc<Queue>>, memory: Arc<Memory>) -> Self {
+    fn bare(
+        name: &str,
+        properties: QueueProperties,
+        dead_letter: Option<Arc<Queue>>,
+        memory: Arc<Memory>,
+        journal: Option<Journal>,
+    ) -> Self {
         let duplicates = properties.duplicate_detection_window.map(Duplicates::new);
         Self {
+            durable: journal.is_some(),
             name: name.to_string(),
             properties: RwLock::new(properties),
             dead_letter,
@@ -280,6 +331,8 @@ impl Queue {
                 duplicates,
                 outbox: Vec::new(),
                 memory,
+                journal,
+                changes: Vec::new(),
             }),
             timer: Notify::new(),
             deleted: std::sync::atomic::AtomicBool::new(false),
@@ -296,10 +349,14 @@ impl Queue {
             q.timer.notify_one();
             let waiters = {
                 let mut st = q.lock();
+                // One removal of everything it stored, not one per message.
+                let journal = st.journal.take();
                 let all: Vec<i64> = st.entries.keys().copied().collect();
                 for seq in all {
                     st.remove_entry(&seq);
                 }
+                st.journal = journal;
+                st.record(Journal::purge);
                 st.locks.clear();
                 st.outbox.clear();
                 std::mem::take(&mut st.waiters)
@@ -367,7 +424,8 @@ impl Queue {
     fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock would be a bug in this module; the state
         // is still consistent enough to serve, so recover rather than cascade.
-        Locked { queue: self, guard: Some(self.state.lock().unwrap_or_else(|p| p.into_inner())) }
+        let group = self.durable.then(Group::open);
+        Locked { queue: self, guard: Some(self.state.lock().unwrap_or_else(|p| p.into_inner())), _group: group }
     }
 
     /// Links this queue to its targets (`ForwardTo`, `ForwardDeadLetteredMessagesTo`).
@@ -480,6 +538,8 @@ impl Queue {
                 }
                 sequence_numbers.push(seq);
             }
+            let next = st.next_sequence;
+            st.record(|j| [j.next_sequence(next)]);
         }
         if earliest.is_some() {
             self.timer.notify_one();
@@ -585,6 +645,7 @@ impl Queue {
             .msg
             .encode(Stamp { locked_until_ms: Some(until_ms), state: deferred.then_some(MessageState::Deferred) });
         st.locks.insert(token, seq);
+        st.record(|j| [j.locked(seq)]);
         if session_lock.is_none() {
             st.deadlines.insert((until, seq, DeadlineKind::LockExpiry));
             self.timer.notify_one();
@@ -633,6 +694,7 @@ impl Queue {
                         e.msg.merge_application_properties(props);
                         e.state = EntryState::Deferred;
                     }
+                    st.record_entry(seq);
                 }
                 Settlement::DeadLetter { reason, description, properties } => {
                     let entry = st.remove_entry(&seq).expect("present: checked above");
@@ -651,6 +713,7 @@ impl Queue {
         }
         if deferred {
             entry.state = EntryState::Deferred;
+            Self::record_unlock(st, seq, counted);
             return;
         }
         let max_delivery_count = self.props().max_delivery_count;
@@ -666,6 +729,15 @@ impl Queue {
             return;
         }
         st.ready(seq);
+        Self::record_unlock(st, seq, counted);
+    }
+
+    /// Records a message's return from a lock: its new count, or just the lock's end.
+    fn record_unlock(st: &mut State, seq: i64, counted: bool) {
+        match counted {
+            true => st.record_entry(seq),
+            false => st.record(|j| [j.unlocked(seq)]),
+        }
     }
 
     /// Dead-letters a message: into the dead-letter queue, or on to
@@ -899,6 +971,8 @@ impl Queue {
     pub(crate) async fn run_timer(self: Arc<Self>) {
         while !self.is_deleted() {
             let next = self.run_deadlines();
+            // What the timer changed acknowledges nothing to anyone.
+            crate::storage::take_barrier();
             let notified = self.timer.notified();
             match next {
                 Some(when) => {

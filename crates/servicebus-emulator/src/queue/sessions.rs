@@ -79,6 +79,13 @@ impl SessionError {
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
 impl State {
+    /// Gives session `id` the state the store kept for it.
+    pub(super) fn restore_session_state(&mut self, id: &str, state: Bytes) {
+        let s = self.sessions.entry(id.to_string()).or_default();
+        s.state = Some(state);
+        s.state_updated_ms = now_ms();
+    }
+
     /// Drops a session that has nothing left: no messages, no lock, no state.
     pub(super) fn prune_session(&mut self, id: &str) {
         if self.sessions.get(id).is_some_and(|s| s.entries == 0 && s.lock.is_none() && s.state.is_none()) {
@@ -223,6 +230,7 @@ impl Queue {
     pub(crate) fn set_session_state(&self, claim: &SessionClaim, state: Option<Bytes>) -> Result<(), SessionError> {
         let mut st = self.lock();
         Self::check_claim(&st, claim)?;
+        st.record(|j| [j.session_state(&claim.id, state.as_ref())]);
         if let Some(s) = st.sessions.get_mut(&claim.id) {
             s.state = state;
             s.state_updated_ms = now_ms();

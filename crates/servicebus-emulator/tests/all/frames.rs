@@ -103,7 +103,12 @@ impl Raw {
     }
 
     pub(crate) async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+        assert!(self.try_send(bytes).await, "the peer is gone");
+    }
+
+    /// Writes `bytes`; false if the connection is gone.
+    pub(crate) async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
     }
 }
 

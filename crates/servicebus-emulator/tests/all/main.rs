@@ -3,6 +3,7 @@
 
 mod attacks;
 mod cli;
+mod durable;
 mod frames;
 mod limits;
 mod management;
