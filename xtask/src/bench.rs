@@ -19,6 +19,7 @@
 //! with the range of the repeats.
 
 use std::io::{BufRead as _, BufReader};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -645,7 +646,8 @@ impl Bench {
         let mut run = 0;
         for &(queues, concurrency) in cells {
             let mut medians = Vec::new();
-            for broker in ["emulator", "RabbitMQ"] {
+            for broker in ["emulator", "emulator --fsync batch", "emulator --fsync always", "emulator --fsync never", "RabbitMQ"]
+            {
                 let mut rates = Vec::new();
                 let mut cpus = Vec::new();
                 let mut clients = Vec::new();
@@ -655,6 +657,19 @@ impl Bench {
                         ("emulator", _) => {
                             let emu = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
                             self.generic_run(&emu.connection_string(), &queue_names(queues), concurrency, emu.pid())?
+                        }
+                        (durable, _) if durable.starts_with("emulator --fsync") => {
+                            // Durable: a fresh data directory per run, on the target's disk.
+                            let dir = self.dir.join(format!("data-{run}"));
+                            let _ = std::fs::remove_dir_all(&dir);
+                            let policy = durable.rsplit(' ').next().unwrap_or("batch");
+                            let args = [OsStr::new("--data-dir"), dir.as_os_str(), OsStr::new("--fsync"), OsStr::new(policy)];
+                            let emu = EmulatorProcess::start_with(&self.emulator, Some(&self.config), 0, &args)?;
+                            let result =
+                                self.generic_run(&emu.connection_string(), &queue_names(queues), concurrency, emu.pid());
+                            drop(emu);
+                            let _ = std::fs::remove_dir_all(&dir);
+                            result?
                         }
                         (_, Some(r)) => {
                             let names: Vec<_> = (0..queues).map(|i| format!("/queue/bench-{run}-{i}")).collect();
@@ -677,7 +692,17 @@ impl Bench {
                 );
                 medians.push(rate);
             }
-            if let [emulator, rabbit] = medians[..] {
+            if let [emulator, batch, always, never, ..] = medians[..] {
+                println!(
+                    "| {queues} × {concurrency} | durable ÷ in memory | batch **{:.2}×**, always {:.2}×, never {:.2}× | | |",
+                    batch / emulator,
+                    always / emulator,
+                    never / emulator
+                );
+            }
+            if let [emulator, .., rabbit] = medians[..]
+                && medians.len() == 5
+            {
                 println!("| {queues} × {concurrency} | emulator ÷ RabbitMQ | **{:.2}×** | | |", emulator / rabbit);
             }
         }

@@ -61,7 +61,13 @@ pub struct EmulatorProcess {
 impl EmulatorProcess {
     /// Starts the emulator binary with a `Config.json` on `port` (0 = any), waiting until it listens.
     pub fn start(binary: &Path, config: Option<&Path>, port: u16) -> Result<Self> {
+        Self::start_with(binary, config, port, &[])
+    }
+
+    /// [`Self::start`] with more arguments (`--data-dir DIR`, ...).
+    pub fn start_with(binary: &Path, config: Option<&Path>, port: u16, extra: &[&std::ffi::OsStr]) -> Result<Self> {
         let mut cmd = Command::new(binary);
+        cmd.args(extra);
         cmd.args(["--port", &port.to_string(), "--log-level", "warn"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
         if port == 0 {
             // A test's emulator: its management endpoint on a free port too, not 5300.
