@@ -18,8 +18,8 @@
 //! Every measurement uses a fresh emulator process, is repeated, and is reported as the median
 //! with the range of the repeats.
 
-use std::io::{BufRead as _, BufReader};
 use std::ffi::OsStr;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -646,7 +646,8 @@ impl Bench {
         let mut run = 0;
         for &(queues, concurrency) in cells {
             let mut medians = Vec::new();
-            for broker in ["emulator", "emulator --fsync batch", "emulator --fsync always", "emulator --fsync never", "RabbitMQ"]
+            for broker in
+                ["emulator", "emulator --fsync batch", "emulator --fsync always", "emulator --fsync never", "RabbitMQ"]
             {
                 let mut rates = Vec::new();
                 let mut cpus = Vec::new();
@@ -663,10 +664,15 @@ impl Bench {
                             let dir = self.dir.join(format!("data-{run}"));
                             let _ = std::fs::remove_dir_all(&dir);
                             let policy = durable.rsplit(' ').next().unwrap_or("batch");
-                            let args = [OsStr::new("--data-dir"), dir.as_os_str(), OsStr::new("--fsync"), OsStr::new(policy)];
+                            let args =
+                                [OsStr::new("--data-dir"), dir.as_os_str(), OsStr::new("--fsync"), OsStr::new(policy)];
                             let emu = EmulatorProcess::start_with(&self.emulator, Some(&self.config), 0, &args)?;
-                            let result =
-                                self.generic_run(&emu.connection_string(), &queue_names(queues), concurrency, emu.pid());
+                            let result = self.generic_run(
+                                &emu.connection_string(),
+                                &queue_names(queues),
+                                concurrency,
+                                emu.pid(),
+                            );
                             drop(emu);
                             let _ = std::fs::remove_dir_all(&dir);
                             result?

@@ -262,7 +262,7 @@ impl Storage {
             wake: Condvar::new(),
             committed: watch::Sender::new(Committed::default()),
         });
-        let thread = writer::Writer { db, spaces, fsync, inner: inner.clone() };
+        let thread = writer::Writer { dir: dir.to_path_buf(), db, spaces, fsync, inner: inner.clone() };
         let handle = std::thread::Builder::new()
             .name("emulator-storage".into())
             .spawn(move || thread.run())

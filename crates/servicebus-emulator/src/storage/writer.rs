@@ -14,6 +14,8 @@ use fjall::{Keyspace, PersistMode};
 use super::{Committed, Fsync, Inner, Item, Op, Space};
 
 pub(super) struct Writer {
+    /// The data directory, for the log.
+    pub(super) dir: std::path::PathBuf,
     pub(super) db: fjall::Database,
     pub(super) spaces: BTreeMap<Space, Keyspace>,
     pub(super) fsync: Fsync,
@@ -75,7 +77,7 @@ impl Writer {
                 let pos = items.last().map(Item::pos).unwrap_or_default();
                 if let Err(e) = self.commit(items) {
                     let why: std::sync::Arc<str> = e.to_string().into();
-                    tracing::error!(dir = ?self.db_path(), "writing to the data directory failed: {why}; nothing more is acknowledged");
+                    tracing::error!(dir = %self.dir.display(), "writing to the data directory failed: {why}; nothing more is acknowledged");
                     self.inner.committed.send_modify(|c| c.failed = Some(why));
                     return;
                 }
@@ -89,10 +91,6 @@ impl Writer {
                 return;
             }
         }
-    }
-
-    fn db_path(&self) -> Option<std::path::PathBuf> {
-        self.spaces.values().next().map(|k| k.path().to_path_buf())
     }
 
     /// Commits `items` as one atomic batch, synced by policy.

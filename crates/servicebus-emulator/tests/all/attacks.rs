@@ -359,7 +359,6 @@ async fn links_beyond_the_connections_limit_are_refused_one_by_one() {
 /// Past half the backlog limit, messages wait in their queue; they flow again once it reads.
 #[tokio::test]
 async fn messages_wait_in_the_queue_while_the_peer_does_not_read() {
-    use fe2o3_amqp::types::definitions::Handle;
     use fe2o3_amqp::types::performatives::{Begin, Flow};
     let limits = servicebus_emulator::Limits { max_write_backlog: 256 * 1024, ..Default::default() };
     let emulator = start_with(limits).await;
@@ -386,19 +385,7 @@ async fn messages_wait_in_the_queue_while_the_peer_does_not_read() {
     frame(&mut out, 0, 0, &open(None));
     frame(&mut out, 0, 0, &Begin { incoming_window: u32::MAX, ..super::frames::begin() });
     frame(&mut out, 0, 0, &super::frames::receiver_attach("q"));
-    let flow = Flow {
-        next_incoming_id: Some(0),
-        incoming_window: u32::MAX,
-        next_outgoing_id: 0,
-        outgoing_window: u32::MAX,
-        handle: Some(Handle(0)),
-        delivery_count: Some(0),
-        link_credit: Some(u32::MAX / 2),
-        available: None,
-        drain: false,
-        echo: false,
-        properties: None,
-    };
+    let flow = Flow { incoming_window: u32::MAX, outgoing_window: u32::MAX, ..super::frames::flow(0, u32::MAX / 2) };
     frame(&mut out, 0, 0, &flow);
     raw.send(&out).await;
     // Not reading: the broker stops taking messages once its backlog is high.

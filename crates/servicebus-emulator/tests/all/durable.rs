@@ -15,13 +15,15 @@ use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::FrameBody;
 use fe2o3_amqp::types::definitions::{Handle, Role};
 use fe2o3_amqp::types::messaging::message::__private::{Deserializable, Serializable};
-use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Message, Properties};
-use fe2o3_amqp::types::performatives::{Attach, Begin, Disposition, Flow};
+use fe2o3_amqp::types::messaging::{DeliveryState, Message, Properties};
+use fe2o3_amqp::types::performatives::{Attach, Begin, Flow};
 use fe2o3_amqp::types::primitives::Value;
 use rand::Rng as _;
 use servicebus_emulator::auth::{DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, sas_token};
 
-use super::frames::{Raw, begin, frame, plain_preamble, read_handshake, receiver_attach, sender_attach, transfer};
+use super::frames::{
+    Raw, accept, begin, flow, frame, plain_preamble, read_handshake, receiver_attach, sender_attach, transfer,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_servicebus-emulator");
 const QUEUE: &str = "orders";
@@ -105,19 +107,8 @@ impl Client {
             0,
             &Attach { name: "kill-receiver".into(), handle: Handle(RECEIVER), ..receiver_attach(QUEUE) },
         );
-        let flow = Flow {
-            next_incoming_id: Some(0),
-            incoming_window: u32::MAX / 2,
-            next_outgoing_id: 0,
-            outgoing_window: u32::MAX / 2,
-            handle: Some(Handle(RECEIVER)),
-            delivery_count: Some(0),
-            link_credit: Some(100_000),
-            available: None,
-            drain: false,
-            echo: false,
-            properties: None,
-        };
+        let window = u32::MAX / 2;
+        let flow = Flow { incoming_window: window, outgoing_window: window, ..flow(RECEIVER, 100_000) };
         frame(&mut out, 0, 0, &flow);
         raw.send(&out).await;
         read_handshake(&mut raw).await;
@@ -140,16 +131,8 @@ impl Client {
 
     /// Asks to complete a delivery; false if the connection is gone.
     async fn complete(&mut self, delivery_id: u32, id: String) -> bool {
-        let d = Disposition {
-            role: Role::Receiver,
-            first: delivery_id,
-            last: None,
-            settled: false,
-            state: Some(DeliveryState::Accepted(Accepted {})),
-            batchable: false,
-        };
         let mut out = BytesMut::new();
-        frame(&mut out, 0, 0, &d);
+        frame(&mut out, 0, 0, &accept(delivery_id));
         self.completing.insert(delivery_id, id);
         self.raw.try_send(&out).await
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::{Buf as _, BufMut as _, BytesMut};
 use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
 use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
-use fe2o3_amqp::types::messaging::{Source, Target};
-use fe2o3_amqp::types::performatives::{Attach, Begin, Open, Transfer};
+use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Source, Target};
+use fe2o3_amqp::types::performatives::{Attach, Begin, Disposition, Flow, Open, Transfer};
 use fe2o3_amqp::types::primitives::Binary;
 use fe2o3_amqp::types::sasl::SaslInit;
 use fe2o3_amqp::{Receiver, Sender, Session};
@@ -169,6 +169,35 @@ pub(crate) fn sender_attach(address: &str) -> Attach {
         target: Some(Box::new(Target::builder().address(address).build().into())),
         initial_delivery_count: Some(0),
         ..receiver_attach(address)
+    }
+}
+
+/// A receiver link's flow on `handle` granting `credit`, with session windows of 10,000.
+pub(crate) fn flow(handle: u32, credit: u32) -> Flow {
+    Flow {
+        next_incoming_id: Some(0),
+        incoming_window: 10_000,
+        next_outgoing_id: 0,
+        outgoing_window: 10_000,
+        handle: Some(Handle(handle)),
+        delivery_count: Some(0),
+        link_credit: Some(credit),
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    }
+}
+
+/// A receiver's unsettled `accepted` for `delivery_id` (a completion the broker echoes).
+pub(crate) fn accept(delivery_id: u32) -> Disposition {
+    Disposition {
+        role: Role::Receiver,
+        first: delivery_id,
+        last: None,
+        settled: false,
+        state: Some(DeliveryState::Accepted(Accepted {})),
+        batchable: false,
     }
 }
 

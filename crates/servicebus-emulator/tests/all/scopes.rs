@@ -8,10 +8,12 @@ use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::FrameBody;
 use fe2o3_amqp::types::definitions::{Handle, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, FilterSet, Message, Modified, Rejected, Source};
-use fe2o3_amqp::types::performatives::{Attach, Detach, Disposition, End, Flow, Transfer};
+use fe2o3_amqp::types::performatives::{Attach, Detach, Disposition, End, Transfer};
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 
-use super::frames::{Raw, begin, frame, plain_preamble, receiver_attach, sender_attach, transfer, transfer_frame};
+use super::frames::{
+    Raw, begin, flow, frame, plain_preamble, receiver_attach, sender_attach, transfer, transfer_frame,
+};
 use super::support::{queue, start};
 
 const GOOD_SENDER: u32 = 0;
@@ -98,15 +100,7 @@ impl Client {
         let FrameBody::Transfer { performative, payload } = delivered else { unreachable!() };
         assert!(payload.windows(body.len()).any(|w| w == body.as_bytes()), "round {round}: a different message");
         let delivery_id = performative.delivery_id.unwrap();
-        let complete = Disposition {
-            role: Role::Receiver,
-            first: delivery_id,
-            last: None,
-            settled: false,
-            state: Some(DeliveryState::Accepted(Accepted {})),
-            batchable: false,
-        };
-        self.send_frame(0, &complete).await;
+        self.send_frame(0, &super::frames::accept(delivery_id)).await;
         let echo = self
             .expect("the completion's echo", |c, b| {
                 matches!(b, FrameBody::Disposition(d) if c == 0 && d.role == Role::Sender && d.first == delivery_id)
@@ -171,22 +165,6 @@ impl Client {
 fn message(body: &[u8]) -> Vec<u8> {
     let message = Message::builder().data(Binary::from(body.to_vec())).build();
     serde_amqp::to_vec(&fe2o3_amqp::types::messaging::message::__private::Serializable(message)).unwrap()
-}
-
-fn flow(handle: u32, credit: u32) -> Flow {
-    Flow {
-        next_incoming_id: Some(0),
-        incoming_window: 10_000,
-        next_outgoing_id: 0,
-        outgoing_window: 10_000,
-        handle: Some(Handle(handle)),
-        delivery_count: Some(0),
-        link_credit: Some(credit),
-        available: None,
-        drain: false,
-        echo: false,
-        properties: None,
-    }
 }
 
 async fn connected(addr: std::net::SocketAddr) -> Client {
