@@ -17,7 +17,7 @@
 //! [`forward`] auto-forwarding; [`durable`] what an entity writes to the store and reads back;
 //! [`types`] the words of the API (properties, settlements, errors); `tests.rs` the rules.
 //!
-//! Size: about 920 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
+//! Size: about 990 lines. It is one lifecycle (enqueue, take, lock, settle, expire) over
 //! one `State` under one lock; splitting it would spread that lock's invariants over files.
 
 mod duplicates;
