@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use amqp_servicebus::{ClientOptions, Message, RetryPolicy, ServiceBusClient};
+use amqp_servicebus::{ClientOptions, Message, ReceivedMessage, RetryPolicy, ServiceBusClient};
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::demo::{Traffic, processed, send_orders};
@@ -153,8 +153,9 @@ fn send_scripts(env: &Env, c: &ServiceBusClient, queue: &str, scripts: Vec<Strin
     })
 }
 
-/// Takes everything on `queue` (receive-and-delete); returns the bodies.
-fn drain(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<String>> {
+/// Takes everything on `queue` (receive-and-delete), receiving until half a second passes
+/// with nothing more: one receive returns only what has arrived by its first message.
+fn take_all(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<ReceivedMessage>> {
     env.runtime.block_on(async {
         let r = c.receive_and_delete_receiver(queue);
         let mut out = Vec::new();
@@ -163,9 +164,14 @@ fn drain(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<String>> {
             if got.is_empty() {
                 return anyhow::Ok(out);
             }
-            out.extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
+            out.extend(got);
         }
     })
+}
+
+/// Takes everything on `queue`, like [`take_all`]; returns the bodies.
+fn drain(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<String>> {
+    Ok(take_all(env, c, queue)?.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect())
 }
 
 fn peek_count(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<usize> {
@@ -645,13 +651,7 @@ fn handlers(env: &Env) -> Result<String> {
                 && metric(m, "messaging_abandoned_total", "orders") >= (2 * BAD) as f64
         })?;
         wait_empty(env, &c, "orders", Duration::from_secs(30))?;
-        let (payments, dead) = env.runtime.block_on(async {
-            let take = |entity: &str| {
-                let r = c.receive_and_delete_receiver(entity);
-                async move { r.receive(ORDERS + BAD + 1, Duration::from_secs(3)).await }
-            };
-            anyhow::Ok((take("payments").await?, take("orders/$DeadLetterQueue").await?))
-        })?;
+        let (payments, dead) = (take_all(env, &c, "payments")?, take_all(env, &c, "orders/$DeadLetterQueue")?);
         ensure!(payments.len() == ORDERS, "{language}: {} payments for {ORDERS} orders", payments.len());
         for p in &payments {
             let id = p.correlation_id.clone().unwrap_or_default();
