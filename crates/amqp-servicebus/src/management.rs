@@ -11,10 +11,11 @@ use fe2o3_amqp::{Receiver as AmqpReceiver, Sender as AmqpSender};
 use serde_amqp::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::{Connection, Epoch};
+use crate::connection::{AttachFn, Connection, Epoch};
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::{link_state_error, receiver_attach_error, sender_attach_error};
 use crate::options::Dialect;
+use fe2o3_amqp::session::SessionHandle;
 
 /// A successful response: its status (200, 202, 204) and body.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,25 +134,35 @@ impl Management {
         let entity_name = entity.to_string();
         let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4().simple());
         // The pair shares one AMQP session of its own.
-        let mut own = self.connection.link_session(entity).await?;
-        let sender =
-            AmqpSender::attach(&mut own.session, format!("mgmt-sender-{}", uuid::Uuid::new_v4()), node.clone())
-                .await
-                .map_err(|e| sender_attach_error(e, entity))?;
-        let receiver = AmqpReceiver::builder()
-            .name(format!("mgmt-receiver-{}", uuid::Uuid::new_v4()))
-            .source(node.clone())
-            .target(reply_to.clone())
-            .attach(&mut own.session)
-            .await
-            .map_err(|e| receiver_attach_error(e, entity))?;
+        let (name, target) = (entity_name.clone(), reply_to.clone());
+        let attach: AttachFn<(AmqpSender, AmqpReceiver)> = Box::new(move |session: &mut SessionHandle<()>| {
+            Box::pin(async move {
+                let sender = AmqpSender::attach(session, format!("mgmt-sender-{}", uuid::Uuid::new_v4()), node.clone())
+                    .await
+                    .map_err(|e| sender_attach_error(e, &name))?;
+                let receiver = AmqpReceiver::builder()
+                    .name(format!("mgmt-receiver-{}", uuid::Uuid::new_v4()))
+                    .source(node)
+                    .target(target)
+                    .attach(session)
+                    .await;
+                match receiver {
+                    Ok(receiver) => Ok((sender, receiver)),
+                    Err(e) => {
+                        let _ = sender.close().await;
+                        Err(receiver_attach_error(e, &name))
+                    }
+                }
+            })
+        });
+        let attached = self.connection.attach(entity, attach).await?;
+        let ((sender, receiver), session) = (attached.link, attached.session);
         let (tx, rx) = mpsc::channel(256);
-        let session = own.session;
         tokio::spawn(async move {
             run(sender, receiver, rx, reply_to, entity_name).await;
             drop(session); // Ends the pair's session once both links are done.
         });
-        let pair = PairHandle { epoch: own.epoch, tx };
+        let pair = PairHandle { epoch: attached.epoch, tx };
         self.pairs().insert(entity.to_string(), pair.clone());
         Ok(pair)
     }

@@ -11,11 +11,12 @@ use fe2o3_amqp::{Sendable, Sender as AmqpSender};
 use serde_amqp::Value;
 use tokio::sync::Mutex;
 
-use crate::connection::{Connection, Epoch};
+use crate::connection::{AttachFn, Connection, Epoch};
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::{link_state_error, sender_attach_error};
 use crate::management::Management;
 use crate::message::Message;
+use fe2o3_amqp::session::SessionHandle;
 
 /// The Service Bus batch message format.
 const BATCH_FORMAT: u32 = 0x8001_3700;
@@ -239,17 +240,24 @@ impl Sender {
             *slot = None;
         }
         if slot.is_none() {
-            let mut own = self.connection.link_session(&self.entity).await?;
-            let epoch = own.epoch;
-            let name = format!("sender-{}-{}", self.entity, uuid::Uuid::new_v4().simple());
-            let sender = AmqpSender::attach(&mut own.session, name, self.entity.clone())
-                .await
-                .map_err(|e| sender_attach_error(e, &self.entity))?;
-            let max_message_size = match sender.max_message_size() {
+            let entity = self.entity.clone();
+            let attach: AttachFn<AmqpSender> = Box::new(move |session: &mut SessionHandle<()>| {
+                Box::pin(async move {
+                    let name = format!("sender-{entity}-{}", uuid::Uuid::new_v4().simple());
+                    AmqpSender::attach(session, name, entity.clone()).await.map_err(|e| sender_attach_error(e, &entity))
+                })
+            });
+            let attached = self.connection.attach(&self.entity, attach).await?;
+            let max_message_size = match attached.link.max_message_size() {
                 Some(0) | None => DEFAULT_MAX_MESSAGE_SIZE,
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             };
-            *slot = Some(Link { sender, epoch, max_message_size, _session: own.session });
+            *slot = Some(Link {
+                sender: attached.link,
+                epoch: attached.epoch,
+                max_message_size,
+                _session: attached.session,
+            });
             self.attached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(slot.as_mut().expect("set just above"))

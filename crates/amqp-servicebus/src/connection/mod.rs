@@ -10,6 +10,11 @@
 //! Each connection a client opens has the next **epoch**. A link remembers the epoch it was
 //! attached on, so a link whose connection died is attached again on the next one instead
 //! of being used.
+//!
+//! Links are attached with [`Connection::attach`], in a task that runs to its end even when
+//! the caller stops waiting (a handler's deadline, a `select!`): fe2o3 ends a session whose
+//! attach was dropped halfway, and then the whole connection when the broker's answer to that
+//! session finds no one to take it, and every lock on the connection would go with it.
 
 mod cbs;
 pub(crate) mod guard;
@@ -22,10 +27,11 @@ use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::{Connection as AmqpConnection, Session};
 use fe2o3_amqp_cbs::client::CbsClient;
+use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::connection_string::{ConnectionString, Credential};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::options::{ClientOptions, Dialect};
 use cbs::Cbs;
 use guard::Guarded;
@@ -67,6 +73,48 @@ impl Drop for Live {
         }
     }
 }
+
+/// A link [`Connection::attach`] attached, on its own session.
+pub(crate) struct Attached<L> {
+    pub(crate) link: L,
+    pub(crate) session: SessionHandle<()>,
+    pub(crate) epoch: Epoch,
+}
+
+/// A link that can be detached: what [`Connection::attach`] does with one nobody waits for.
+pub(crate) trait Detach: Send + 'static {
+    /// Detaches (closes) the link, waiting for the broker's answer, so that nothing the broker
+    /// sent on it meanwhile arrives for a link that is gone.
+    fn detach(self) -> BoxFuture<'static, ()>;
+}
+
+impl Detach for fe2o3_amqp::Sender {
+    fn detach(self) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.close().await;
+        })
+    }
+}
+
+impl Detach for fe2o3_amqp::Receiver {
+    fn detach(self) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.close().await;
+        })
+    }
+}
+
+impl<A: Detach, B: Detach> Detach for (A, B) {
+    fn detach(self) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.0.detach().await;
+            self.1.detach().await;
+        })
+    }
+}
+
+/// How [`Connection::attach`] attaches a link on the session it opened.
+pub(crate) type AttachFn<L> = Box<dyn for<'s> FnOnce(&'s mut SessionHandle<()>) -> BoxFuture<'s, Result<L>> + Send>;
 
 /// An AMQP session of one link's own, on the connection of `epoch`. Dropping it ends the
 /// session, and with it every link still on it.
@@ -121,6 +169,29 @@ impl Connection {
             .map_err(|_| Error::timeout(entity, "beginning a session timed out"))?
             .map_err(|e| Error::connection(entity, "beginning a session failed", e))?;
         Ok(LinkSession { session, epoch })
+    }
+
+    /// Opens a session of its own for a link to `entity` (authorizing `entity`), and attaches
+    /// the link with `attach`. Both run in a task that finishes even if the caller stops
+    /// waiting; a link attached for no one is then detached in order.
+    pub(crate) async fn attach<L: Detach>(self: &Arc<Self>, entity: &str, attach: AttachFn<L>) -> Result<Attached<L>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let (connection, name) = (self.clone(), entity.to_string());
+        tokio::spawn(async move {
+            let attached = async {
+                let mut own = connection.link_session(&name).await?;
+                let link = attach(&mut own.session).await?;
+                Ok(Attached { link, session: own.session, epoch: own.epoch })
+            }
+            .await;
+            if let Err(Ok(unwanted)) = reply.send(attached) {
+                let _ = tokio::time::timeout(connection.options.operation_timeout, unwanted.link.detach()).await;
+                drop(unwanted.session);
+            }
+        });
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::new(ErrorKind::Connection, "attaching a link was cut short: the runtime is stopping").at(entity))
+        })
     }
 
     /// Whether the connection of `epoch` is the live one and still open.

@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fe2o3_amqp::Receiver as AmqpReceiver;
+use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::link::receiver::{ReceiverDisposer, TerminalDeliveryState};
 use fe2o3_amqp::link::{DispositionError, MessageDecodeError, RecvError};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::transaction::{Controller, TransactionBase, TransactionRetirement};
-use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::definitions::{Fields, ReceiverSettleMode, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{Body, Source};
 use fe2o3_amqp::types::primitives::OrderedMap;
 use fe2o3_amqp::types::transaction::TransactionId;
 use futures_util::FutureExt as _;
@@ -27,9 +29,9 @@ use serde_amqp::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::connection::Epoch;
+use crate::connection::{AttachFn, Epoch};
 use crate::error::{Error, ErrorKind, Result};
-use crate::link::sender_attach_error;
+use crate::link::{receiver_attach_error, sender_attach_error};
 use crate::message::{LinkDelivery, LinkId, LockOrigin, ReceivedMessage};
 use crate::options::{Dialect, ReceiveMode};
 
@@ -37,6 +39,7 @@ use crate::options::{Dialect, ReceiveMode};
 pub const UNDECODABLE_REASON: &str = "UndecodableMessage";
 
 /// What the task knows of its receiver.
+#[derive(Clone)]
 pub(super) struct LinkContext {
     pub(super) entity: String,
     pub(super) mode: ReceiveMode,
@@ -45,6 +48,51 @@ pub(super) struct LinkContext {
     pub(super) dialect: Dialect,
     /// How long closing may take.
     pub(super) operation_timeout: Duration,
+}
+
+impl LinkContext {
+    /// How [`Connection::attach`](crate::connection::Connection::attach) attaches this
+    /// receiver's link: from `source`, with `properties`, in this receiver's modes, waiting up
+    /// to `patience` for the broker's answer if given.
+    pub(super) fn attach_fn(
+        &self,
+        source: Source,
+        properties: Option<Fields>,
+        patience: Option<Duration>,
+    ) -> AttachFn<AmqpReceiver> {
+        let (snd, rcv) = match self.mode {
+            ReceiveMode::PeekLock => (SenderSettleMode::Unsettled, ReceiverSettleMode::First),
+            ReceiveMode::ReceiveAndDelete => (SenderSettleMode::Settled, ReceiverSettleMode::First),
+        };
+        let credit = match self.prefetch {
+            0 => CreditMode::Manual,
+            n => CreditMode::Auto(n),
+        };
+        let entity = self.entity.clone();
+        Box::new(move |session: &mut SessionHandle<()>| {
+            Box::pin(async move {
+                let mut builder = AmqpReceiver::builder()
+                    .name(format!("receiver-{entity}-{}", uuid::Uuid::new_v4().simple()))
+                    .source(source)
+                    .target(format!("receiver-{}", uuid::Uuid::new_v4().simple()))
+                    .sender_settle_mode(snd)
+                    .receiver_settle_mode(rcv)
+                    .credit_mode(credit)
+                    .auto_accept(false);
+                if let Some(properties) = properties {
+                    builder = builder.properties(properties);
+                }
+                let attach = builder.attach(session);
+                let attached = match patience {
+                    Some(patience) => tokio::time::timeout(patience, attach)
+                        .await
+                        .map_err(|_| Error::timeout(&entity, "no session was granted in time"))?,
+                    None => attach.await,
+                };
+                attached.map_err(|e| receiver_attach_error(e, &entity))
+            })
+        })
+    }
 }
 
 /// How a delivery is settled on the link.

@@ -20,10 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
 
-use fe2o3_amqp::Receiver as AmqpReceiver;
-use fe2o3_amqp::link::receiver::{CreditMode, TerminalDeliveryState};
+use fe2o3_amqp::link::receiver::TerminalDeliveryState;
 use fe2o3_amqp::transaction::Controller;
-use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue};
 use futures_util::Stream;
 use serde_amqp::Value;
@@ -31,7 +29,6 @@ use tokio::sync::Mutex;
 
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::link::receiver_attach_error;
 use crate::management::{Management, Response};
 use crate::message::{LinkId, LockOrigin, Message, ReceivedMessage, system_time};
 use crate::options::{Dialect, ReceiveMode, ReceiverOptions, SessionReceiverOptions};
@@ -498,60 +495,30 @@ impl Receiver {
     }
 
     async fn attach(&self) -> Result<LinkHandle> {
-        let mut own = self.connection.link_session(&self.entity).await?;
-        let receiver = self.attach_link(&mut own.session, self.entity.clone(), None).await;
-        let receiver = match receiver {
-            Ok(r) => r,
-            Err(e) => return Err(self.explain_refusal(receiver_attach_error(e, &self.entity)).await),
-        };
-        Ok(LinkHandle::spawn(receiver, own.session, own.epoch, self.link_context()))
+        let context = self.link_context();
+        let source = fe2o3_amqp::types::messaging::Source::from(self.entity.clone());
+        let attached = self.connection.attach(&self.entity, context.attach_fn(source, None, None)).await;
+        match attached {
+            Ok(a) => Ok(LinkHandle::spawn(a.link, a.session, a.epoch, context)),
+            Err(e) => Err(self.explain_refusal(e).await),
+        }
     }
 
     /// Attaches a session receiver; the broker grants a session (or refuses, or times out).
     async fn attach_session(&self, wanted: &WantedSession, wait: Duration) -> Result<(LinkHandle, Arc<SessionLock>)> {
-        let mut own = self.connection.link_session(&self.entity).await?;
+        let context = self.link_context();
         let source = session::source(&self.entity, wanted);
-        let attach = self.attach_link(&mut own.session, source, session::properties(wanted, wait));
         // The broker answers when a session comes free, or refuses when `wait` has passed.
         let patience = wait + self.connection.options().operation_timeout;
-        let receiver = match tokio::time::timeout(patience, attach).await {
-            Err(_) => return Err(Error::timeout(&self.entity, "no session was granted in time")),
-            Ok(Err(e)) => return Err(self.explain_refusal(receiver_attach_error(e, &self.entity)).await),
-            Ok(Ok(r)) => r,
+        let attach = context.attach_fn(source, session::properties(wanted, wait), Some(patience));
+        let receiver = match self.connection.attach(&self.entity, attach).await {
+            Ok(a) => a,
+            Err(e) => return Err(self.explain_refusal(e).await),
         };
-        let (id, until) = session::granted(&receiver, &self.entity)?;
+        let (id, until) = session::granted(&receiver.link, &self.entity)?;
         tracing::debug!(entity = %self.entity, session = %id, ?until, "session accepted");
-        let link = LinkHandle::spawn(receiver, own.session, own.epoch, self.link_context());
+        let link = LinkHandle::spawn(receiver.link, receiver.session, receiver.epoch, context);
         Ok((link, SessionLock::new(id, until)))
-    }
-
-    /// Attaches a receive link with this receiver's modes on `session`.
-    async fn attach_link(
-        &self,
-        session: &mut fe2o3_amqp::session::SessionHandle<()>,
-        source: impl Into<fe2o3_amqp::types::messaging::Source>,
-        properties: Option<fe2o3_amqp::types::definitions::Fields>,
-    ) -> std::result::Result<AmqpReceiver, fe2o3_amqp::link::ReceiverAttachError> {
-        let (snd, rcv) = match self.options.mode {
-            ReceiveMode::PeekLock => (SenderSettleMode::Unsettled, ReceiverSettleMode::First),
-            ReceiveMode::ReceiveAndDelete => (SenderSettleMode::Settled, ReceiverSettleMode::First),
-        };
-        let credit = match self.options.prefetch {
-            0 => CreditMode::Manual,
-            n => CreditMode::Auto(n),
-        };
-        let mut builder = AmqpReceiver::builder()
-            .name(format!("receiver-{}-{}", self.entity, uuid::Uuid::new_v4().simple()))
-            .source(source)
-            .target(format!("receiver-{}", uuid::Uuid::new_v4().simple()))
-            .sender_settle_mode(snd)
-            .receiver_settle_mode(rcv)
-            .credit_mode(credit)
-            .auto_accept(false);
-        if let Some(properties) = properties {
-            builder = builder.properties(properties);
-        }
-        builder.attach(session).await
     }
 
     fn link_context(&self) -> LinkContext {

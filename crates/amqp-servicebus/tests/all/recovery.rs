@@ -119,3 +119,34 @@ async fn keeps_working_across_token_refreshes(cs: &str, options: ClientOptions) 
     assert_eq!(sender.links_attached(), 1);
     Ok(())
 }
+
+/// A caller may drop any operation at any await (a handler's deadline does): a link attach or a
+/// session accept cut short must not take the connection, and the locks on it, down with it.
+#[tokio::test]
+async fn operations_dropped_midway_leave_the_connection_and_its_locks_alone() -> anyhow::Result<()> {
+    let emu = emulator(vec![
+        queue_with_lock("held", Duration::from_secs(60)),
+        queue_with_lock("other", Duration::from_secs(60)),
+        super::support::session_queue("sessions", Duration::from_secs(60)),
+    ])
+    .await;
+    let c = client(&emu);
+    c.sender("held").send(Message::new("keep my lock")).await?;
+    let holder = c.receiver("held");
+    let held = holder.receive(1, WAIT).await?.remove(0);
+    for i in 0..60u64 {
+        let cut = Duration::from_micros(100 * (i % 20));
+        let sender = c.sender("other");
+        let _ = tokio::time::timeout(cut, sender.send(Message::new("maybe"))).await;
+        let receiver = c.receiver("other");
+        let _ = tokio::time::timeout(cut, receiver.receive(1, Duration::from_millis(50))).await;
+        let accept = c.accept_next_session("sessions", Default::default());
+        let _ = tokio::time::timeout(cut, accept).await;
+        // A `$management` pair attached for a fresh receiver.
+        let _ = tokio::time::timeout(cut, c.receiver("other").peek(1, 1)).await;
+    }
+    holder.complete(&held).await?;
+    assert_eq!(emu.queue_counts("held").unwrap(), Default::default());
+    emu.shutdown().await;
+    Ok(())
+}
