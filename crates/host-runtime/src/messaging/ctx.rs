@@ -24,7 +24,7 @@ pub enum BuildError {
 
 /// What every call of a guest shares: connections and their links, the allow-list, counters.
 pub struct MessagingCtx {
-    links: Links,
+    links: Arc<Links>,
     /// Channels the guest may send and redirect to (lower case).
     allowed: RwLock<HashSet<String>>,
     metrics: Arc<Metrics>,
@@ -102,7 +102,7 @@ impl MessagingCtxBuilder {
             return Err(BuildError::NoDefaultConnection);
         }
         Ok(MessagingCtx {
-            links: Links::new(self.connections),
+            links: Arc::new(Links::new(self.connections)),
             allowed: RwLock::new(self.allowed),
             metrics: self.metrics.unwrap_or_default(),
             updates: self.updates,
@@ -149,9 +149,16 @@ impl MessagingCtx {
         Arc::new(Delivery::new(self.ids.next(), channel, message, receiver))
     }
 
-    /// Settles `d` (and counts it); see [`delivery::settle`].
-    pub async fn settle(&self, d: &Delivery, settlement: Settlement) -> Result<(), SbError> {
-        delivery::settle(&self.links, &self.metrics, d, settlement).await
+    /// Settles `d` (and counts it); see [`delivery::settle`]. The settlement runs to its end
+    /// even if the call that asked for it is cut off at its deadline meanwhile: a settlement
+    /// dropped halfway (a redirect's transaction, say) would leave the message neither settled
+    /// nor abandoned, locked until its lock expires.
+    pub async fn settle(&self, d: &Arc<Delivery>, settlement: Settlement) -> Result<(), SbError> {
+        let (links, metrics, d) = (self.links.clone(), self.metrics.clone(), d.clone());
+        let settling = tokio::spawn(async move { delivery::settle(&links, &metrics, &d, settlement).await });
+        settling.await.unwrap_or_else(|e| {
+            Err(SbError::new(amqp_servicebus::ErrorKind::Connection, format!("the settlement task ended early: {e}")))
+        })
     }
 
     /// Settles what a call left unsettled by the matrix of `docs/semantics.md`: complete if
