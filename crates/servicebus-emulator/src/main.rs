@@ -111,6 +111,7 @@ async fn run(args: Args) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -160,9 +161,16 @@ async fn run(args: Args) -> Result<()> {
         println!("servicebus-emulator management endpoint on http://{m}/health");
     }
     println!("connection string: {}", emulator.connection_string());
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            // A fault to test clients with: every connection ends as a network failure would.
+            _ = usr1.recv() => {
+                let dropped = emulator.drop_connections();
+                tracing::warn!(dropped, "SIGUSR1: dropped every connection without closing it");
+            }
+        }
     }
     eprintln!("shutting down");
     emulator.shutdown().await;

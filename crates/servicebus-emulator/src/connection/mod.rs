@@ -368,7 +368,10 @@ impl Engine {
             FrameBody::Open(open) => self.on_open(open, reader),
             FrameBody::Begin(begin) => self.on_begin(channel, begin),
             FrameBody::End(end) => self.on_end(channel, end),
-            FrameBody::Close(_) => {
+            FrameBody::Close(close) => {
+                if let Some(e) = close.error {
+                    tracing::info!(peer = %self.peer, condition = ?e.condition, "the peer closed the connection: {:?}", e.description);
+                }
                 self.out.close_reply();
                 Ok(())
             }

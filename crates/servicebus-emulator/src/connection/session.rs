@@ -148,9 +148,12 @@ impl Engine {
     }
 
     /// The peer's `end`: answers it, unless it answers ours.
-    pub(super) fn on_end(&mut self, channel: u16, _end: End) -> Step {
+    pub(super) fn on_end(&mut self, channel: u16, end: End) -> Step {
         if self.ended.contains(&channel) {
             return Ok(()); // A second end.
+        }
+        if let Some(e) = end.error {
+            tracing::info!(peer = %self.peer, channel, condition = ?e.condition, "the peer ended a session: {:?}", e.description);
         }
         let ending = self.session(channel)?.ending;
         self.sessions.remove(&channel); // Its links let their message sessions go as they drop.
