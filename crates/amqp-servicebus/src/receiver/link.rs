@@ -164,6 +164,22 @@ impl LinkHandle {
         !self.commands.is_closed()
     }
 
+    /// Runs `op` (a step of a transaction on this link's session) while the link lives, for up
+    /// to `timeout`. fe2o3's transaction controller never answers a declare or discharge whose
+    /// connection died meanwhile; without this, one such step held the controller for good.
+    pub(super) async fn while_alive<T>(
+        &self,
+        entity: &str,
+        what: &str,
+        timeout: Duration,
+        op: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        tokio::select! {
+            r = tokio::time::timeout(timeout, op) => r.map_err(|_| Error::timeout(entity, format!("{what} got no answer in {timeout:?}"))),
+            () = self.commands.closed() => Err(Error::lock_lost(entity, format!("the link was lost while {what}"))),
+        }
+    }
+
     /// Why the link ended, if it ended with a failure.
     pub(super) fn failure(&self) -> Option<Error> {
         self.failure.get().cloned()

@@ -330,18 +330,22 @@ impl Receiver {
         if !link.is_unsettled(delivery) {
             return Err(Error::lock_lost(&self.entity, "the message was settled already"));
         }
-        let mut txn = Transaction::declare(ctl, None)
-            .await
-            .map_err(|e| Error::connection(&self.entity, "declaring a transaction failed", e))?;
-        if let Err(e) = to.post_in(&txn, &message).await {
-            let _ = txn.discharge(true).await;
+        // Every step is bounded by the link's life: a step whose answer died with the connection
+        // would otherwise hold the controller, and every later transaction of this receiver.
+        let (entity, timeout) = (self.entity.as_str(), self.connection.options().operation_timeout);
+        let declared =
+            link.while_alive(entity, "declaring a transaction", timeout, Transaction::declare(ctl, None)).await?;
+        let mut txn = declared.map_err(|e| Error::connection(entity, "declaring a transaction failed", e))?;
+        let posted = link.while_alive(entity, "sending in a transaction", timeout, to.post_in(&txn, &message)).await;
+        if let Err(e) = posted.and_then(|r| r) {
+            let _ = link.while_alive(entity, "rolling back", timeout, txn.discharge(true)).await;
             return Err(e);
         }
-        if let Err(e) = link.settle(&self.entity, delivery, LinkOutcome::AcceptIn(txn.txn_id().clone())).await {
-            let _ = txn.discharge(true).await;
+        if let Err(e) = link.settle(entity, delivery, LinkOutcome::AcceptIn(txn.txn_id().clone())).await {
+            let _ = link.while_alive(entity, "rolling back", timeout, txn.discharge(true)).await;
             return Err(e);
         }
-        match txn.commit().await {
+        match link.while_alive(entity, "committing", timeout, txn.commit()).await? {
             Ok(()) => {
                 link.mark_settled(delivery);
                 Ok(())

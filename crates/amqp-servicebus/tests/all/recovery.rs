@@ -150,3 +150,39 @@ async fn operations_dropped_midway_leave_the_connection_and_its_locks_alone() ->
     emu.shutdown().await;
     Ok(())
 }
+
+/// A connection lost in the middle of `complete_and_send` ends that transaction at once (fe2o3's
+/// controller never answers a declare or discharge whose connection died), and the receiver's
+/// next transaction goes through.
+#[tokio::test]
+async fn a_transaction_cut_by_a_lost_connection_ends_and_the_next_one_goes_through() -> anyhow::Result<()> {
+    let emu =
+        emulator(vec![queue_with_lock("q", Duration::from_secs(1)), queue_with_lock("out", Duration::from_secs(60))])
+            .await;
+    let c = client(&emu);
+    let (sender, out, receiver) = (c.sender("q"), c.sender("out"), c.receiver("q"));
+    for i in 0..6u64 {
+        sender.send(Message::new(format!("m{i}"))).await?;
+        let m = receiver.receive(1, WAIT).await?.remove(0);
+        let cut = async {
+            tokio::time::sleep(Duration::from_micros(500 * i)).await;
+            emu.drop_connections();
+        };
+        // Bounded well below the operation timeout: a cut transaction must not wait for it.
+        let settled = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(receiver.complete_and_send(&m, &out, Message::new(format!("copy {i}"))), cut).0
+        })
+        .await;
+        assert!(settled.is_ok(), "round {i}: the transaction hung after the connection was lost");
+    }
+    // Whatever was cut comes back once its lock expires; every message ends up moved, once or more.
+    let m = loop {
+        let got = receiver.receive(1, WAIT).await?;
+        if let Some(m) = got.into_iter().next() {
+            break m;
+        }
+    };
+    receiver.complete_and_send(&m, &out, Message::new("after")).await?;
+    emu.shutdown().await;
+    Ok(())
+}
