@@ -96,10 +96,8 @@ impl Options {
     /// [--batch B] [--consumers host,native,python] [--baseline-drain PATH] [--baseline-host DIR]`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self::default();
-        let mut args = args.iter();
-        while let Some(flag) = args.next() {
-            let value = args.next().with_context(|| format!("'{flag}' needs a value"))?;
-            match flag.as_str() {
+        for (flag, value) in crate::flag_values(args)? {
+            match flag {
                 "--repeats" => {
                     options.repeats = value.parse().ok().filter(|r| *r > 0).with_context(|| {
                         format!("'--repeats' takes a number of runs of at least 1, but got '{value}'")
@@ -121,7 +119,7 @@ impl Options {
                         .collect::<Result<_>>()?;
                 }
                 "--only" => {
-                    options.only = Some(match value.as_str() {
+                    options.only = Some(match value {
                         "consumers" => Part::Consumers,
                         "brokers" => Part::Brokers,
                         _ => bail!("'--only' takes consumers or brokers, but got '{value}'"),

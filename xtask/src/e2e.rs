@@ -155,8 +155,8 @@ fn send_scripts(env: &Env, c: &ServiceBusClient, queue: &str, scripts: Vec<Strin
 
 /// Takes everything on `queue` (receive-and-delete), receiving until half a second passes
 /// with nothing more: one receive returns only what has arrived by its first message.
-fn take_all(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<ReceivedMessage>> {
-    env.runtime.block_on(async {
+pub fn take_all(runtime: &tokio::runtime::Runtime, c: &ServiceBusClient, queue: &str) -> Result<Vec<ReceivedMessage>> {
+    runtime.block_on(async {
         let r = c.receive_and_delete_receiver(queue);
         let mut out = Vec::new();
         loop {
@@ -171,7 +171,7 @@ fn take_all(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<Received
 
 /// Takes everything on `queue`, like [`take_all`]; returns the bodies.
 fn drain(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<Vec<String>> {
-    Ok(take_all(env, c, queue)?.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect())
+    Ok(take_all(&env.runtime, c, queue)?.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect())
 }
 
 fn peek_count(env: &Env, c: &ServiceBusClient, queue: &str) -> Result<usize> {
@@ -651,7 +651,8 @@ fn handlers(env: &Env) -> Result<String> {
                 && metric(m, "messaging_abandoned_total", "orders") >= (2 * BAD) as f64
         })?;
         wait_empty(env, &c, "orders", Duration::from_secs(30))?;
-        let (payments, dead) = (take_all(env, &c, "payments")?, take_all(env, &c, "orders/$DeadLetterQueue")?);
+        let (payments, dead) =
+            (take_all(&env.runtime, &c, "payments")?, take_all(&env.runtime, &c, "orders/$DeadLetterQueue")?);
         ensure!(payments.len() == ORDERS, "{language}: {} payments for {ORDERS} orders", payments.len());
         for p in &payments {
             let id = p.correlation_id.clone().unwrap_or_default();

@@ -13,6 +13,7 @@
 //! - [`procs`]: the emulator and host as processes, and the host's metrics.
 //! - [`demo`]: `cargo xtask run`.
 //! - [`e2e`]: `cargo xtask test-e2e`.
+//! - [`soak`]: `cargo xtask soak`.
 //! - [`bench`]: `cargo xtask bench`.
 //! - [`fuzz`]: `cargo xtask fuzz`.
 //! - [`layers`]: a crate's module graph, for the test that no module imports one that imports it back.
@@ -39,3 +40,15 @@ pub mod node;
 pub mod paths;
 pub mod procs;
 pub mod python;
+pub mod soak;
+
+/// A command's `--flag value` pairs, in order; a flag without a value is an error that names it.
+pub fn flag_values(args: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
+    args.chunks(2)
+        .map(|pair| match pair {
+            [flag, value] => Ok((flag.as_str(), value.as_str())),
+            [flag] => anyhow::bail!("'{flag}' needs a value"),
+            _ => unreachable!("chunks of two"),
+        })
+        .collect()
+}

@@ -16,10 +16,17 @@ commands:
   run [--follow] the demo: start the emulator (unless SERVICEBUS_CONNECTION_STRING is set), send orders,
                  run the host with the sample guest and a live view; exit when the orders are processed
                  (--follow: keep running until Ctrl-C)
-  test           build the guests, then run every test: unit, integration, interop, and end-to-end
+  test           build the guests, then run every test: unit, integration, interop, end-to-end,
+                 and a short soak (1000 messages, every fault kind)
   test-e2e [TEXT]
                  the end-to-end scenarios, with the emulator and host binaries (only those
                  whose name contains TEXT, if given)
+  soak [--messages N] [--duration D]
+                 the chaos soak: N messages (default 10000) over four channels of a durable emulator,
+                 two hosts, and faults at once: traps, deadline overruns, host SIGKILLs, dropped
+                 connections, an emulator SIGKILL; accounts for every message and fails on a loss
+                 or an unexplained duplicate; with --duration (90s, 30m, 2h), rounds repeat until
+                 it has passed
   bench [--repeats N] [--cells QxC,…] [--only consumers|brokers] [--batch B]
         [--consumers host,native,python] [--baseline-drain PATH] [--baseline-host DIR]
                  end-to-end numbers (release builds): start-up, idle memory, throughput, CPU and
@@ -63,6 +70,7 @@ fn run(args: &[String]) -> Result<()> {
             test()
         }
         "bench" => xtask::bench::run(xtask::bench::Options::parse(rest)?),
+        "soak" => xtask::soak::run(xtask::soak::Options::parse(rest)?),
         "fuzz" => xtask::fuzz::run(xtask::fuzz::Options::parse(rest)?),
         "test-e2e" => match rest {
             [] => xtask::e2e::run(None),
@@ -105,5 +113,7 @@ fn test() -> Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    xtask::e2e::run(None)
+    xtask::e2e::run(None)?;
+    // The short soak: every fault kind at least once.
+    xtask::soak::run(xtask::soak::Options { messages: 1_000, duration: None })
 }

@@ -27,7 +27,30 @@ pub fn queue_json(name: &str, lock: &str, max_delivery_count: u32, requires_sess
 
 /// Writes an emulator `Config.json` to `path`: one namespace with these queues ([`queue_json`]).
 pub fn write_emulator_config_json(path: &Path, namespace: &str, queues: Vec<serde_json::Value>) -> Result<()> {
-    let doc = serde_json::json!({ "UserConfig": { "Namespaces": [ { "Name": namespace, "Queues": queues, "Topics": [] } ], "Logging": { "Type": "Console" } } });
+    write_namespace_config(path, namespace, queues, Vec::new())
+}
+
+/// One topic of a `Config.json`, with subscriptions of `(name, lock duration, max delivery
+/// count)` that take every message.
+pub fn topic_json(name: &str, subscriptions: &[(&str, &str, u32)]) -> serde_json::Value {
+    let subscriptions: Vec<serde_json::Value> = subscriptions
+        .iter()
+        .map(|&(s, lock, mdc)| {
+            serde_json::json!({ "Name": s, "Properties": { "LockDuration": lock, "MaxDeliveryCount": mdc }, "Rules": [] })
+        })
+        .collect();
+    serde_json::json!({ "Name": name, "Properties": {}, "Subscriptions": subscriptions })
+}
+
+/// Writes an emulator `Config.json` to `path`: one namespace with these queues ([`queue_json`])
+/// and topics ([`topic_json`]).
+pub fn write_namespace_config(
+    path: &Path,
+    namespace: &str,
+    queues: Vec<serde_json::Value>,
+    topics: Vec<serde_json::Value>,
+) -> Result<()> {
+    let doc = serde_json::json!({ "UserConfig": { "Namespaces": [ { "Name": namespace, "Queues": queues, "Topics": topics } ], "Logging": { "Type": "Console" } } });
     std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -68,11 +91,11 @@ impl EmulatorProcess {
     pub fn start_with(binary: &Path, config: Option<&Path>, port: u16, extra: &[&std::ffi::OsStr]) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(extra);
-        cmd.args(["--port", &port.to_string(), "--log-level", "warn"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        if port == 0 {
-            // A test's emulator: its management endpoint on a free port too, not 5300.
-            cmd.args(["--management-port", "0"]);
-        }
+        // Its management endpoint on a free port too, not 5300: also when it restarts on a
+        // port it had before.
+        cmd.args(["--port", &port.to_string(), "--management-port", "0", "--log-level", "warn"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
@@ -101,6 +124,11 @@ impl EmulatorProcess {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal (`KILL`, `USR1`: drop every connection).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        signal(&self.child, name)
     }
 
     /// Stops it with SIGTERM and waits.
@@ -147,7 +175,7 @@ impl HostProcess {
         let mut host = Self { child: Some(child), metrics, log: log.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while scrape(metrics).is_err() {
-            if let Some(status) = host.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = host.exited() {
                 bail!("the host exited ({status}) before it was ready; its log:\n{}", host.log_text());
             }
             if Instant::now() > deadline {
@@ -174,6 +202,11 @@ impl HostProcess {
             Some(c) => signal(c, name),
             None => Ok(()),
         }
+    }
+
+    /// Its exit status, if it has exited (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for it to exit; returns whether it exited with status 0.

@@ -24,6 +24,9 @@
 //! | `config:<key>` | reads `wasi:config/store.get(key)` (`(none)` if absent) |
 //! | `state-get` | `sessions.get-state`; reads the state as text (`(none)` if there is none) |
 //! | `state-set:<text>`, `state-clear` | `sessions.set-state` with the text, or `none` |
+//! | `record:<channel>` | sends `<channel>` a record of this call: the script, with the message's `message-id` as `correlation-id`, and properties `handled-by` (the `host-name` setting of `wasi:config/store`), `handled-from-us` (when the call began, microseconds since the Unix epoch), `handled-delivery-count` and `handled-lock-token` |
+//! | `chance:<percent>:<step>` | runs `<step>` in `<percent>` % of calls (`0.5` for one in 200): chosen by a hash of the message's `message-id` and `delivery-count`, so one delivery always chooses the same and a redelivery chooses again |
+//! | `strict` | from here on, a step that fails ends the script, and the handler returns an error |
 //! | `ok` | returns `ok` now, skipping the remaining steps |
 //! | `err` | returns an error now (`settlement.new-error`) |
 //! | `trap` | traps (`unreachable`) |
@@ -99,9 +102,15 @@ impl Guest for TestGuest {
 /// Runs one message's script, reports, and returns what the handler should return.
 fn run_script(m: &Message) -> Result<(), Error> {
     let script = String::from_utf8_lossy(&m.data).into_owned();
+    let began = std::time::SystemTime::now();
     let mut report = Vec::new();
     let mut outcome = Ok(());
+    let mut strict = false;
     for step in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some(step) = by_chance(m, step) else {
+            report.push(format!("{step} => skipped"));
+            continue;
+        };
         let (op, arg) = step.split_once(':').unwrap_or((step, ""));
         let result: Result<(), Error> = match op {
             "echo" | "state-get" | "config" => {
@@ -147,6 +156,11 @@ fn run_script(m: &Message) -> Result<(), Error> {
             }
             "fresh" => fresh(),
             "latency" => latency(m),
+            "record" => record(m, arg, began),
+            "strict" => {
+                strict = true;
+                Ok(())
+            }
             "note" => Ok(()),
             "ok" => break,
             "err" => {
@@ -163,10 +177,14 @@ fn run_script(m: &Message) -> Result<(), Error> {
             }
             _ => Err(settlement::new_error(&format!("unknown script step {step:?}"))),
         };
-        report.push(match result {
+        report.push(match &result {
             Ok(()) => format!("{step} => ok"),
-            Err(e) => format!("{step} => err {:?}: {}", settlement::kind(&e), Error::trace()),
+            Err(e) => format!("{step} => err {:?}: {}", settlement::kind(e), Error::trace()),
         });
+        if strict && let Err(e) = result {
+            outcome = Err(e);
+            break;
+        }
     }
     if let Some(reply_to) = meta(m, "reply-to") {
         let mut metadata = vec![("subject".to_string(), "test-guest-report".to_string())];
@@ -179,6 +197,48 @@ fn run_script(m: &Message) -> Result<(), Error> {
         }
     }
     outcome
+}
+
+/// The step to run: `step` itself, or for `chance:<percent>:<inner>`, `<inner>` if this call is
+/// among the `<percent>` % chosen and `None` if not. A malformed `chance` is returned whole,
+/// to fail as an unknown step.
+fn by_chance<'s>(m: &Message, step: &'s str) -> Option<&'s str> {
+    let Some(bet) = step.strip_prefix("chance:") else { return Some(step) };
+    let Some((percent, inner)) = bet.split_once(':').and_then(|(p, s)| Some((p.parse::<f64>().ok()?, s))) else {
+        return Some(step);
+    };
+    // FNV-1a over the message id and the delivery count: the same for one delivery, new for
+    // the next, and spread evenly over a run's ids.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let key = [meta(m, "message-id").unwrap_or(""), "/", meta(m, "delivery-count").unwrap_or("")];
+    for byte in key.iter().flat_map(|part| part.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (((hash % 10_000) as f64) < percent * 100.0).then_some(inner)
+}
+
+/// `record:<channel>`: one message saying this call (which began at `began`) handled this
+/// message, sent before the handler settles anything, so that a soak can count every call that
+/// got this far.
+fn record(m: &Message, channel: &str, began: std::time::SystemTime) -> Result<(), Error> {
+    let began = began.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    let mut metadata = vec![
+        ("subject".to_string(), "test-guest-record".to_string()),
+        ("handled-from-us".to_string(), began.to_string()),
+    ];
+    if let Some(id) = meta(m, "message-id") {
+        metadata.push(("correlation-id".into(), id.into()));
+    }
+    if let Ok(Some(host)) = wasi::config::store::get("host-name") {
+        metadata.push(("handled-by".into(), host));
+    }
+    for (key, from) in [("handled-delivery-count", "delivery-count"), ("handled-lock-token", "lock-token")] {
+        if let Some(value) = meta(m, from) {
+            metadata.push((key.into(), value.into()));
+        }
+    }
+    let msg = Message { data: m.data.clone(), format: FormatSpec::Raw, metadata: Some(metadata) };
+    Client::connect("default").and_then(|c| producer::send(c, channel, &[msg]))
 }
 
 fn pull(arg: &str) -> Result<(), Error> {
