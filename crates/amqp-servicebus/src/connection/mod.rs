@@ -1,7 +1,7 @@
 //! The connection layer: the one live AMQP connection a client shares, opened lazily,
 //! authorized per entity through CBS, and opened again after a loss. Nothing above this
-//! module sees the connection itself: links ask it for an AMQP session of their own
-//! ([`LinkSession`]) and tell it when their connection looked broken.
+//! module sees the connection itself: links are attached through it, each on an AMQP session
+//! of its own ([`Connection::attach`]), and tell it when their connection looked broken.
 //!
 //! - `transport`: TCP (direct, or through an HTTP proxy), TLS, WebSockets.
 //! - `guard`: the check of every byte the broker sends before fe2o3 decodes it.
@@ -11,8 +11,8 @@
 //! attached on, so a link whose connection died is attached again on the next one instead
 //! of being used.
 //!
-//! Links are attached with [`Connection::attach`], in a task that runs to its end even when
-//! the caller stops waiting (a handler's deadline, a `select!`): fe2o3 ends a session whose
+//! [`Connection::attach`] runs in a task that goes on to its end even when the caller stops
+//! waiting (a handler's deadline, a `select!`): fe2o3 ends a session whose
 //! attach was dropped halfway, and then the whole connection when the broker's answer to that
 //! session finds no one to take it, and every lock on the connection would go with it.
 
@@ -118,9 +118,9 @@ pub(crate) type AttachFn<L> = Box<dyn for<'s> FnOnce(&'s mut SessionHandle<()>) 
 
 /// An AMQP session of one link's own, on the connection of `epoch`. Dropping it ends the
 /// session, and with it every link still on it.
-pub(crate) struct LinkSession {
-    pub(crate) session: SessionHandle<()>,
-    pub(crate) epoch: Epoch,
+struct LinkSession {
+    session: SessionHandle<()>,
+    epoch: Epoch,
 }
 
 impl Connection {
@@ -156,7 +156,7 @@ impl Connection {
 
     /// A new AMQP session for one link, on the live connection (connecting if needed), with
     /// `entity` authorized.
-    pub(crate) async fn link_session(&self, entity: &str) -> Result<LinkSession> {
+    async fn link_session(&self, entity: &str) -> Result<LinkSession> {
         let mut state = self.live(entity).await?;
         let cbs = state.live.as_ref().and_then(|l| l.cbs.clone());
         if let Some(cbs) = cbs {
