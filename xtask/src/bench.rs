@@ -891,10 +891,7 @@ impl Drop for RabbitMq {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::args;
 
     #[test]
     fn options_default_to_three_runs_of_every_cell() {

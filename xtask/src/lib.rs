@@ -14,7 +14,7 @@
 //! - [`demo`]: `cargo xtask run`.
 //! - [`e2e`]: `cargo xtask test-e2e`.
 //! - [`soak`]: `cargo xtask soak`.
-//! - [`bench`]: `cargo xtask bench`.
+//! - [`bench`](mod@bench): `cargo xtask bench`.
 //! - [`fuzz`]: `cargo xtask fuzz`.
 //! - [`layers`]: a crate's module graph, for the test that no module imports one that imports it back.
 //!
@@ -51,4 +51,10 @@ pub fn flag_values(args: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
             _ => unreachable!("chunks of two"),
         })
         .collect()
+}
+
+/// Arguments as a command gets them, for the tests of its options.
+#[cfg(test)]
+pub(crate) fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
 }
