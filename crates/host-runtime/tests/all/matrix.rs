@@ -140,3 +140,29 @@ async fn abandon_with_delay_schedules_a_copy_and_completes_the_original() -> any
     emu.shutdown().await;
     Ok(())
 }
+
+/// A settlement under way when the call's deadline strikes is carried through: here a redirect
+/// whose caller stops waiting at its first pause still moves the message, at once, instead of
+/// leaving it locked until its lock expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_cut_off_by_the_deadline_is_carried_through() -> anyhow::Result<()> {
+    use host_runtime::MessagingCtx;
+    use host_runtime::delivery::Settlement;
+    let emu = emulator(vec![queue_with("in", Duration::from_secs(60), 10), queue("out")]).await;
+    // One connection for the receiver and the redirect's send: a transaction is the connection's.
+    let c = client(&emu);
+    let ctx = MessagingCtx::builder().connection("default", c.clone()).allow("out").build()?;
+    c.sender("in").send(amqp_servicebus::Message::new("move me")).await?;
+    let receiver = std::sync::Arc::new(c.receiver("in"));
+    let message = receiver.receive(1, Duration::from_secs(5)).await?.remove(0);
+    let delivery = ctx.delivery("in", message, receiver);
+    // Polled once, then dropped: as a deadline drops a guest's call in the middle of a host call.
+    let cut = tokio::time::timeout(Duration::ZERO, ctx.settle(&delivery, Settlement::Redirect("out".into()))).await;
+    assert!(cut.is_err(), "the redirect was cut off before it could finish");
+    eventually("the message moved to out, well before its 60 s lock expires", Duration::from_secs(10), || {
+        emu.queue_counts("in") == Some(QueueCounts::default()) && emu.queue_counts("out").is_some_and(|q| q.active == 1)
+    })
+    .await;
+    emu.shutdown().await;
+    Ok(())
+}
