@@ -411,8 +411,8 @@ impl EmulatorBuilder {
         drop(contents);
         if let Some(dir) = &self.data_dir {
             tracing::info!(
-                dir = %dir.display(), fsync = ?self.fsync, entities = restored.entities, messages = restored.messages,
-                "data directory opened"
+                dir = %dir.display(), fsync = ?self.fsync, made = restored.made, entities = restored.entities,
+                messages = restored.messages, "data directory opened"
             );
         }
         let shared = Arc::new(Shared {

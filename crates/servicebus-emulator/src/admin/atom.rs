@@ -187,33 +187,7 @@ fn typed_value(value: &Element) -> Result<SimpleValue, String> {
 
 /// `d` as ISO 8601 (`PT1M`, `P1DT2H`, `PT0.5S`); `None` is never.
 pub(super) fn iso_duration(d: Option<Duration>) -> String {
-    let Some(d) = d else { return FOREVER.into() };
-    let secs = d.as_secs();
-    let (days, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let mut out = String::from("P");
-    if days > 0 {
-        out += &format!("{days}D");
-    }
-    let nanos = d.subsec_nanos();
-    if h > 0 || m > 0 || s > 0 || nanos > 0 || days == 0 {
-        out.push('T');
-        if h > 0 {
-            out += &format!("{h}H");
-        }
-        if m > 0 {
-            out += &format!("{m}M");
-        }
-        if s > 0 || nanos > 0 || (h == 0 && m == 0) {
-            match nanos {
-                0 => out += &format!("{s}S"),
-                n => out += format!("{s}.{n:09}").trim_end_matches('0'),
-            }
-            if nanos > 0 {
-                out.push('S');
-            }
-        }
-    }
-    out
+    d.map_or_else(|| FOREVER.into(), config::iso_duration)
 }
 
 /// Milliseconds since the epoch as ISO 8601 UTC (`2026-11-29T23:01:43.123Z`).
@@ -408,16 +382,7 @@ fn sql_xml(name: &str, kind: &str, sql: &str) -> String {
 
 fn correlation_xml(c: &CorrelationFilter) -> String {
     let mut x = String::from(r#"<Filter i:type="CorrelationFilter">"#);
-    for (name, value) in [
-        ("CorrelationId", &c.correlation_id),
-        ("MessageId", &c.message_id),
-        ("To", &c.to),
-        ("ReplyTo", &c.reply_to),
-        ("Label", &c.label),
-        ("SessionId", &c.session_id),
-        ("ReplyToSessionId", &c.reply_to_session_id),
-        ("ContentType", &c.content_type),
-    ] {
+    for (name, value) in c.named_fields() {
         if let Some(v) = value {
             x += &element(name, v);
         }

@@ -111,7 +111,14 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, shared: &Shared)
                 return;
             }
         };
-        let response = handle(&request, shared);
+        let mut response = handle(&request, shared);
+        // What the request changed is on disk (with --data-dir) before it is acknowledged.
+        let barrier = crate::storage::take_barrier();
+        if let (Some(storage), true) = (shared.namespace.storage(), barrier > 0)
+            && let Err(e) = storage.durable(barrier).await
+        {
+            response = failure(500, e.to_string());
+        }
         tracing::debug!(method = %request.method, path = %request.path, status = response.status, "management request");
         let close = request.wants_close();
         if http::write_response(&mut io, &response, close).await.is_err() || close {
@@ -310,7 +317,7 @@ impl Ctx<'_> {
                             Err(e) => e.into(),
                         },
                         (true, Err(e)) => e.into(),
-                        (false, _) => match ns.add_topic(name, p) {
+                        (false, _) => match ns.create_topic(name, p) {
                             Ok(t) => self.entry(201, atom::topic_entry(&self.base, &t)),
                             Err(e) => e.into(),
                         },
@@ -407,7 +414,8 @@ impl Ctx<'_> {
     /// A rule: get, create or replace (`If-Match`), delete.
     fn rule(&self, request: &Request, topic: &str, sub: &str, name: &str) -> Response {
         let path = format!("{topic}/Subscriptions/{sub}/Rules/{name}");
-        let Some(s) = self.shared.namespace.topic(topic).ok().and_then(|t| t.subscription(sub)) else {
+        let ns = &self.shared.namespace;
+        let Some(s) = ns.topic(topic).ok().and_then(|t| t.subscription(sub)) else {
             return match request.method.as_str() {
                 "GET" => self.nothing(&path),
                 _ => EntityError::NotFound(format!("{topic}/Subscriptions/{sub}")).into(),
@@ -421,7 +429,7 @@ impl Ctx<'_> {
                 Some(r) => self.entry(200, atom::rule_entry(&self.base, topic, sub, &r, now)),
                 None => self.nothing(&path),
             },
-            "DELETE" => match rules.remove(name) {
+            "DELETE" => match ns.change_rules(&s, |rules| rules.remove(name)) {
                 true => Response::new(200, XML, ""),
                 false => EntityError::NotFound(path).into(),
             },
@@ -436,13 +444,14 @@ impl Ctx<'_> {
                     Err(e) => return EntityError::from(e).into(),
                 };
                 let update = request.header("if-match").is_some();
-                if update && !rules.remove(name) {
-                    return EntityError::NotFound(path).into();
-                }
-                match rules.add(rule) {
+                let done = ns.change_rules(&s, |rules| match update && !rules.remove(name) {
+                    true => Err(EntityError::NotFound(path).into()),
+                    false => rules.add(rule).map_err(|e| failure(409, e.to_string())),
+                });
+                match done {
                     Ok(()) => self
                         .entry(if update { 200 } else { 201 }, atom::rule_entry(&self.base, topic, sub, &config, now)),
-                    Err(e) => failure(409, e.to_string()),
+                    Err(response) => response,
                 }
             }
             other => failure(405, format!("{other} is not supported on /{path}")),

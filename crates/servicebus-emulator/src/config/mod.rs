@@ -23,6 +23,9 @@ use crate::queue::{DEFAULT_DUPLICATE_DETECTION_WINDOW, DEFAULT_MAX_SIZE_MEGABYTE
 use crate::rules::RuleConfig;
 
 mod rules;
+mod write;
+
+pub(crate) use write::{iso_duration, properties_json, rule_json, topic_properties_json};
 
 /// A configuration error: where, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -605,6 +608,14 @@ pub(crate) fn entity_properties(kind: Kind, what: &str, json: serde_json::Value)
 /// A topic's settings, given some other way than `Config.json` ([`entity_properties`]).
 pub(crate) fn topic_properties(what: &str, json: serde_json::Value) -> Result<TopicProperties, String> {
     entity_properties(Kind::Topic, what, json).map(TopicProperties::from)
+}
+
+/// A subscription's rule given some other way than `Config.json` (the data directory), as an
+/// entry of `Rules`: checked as `Config.json`'s are.
+pub(crate) fn rule(what: &str, json: serde_json::Value) -> Result<RuleConfig, String> {
+    let rule: rules::Rule = serde_path_to_error::deserialize(json)
+        .map_err(|e| format!("{what}: {}: {}", e.path(), strip_position(&e.inner().to_string())))?;
+    rule.resolve(what, &mut Vec::new())
 }
 
 /// What kind of entity a `Properties` block belongs to: each may set only its own keys.

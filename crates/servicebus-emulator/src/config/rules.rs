@@ -2,6 +2,10 @@
 //! "Sql" | "Correlation", "SqlFilter": { "SqlExpression" }, "CorrelationFilter": { … },
 //! "Action": { "SqlExpression" } } }]`, as Microsoft's emulator reads them. A rule that does
 //! not parse stops the load, naming its subscription and saying where it went wrong.
+//!
+//! Beyond Microsoft's schema, as the data directory writes rules ([`super::write`]):
+//! `FilterType` `True` and `False` (the service's `TrueFilter` and `FalseFilter`), a
+//! correlation property of `null`, and one of another AMQP type as `{"Amqp": "<base64>"}`.
 
 use std::collections::BTreeMap;
 
@@ -80,7 +84,10 @@ impl Rule {
                         .into_iter()
                         .map(|(k, v)| {
                             Ok((k.clone(), json_value(&v).ok_or_else(|| {
-                        format!("{what}: CorrelationFilter.Properties.{k} must be a string, a number or a boolean")
+                        format!(
+                            "{what}: CorrelationFilter.Properties.{k} must be a string, a number, a boolean or \
+                             null"
+                        )
                     })?))
                         })
                         .collect::<Result<_, String>>()?;
@@ -96,7 +103,9 @@ impl Rule {
                     properties,
                 })
             }
-            other => return Err(format!("{what}: FilterType {other:?} is not Sql or Correlation")),
+            "True" => RuleFilter::True,
+            "False" => RuleFilter::False,
+            other => return Err(format!("{what}: FilterType {other:?} is not Sql, Correlation, True or False")),
         };
         let action = p.action.map(|a| {
             unknown(warnings, &what, &a.other);
@@ -111,6 +120,8 @@ impl Rule {
 /// A JSON property value as an application property value.
 fn json_value(v: &serde_json::Value) -> Option<SimpleValue> {
     Some(match v {
+        serde_json::Value::Null => SimpleValue::Null,
+        serde_json::Value::Object(m) if m.len() == 1 => super::write::amqp_value(m.get("Amqp")?.as_str()?)?,
         serde_json::Value::String(s) => SimpleValue::String(s.clone()),
         serde_json::Value::Bool(b) => SimpleValue::Bool(*b),
         serde_json::Value::Number(n) => match n.as_i64() {

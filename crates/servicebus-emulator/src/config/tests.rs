@@ -123,7 +123,7 @@ fn a_rule_that_does_not_parse_stops_the_load_and_says_which_and_where() {
     assert!(e.contains("does not parse, at position 9: expected a value"), "{e}");
     let unknown_type = MICROSOFT_SAMPLE.replace(r#""FilterType": "Correlation""#, r#""FilterType": "Regex""#);
     let e = Config::parse(&unknown_type, "Config.json").unwrap_err().to_string();
-    assert!(e.contains("FilterType \"Regex\" is not Sql or Correlation"), "{e}");
+    assert!(e.contains("FilterType \"Regex\" is not Sql, Correlation, True or False"), "{e}");
 }
 
 #[test]
@@ -288,4 +288,91 @@ fn iso_durations() {
 fn the_default_config_has_the_demo_queues() {
     let names: Vec<_> = Config::default().queues.into_iter().map(|q| q.name).collect();
     assert_eq!(names, ["orders", "payments", "review"]);
+}
+
+#[test]
+fn settings_written_back_read_back_equal() {
+    use std::time::Duration;
+    let queue = QueueProperties {
+        lock_duration: Duration::from_millis(45_500),
+        max_delivery_count: 3,
+        default_message_ttl: Some(Duration::from_secs(2 * 86_400 + 3_661)),
+        dead_lettering_on_message_expiration: true,
+        max_size_megabytes: 2048,
+        requires_session: true,
+        duplicate_detection_window: Some(Duration::from_secs(90)),
+        max_message_size: Some(512 * 1024),
+        forward_to: Some("elsewhere".into()),
+        forward_dead_lettered_messages_to: Some("parked".into()),
+    };
+    for p in [queue.clone(), QueueProperties::default()] {
+        assert_eq!(entity_properties(Kind::Queue, "q", properties_json(&p, Kind::Queue)).unwrap(), p);
+    }
+    // A subscription has no size, message size or duplicate detection of its own.
+    let subscription =
+        QueueProperties { duplicate_detection_window: None, max_message_size: None, max_size_megabytes: 1024, ..queue };
+    let json = properties_json(&subscription, Kind::Subscription);
+    assert_eq!(entity_properties(Kind::Subscription, "s", json).unwrap(), subscription);
+    let topic = TopicProperties {
+        duplicate_detection_window: Some(Duration::from_secs(30)),
+        default_message_ttl: Some(Duration::from_secs(600)),
+        max_size_megabytes: 5120,
+        max_message_size: Some(2048 * 1024),
+    };
+    for t in [topic, TopicProperties::default()] {
+        assert_eq!(topic_properties("t", topic_properties_json(&t)).unwrap(), t);
+    }
+}
+
+#[test]
+fn rules_written_back_read_back_equal_with_their_value_types() {
+    use crate::rules::CorrelationFilter;
+    use fe2o3_amqp_types::primitives::{Timestamp, Uuid};
+    let typed = vec![
+        ("text".to_string(), SimpleValue::String("a".into())),
+        ("flag".into(), SimpleValue::Bool(true)),
+        ("long".into(), SimpleValue::Long(-7)),
+        ("double".into(), SimpleValue::Double(2.5.into())),
+        ("whole-double".into(), SimpleValue::Double(3.0.into())),
+        ("int".into(), SimpleValue::Int(5)),
+        ("ubyte".into(), SimpleValue::Ubyte(200)),
+        ("when".into(), SimpleValue::Timestamp(Timestamp::from_milliseconds(1_700_000_000_123))),
+        ("id".into(), SimpleValue::Uuid(Uuid::from([7; 16]))),
+        ("nothing".into(), SimpleValue::Null),
+    ];
+    let rules = [
+        RuleConfig { name: "$Default".into(), filter: RuleFilter::True, action: None },
+        RuleConfig { name: "none".into(), filter: RuleFilter::False, action: None },
+        RuleConfig {
+            name: "sql".into(),
+            filter: RuleFilter::Sql("priority = 'high' AND n > 3".into()),
+            action: Some("SET routed = 1".into()),
+        },
+        RuleConfig {
+            name: "correlation".into(),
+            filter: RuleFilter::Correlation(CorrelationFilter {
+                correlation_id: Some("c".into()),
+                label: Some("l".into()),
+                session_id: Some("s".into()),
+                properties: typed,
+                ..Default::default()
+            }),
+            action: None,
+        },
+    ];
+    // Correlation properties come back in name order, as Config.json's always are.
+    let sorted = |mut r: RuleConfig| {
+        if let RuleFilter::Correlation(c) = &mut r.filter {
+            c.properties.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        r
+    };
+    for r in rules {
+        let json = rule_json(&r);
+        assert_eq!(rule("subscription s", json.clone()).unwrap(), sorted(r), "{json}");
+    }
+    let bad = serde_json::json!({"Name": "x", "Properties": {"FilterType": "Correlation",
+        "CorrelationFilter": {"Properties": {"k": {"Amqp": "not base64!"}}}}});
+    let err = rule("subscription s", bad).unwrap_err();
+    assert!(err.contains("CorrelationFilter.Properties.k"), "{err}");
 }

@@ -44,6 +44,7 @@ impl Engine {
                     &request,
                     ManagementContext {
                         queue: &queue,
+                        namespace: &self.shared.namespace,
                         authorize: &authorize,
                         on_settled: &mut |t| settled.push(t),
                         sessions: &sessions,

@@ -146,6 +146,8 @@ pub(crate) fn put_token(request: &Request, keys: &Keys, authorizations: &mut Aut
 /// What a `$management` operation needs from the connection it arrived on.
 pub(crate) struct ManagementContext<'a> {
     pub(crate) queue: &'a Queue,
+    /// The namespace of the queue: rule changes go through it, so the data directory keeps them.
+    pub(crate) namespace: &'a crate::namespace::Namespace,
     /// Checks that the connection holds these rights for the entity; the error says why not.
     pub(crate) authorize: &'a dyn Fn(Rights) -> Result<(), String>,
     /// Called for each lock token that update-disposition settled, so the connection can drop its record.
@@ -229,8 +231,8 @@ fn handle(request: &Request, op: &str, ctx: ManagementContext<'_>) -> OpResult {
         "com.microsoft:get-session-state" => get_session_state(request, &ctx),
         "com.microsoft:set-session-state" => set_session_state(request, &ctx),
         "com.microsoft:get-message-sessions" => message_sessions(request, ctx.queue),
-        "com.microsoft:add-rule" => rules::add_rule(request, ctx.queue),
-        "com.microsoft:remove-rule" => rules::remove_rule(request, ctx.queue),
+        "com.microsoft:add-rule" => rules::add_rule(request, ctx.namespace, ctx.queue),
+        "com.microsoft:remove-rule" => rules::remove_rule(request, ctx.namespace, ctx.queue),
         "com.microsoft:enumerate-rules" => rules::enumerate_rules(request, ctx.queue),
         "" => Err(bad_request("the request has no 'operation' application property")),
         other => Err(fail(501, "amqp:not-implemented", format!("the emulator does not implement {other}"))),

@@ -10,6 +10,7 @@ use serde_amqp::descriptor::Descriptor;
 
 use super::{Failure, OpResult, Request, bad_request, fail, integer, map};
 use crate::message::simple_value;
+use crate::namespace::Namespace;
 use crate::queue::Queue;
 use crate::rules::{AddRuleError, CorrelationFilter, Rule, RuleConfig, RuleFilter, RuleSet};
 
@@ -100,22 +101,22 @@ fn requested_rule(request: &Request) -> Result<RuleConfig, Failure> {
     Ok(RuleConfig { name, filter, action })
 }
 
-pub(super) fn add_rule(request: &Request, queue: &Queue) -> OpResult {
-    let rules = rules_of(queue)?;
+pub(super) fn add_rule(request: &Request, namespace: &Namespace, queue: &Queue) -> OpResult {
+    rules_of(queue)?;
     let rule = Rule::compile(requested_rule(request)?).map_err(|e| bad_request(e.to_string()))?;
-    rules.add(rule).map_err(|e| match e {
+    namespace.change_rules(queue, |rules| rules.add(rule)).map_err(|e| match e {
         AddRuleError::Exists(_) => fail(409, "com.microsoft:entity-already-exists", e.to_string()),
         AddRuleError::TooMany => fail(403, "com.microsoft:quota-exceeded", e.to_string()),
     })?;
     Ok((200, map([])))
 }
 
-pub(super) fn remove_rule(request: &Request, queue: &Queue) -> OpResult {
-    let rules = rules_of(queue)?;
+pub(super) fn remove_rule(request: &Request, namespace: &Namespace, queue: &Queue) -> OpResult {
+    rules_of(queue)?;
     let Some(Value::String(name)) = request.field("rule-name") else {
         return Err(bad_request("the request body has no 'rule-name' string"));
     };
-    if !rules.remove(name) {
+    if !namespace.change_rules(queue, |rules| rules.remove(name)) {
         return Err(fail(
             404,
             "amqp:not-found",

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::{Namespace, Topic};
 use crate::auth::normalize;
 use crate::config::TopicProperties;
-use crate::queue::{Queue, QueueProperties, Routes};
+use crate::queue::{Queue, QueueProperties, Routes, Target};
 use crate::rules::{Rule, RuleConfig, RuleError, RuleSet};
 
 /// Why an entity could not be made, changed or deleted.
@@ -114,12 +114,28 @@ impl Namespace {
     }
 
     /// Makes a queue with its forwarding links, checked before it is made (the administration
-    /// API's create).
+    /// API's create; the data directory keeps it).
     pub(crate) fn create_queue(&self, name: &str, properties: QueueProperties) -> Result<Arc<Queue>, EntityError> {
+        let _changing = self.changing();
         let routes = self.routes_for(name, &properties)?;
+        if self.inbox(name).is_some() {
+            return Err(EntityError::AlreadyExists(name.to_string()));
+        }
+        // Cleared before the queue is there to take a message; no one else makes it meanwhile.
+        let _group = crate::storage::Group::open();
+        self.clear_leftovers(name);
         let queue = self.add_queue(name, properties)?;
         queue.set_routes(routes);
+        self.keep_queue(&queue);
         Ok(queue)
+    }
+
+    /// Makes a topic (the administration API's create; the data directory keeps it).
+    pub(crate) fn create_topic(&self, name: &str, properties: TopicProperties) -> Result<Arc<Topic>, EntityError> {
+        let _changing = self.changing();
+        let topic = self.add_topic(name, properties)?;
+        self.keep_topic(&topic);
+        Ok(topic)
     }
 
     /// Makes a subscription with its forwarding links, checked before it is made.
@@ -130,9 +146,18 @@ impl Namespace {
         properties: QueueProperties,
         rules: Vec<RuleConfig>,
     ) -> Result<Arc<Queue>, EntityError> {
-        let routes = self.routes_for(&format!("{topic}/Subscriptions/{name}"), &properties)?;
+        let _changing = self.changing();
+        let path = format!("{topic}/Subscriptions/{name}");
+        let routes = self.routes_for(&path, &properties)?;
+        let owner = self.topic(topic)?;
+        if owner.subscription(name).is_some() {
+            return Err(EntityError::AlreadyExists(format!("{}/Subscriptions/{name}", owner.name)));
+        }
+        let _group = crate::storage::Group::open();
+        self.clear_leftovers(&path);
         let subscription = self.add_subscription(topic, name, properties, rules)?;
         subscription.set_routes(routes);
+        self.keep_queue(&subscription);
         Ok(subscription)
     }
 
@@ -149,13 +174,31 @@ impl Namespace {
         if properties.forward_to.as_deref().is_some_and(|t| normalize(t) == source.to_ascii_lowercase()) {
             return Err(EntityError::ForwardsToItself(source.to_string()));
         }
+        self.routes(properties, |key, target| {
+            Err(EntityError::NoSuchTarget { entity: source.to_string(), key, target: target.to_string() })
+        })
+    }
+
+    /// Links a restored entity to its targets. A target that is gone (deleted before the
+    /// emulator stopped) stays gone: what would move there is dead-lettered, as it was.
+    pub(super) fn restore_routes(&self, source: &Queue, properties: &QueueProperties) {
+        let routes = self.routes(properties, |key, target| {
+            tracing::warn!(entity = source.name(), key, target, "a forwarding target of a restored entity is gone");
+            Ok(Target::gone(target))
+        });
+        source.set_routes(routes.expect("a missing target is not an error here"));
+    }
+
+    /// The targets `properties` name; `missing` says what a name that is not a queue or
+    /// topic of the namespace comes to.
+    fn routes(
+        &self,
+        properties: &QueueProperties,
+        missing: impl Fn(&'static str, &str) -> Result<Target, EntityError>,
+    ) -> Result<Routes, EntityError> {
         let target = |key: &'static str, name: &Option<String>| match name {
             None => Ok(None),
-            Some(name) => self.inbox(name).map(Some).ok_or_else(|| EntityError::NoSuchTarget {
-                entity: source.to_string(),
-                key,
-                target: name.clone(),
-            }),
+            Some(name) => self.inbox(name).map_or_else(|| missing(key, name), Ok).map(Some),
         };
         Ok(Routes {
             forward_to: target("ForwardTo", &properties.forward_to)?,
@@ -165,6 +208,7 @@ impl Namespace {
 
     /// Changes a queue's or subscription's settings (and forwarding).
     pub(crate) fn update_queue(&self, queue: &Queue, properties: QueueProperties) -> Result<(), EntityError> {
+        let _changing = self.changing();
         let now = queue.props().clone();
         let immutable = |key, changed: bool| match changed {
             true => Err(EntityError::Immutable { entity: queue.name().to_string(), key }),
@@ -175,11 +219,13 @@ impl Namespace {
         immutable("RequiresDuplicateDetection", detects(&now) != detects(&properties))?;
         self.link_routes(queue, &properties)?;
         queue.update(properties);
+        self.keep_queue(queue);
         Ok(())
     }
 
     /// Changes a topic's settings; its subscriptions' size and TTL follow.
     pub(crate) fn update_topic(&self, topic: &Topic, properties: TopicProperties) -> Result<(), EntityError> {
+        let _changing = self.changing();
         let detects = topic.props().duplicate_detection_window.is_some();
         if detects != properties.duplicate_detection_window.is_some() {
             return Err(EntityError::Immutable { entity: topic.name.clone(), key: "RequiresDuplicateDetection" });
@@ -190,14 +236,25 @@ impl Namespace {
         *topic.properties.write().unwrap_or_else(|p| p.into_inner()) = properties.clone();
         for sub in topic.subscriptions() {
             sub.update(properties.bound(sub.props().clone()));
+            self.keep_queue(&sub);
         }
         topic.updated_ms.store(crate::message::now_ms(), Ordering::Release);
+        self.keep_topic(topic);
         Ok(())
     }
 
     /// Deletes a queue, a topic (with its subscriptions) or a subscription
-    /// (`topic/Subscriptions/name`), with their messages.
+    /// (`topic/Subscriptions/name`), with their messages and the data directory's record: all
+    /// of it, or (after a crash) none.
     pub(crate) fn delete(&self, path: &str) -> Result<(), EntityError> {
+        let _changing = self.changing();
+        let _group = crate::storage::Group::open();
+        self.delete_entity(path)?;
+        self.forget(path);
+        Ok(())
+    }
+
+    fn delete_entity(&self, path: &str) -> Result<(), EntityError> {
         let not_found = || EntityError::NotFound(path.to_string());
         if let Some((topic, sub)) = path.split_once("/Subscriptions/").or_else(|| path.split_once("/subscriptions/")) {
             let topic = self.topic(topic).map_err(|_| not_found())?;

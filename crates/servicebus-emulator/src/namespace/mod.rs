@@ -4,6 +4,7 @@
 //! and deleted while it runs ([`entities`]: the administration API's operations). A deleted
 //! entity is marked so: the links that hold it are detached at their connection's next tick.
 
+mod durable;
 mod entities;
 
 pub(crate) use entities::EntityError;
@@ -24,6 +25,8 @@ use crate::storage::{Group, Storage, StorageError};
 /// What [`Namespace::restore`] found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Restored {
+    /// Entities the administration API had made, made again.
+    pub(crate) made: usize,
     /// Entities that had messages or state.
     pub(crate) entities: usize,
     pub(crate) messages: usize,
@@ -246,6 +249,10 @@ pub(crate) struct Namespace {
     memory: Arc<Memory>,
     /// Where every entity records its changes, with `--data-dir`.
     storage: Option<Arc<Storage>>,
+    /// The paths of `Config.json`'s entities (lowercase): the data directory keeps the others.
+    from_config: std::collections::HashSet<String>,
+    /// Held while an entity is made, changed or deleted ([`durable`]).
+    changing: Mutex<()>,
     /// When it was made (ms since the epoch).
     created_ms: i64,
 }
@@ -286,6 +293,17 @@ impl Namespace {
             timers: Mutex::new(Vec::new()),
             memory: Arc::new(Memory::new(max_memory)),
             storage,
+            from_config: config
+                .queues
+                .iter()
+                .map(|q| normalize(&q.name))
+                .chain(config.topics.iter().flat_map(|t| {
+                    let subscriptions =
+                        t.subscriptions.iter().map(|s| normalize(&format!("{}/Subscriptions/{}", t.name, s.name)));
+                    std::iter::once(normalize(&t.name)).chain(subscriptions)
+                }))
+                .collect(),
+            changing: Mutex::new(()),
             created_ms: crate::message::now_ms(),
         };
         // Every entity first, then their forwarding links: a target may come later in the file.
@@ -388,11 +406,12 @@ impl Namespace {
         Ok((node, path))
     }
 
-    /// Gives each entity what the store kept of it (as the emulator starts). Records of an
-    /// entity the namespace no longer has stay in the store, untouched, and are named in the log.
+    /// Makes again the entities the administration API made, and gives each entity what the
+    /// store kept of it (as the emulator starts). Records of an entity the namespace no longer
+    /// has stay in the store, untouched, and are named in the log.
     pub(crate) fn restore(&self, contents: &crate::storage::Contents) -> Result<Restored, StorageError> {
         let Some(storage) = &self.storage else { return Ok(Restored::default()) };
-        let mut restored = Restored::default();
+        let mut restored = Restored { made: self.restore_entities(contents)?, ..Restored::default() };
         for (entity, records) in crate::queue::by_entity(contents, storage.dir())? {
             let kept = records.messages.len();
             match self.resolve(&entity) {

@@ -68,20 +68,20 @@ mod moving {
         Namespace::new(&Config::parse(&text, "test").unwrap(), max_memory).unwrap()
     }
 
-    fn message(id: &str, size: usize) -> StoredMessage {
+    pub(super) fn message(id: &str, size: usize) -> StoredMessage {
         let properties = Properties { message_id: Some(id.to_string().into()), ..Default::default() };
         let m = Message::builder().properties(properties).data(Binary::from(vec![b'x'; size])).build();
         StoredMessage::parse(&Bytes::from(serde_amqp::to_vec(&Serializable(m)).unwrap())).unwrap()
     }
 
-    fn queue(ns: &Namespace, path: &str) -> Arc<Queue> {
+    pub(super) fn queue(ns: &Namespace, path: &str) -> Arc<Queue> {
         match ns.resolve(path) {
             Ok((Node::Queue(q), _)) => q,
             other => panic!("{path}: {other:?}"),
         }
     }
 
-    fn send(ns: &Namespace, path: &str, messages: Vec<StoredMessage>) {
+    pub(super) fn send(ns: &Namespace, path: &str, messages: Vec<StoredMessage>) {
         let dest = match ns.resolve(path).unwrap().0 {
             Node::Queue(q) => Destination::Queue(q),
             Node::Topic(t) => Destination::Topic(t),
@@ -91,7 +91,7 @@ mod moving {
     }
 
     /// Takes every available message of `path`, decoded.
-    fn drain(ns: &Namespace, path: &str) -> Vec<Message<Body<Value>>> {
+    pub(super) fn drain(ns: &Namespace, path: &str) -> Vec<Message<Body<Value>>> {
         let q = queue(ns, path);
         std::iter::from_fn(|| q.take(ReceiveMode::ReceiveAndDelete)).map(|d| decode(&d)).collect()
     }
@@ -100,7 +100,7 @@ mod moving {
         serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(&d.payload).unwrap().0
     }
 
-    fn id(m: &Message<Body<Value>>) -> String {
+    pub(super) fn id(m: &Message<Body<Value>>) -> String {
         match m.properties.as_ref().and_then(|p| p.message_id.clone()) {
             Some(fe2o3_amqp_types::messaging::MessageId::String(s)) => s,
             other => panic!("{other:?}"),
@@ -320,4 +320,151 @@ async fn a_configuration_built_in_code_is_checked_when_the_namespace_is_made() {
     let dangling = Config { queues: vec![forwards], ..Config::default() };
     let e = Namespace::new(&dangling, u64::MAX).unwrap_err().to_string();
     assert!(e.contains("ForwardTo of 'a' names 'nowhere'"), "{e}");
+}
+
+mod kept {
+    //! What the data directory keeps of the entities the administration API made.
+
+    use super::moving::{drain, id, message, queue, send};
+    use super::*;
+    use crate::config::TopicProperties;
+    use crate::queue::QueueProperties;
+    use crate::rules::{Rule, RuleConfig, RuleFilter};
+    use crate::storage::{Fsync, Space, Storage};
+    use std::time::Duration;
+
+    fn file_config(parked_lock: Option<u64>) -> Config {
+        let mut c = Config {
+            queues: vec![QueueConfig { name: "base".into(), properties: Default::default() }],
+            ..Config::default()
+        };
+        c.topics.push(TopicConfig {
+            properties: Default::default(),
+            name: "news".into(),
+            subscriptions: vec![QueueConfig { name: "all".into(), properties: Default::default() }],
+            rules: Default::default(),
+        });
+        if let Some(secs) = parked_lock {
+            let properties = QueueProperties { lock_duration: Duration::from_secs(secs), ..Default::default() };
+            c.queues.push(QueueConfig { name: "parked".into(), properties });
+        }
+        c
+    }
+
+    /// Opens the namespace of `config` on `dir`, as the emulator starts.
+    async fn open(dir: &std::path::Path, config: &Config) -> (Namespace, Arc<Storage>, Restored) {
+        let (storage, contents) = Storage::open(dir, Fsync::Never).unwrap();
+        let ns = Namespace::with_storage(config, u64::MAX, Some(storage.clone())).unwrap();
+        let restored = ns.restore(&contents).unwrap();
+        (ns, storage, restored)
+    }
+
+    /// Stops as the emulator does: what was submitted is written, and the store closed.
+    async fn stop(ns: Namespace, storage: Arc<Storage>) {
+        storage.settled().await.unwrap();
+        drop(ns);
+        storage.close();
+    }
+
+    /// Waits until `q` has a message available: a restored one is made so by its entity's timer.
+    async fn available(q: &Queue) {
+        let some = async {
+            while q.counts().active == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), some).await.expect("a restored message is made available");
+    }
+
+    fn sql(name: &str, expression: &str) -> RuleConfig {
+        RuleConfig { name: name.into(), filter: RuleFilter::Sql(expression.into()), action: None }
+    }
+
+    #[tokio::test]
+    async fn entities_made_changed_and_deleted_through_the_api_come_back_as_they_were_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ns, storage, _) = open(dir.path(), &file_config(None)).await;
+        ns.create_queue("Parked", QueueProperties::default()).unwrap();
+        let made = QueueProperties {
+            lock_duration: Duration::from_secs(45),
+            max_delivery_count: 3,
+            forward_dead_lettered_messages_to: Some("Parked".into()),
+            ..Default::default()
+        };
+        let q = ns.create_queue("Made", QueueProperties::default()).unwrap();
+        ns.update_queue(&q, made.clone()).unwrap();
+        let alerts = TopicProperties { default_message_ttl: Some(Duration::from_secs(3600)), ..Default::default() };
+        ns.create_topic("Alerts", alerts.clone()).unwrap();
+        let urgent = ns
+            .create_subscription("Alerts", "Urgent", QueueProperties::default(), vec![sql("high", "p = 'high'")])
+            .unwrap();
+        ns.change_rules(&urgent, |r| r.add(Rule::compile(sql("also", "n > 3")).unwrap())).unwrap();
+        let extra = ns.create_subscription("news", "extra", QueueProperties::default(), Vec::new()).unwrap();
+        assert!(ns.change_rules(&extra, |r| r.remove("$Default")), "a subscription with no rule at all");
+        ns.create_queue("gone", QueueProperties::default()).unwrap();
+        send(&ns, "gone", vec![message("lost with it", 1)]);
+        ns.delete("gone").unwrap();
+        ns.create_queue("target", QueueProperties::default()).unwrap();
+        let fwd = QueueProperties { forward_to: Some("target".into()), ..Default::default() };
+        ns.create_queue("fwd", fwd).unwrap();
+        ns.delete("target").unwrap();
+        // Changes to the file's entities last until the emulator stops.
+        ns.update_queue(&queue(&ns, "base"), QueueProperties { max_delivery_count: 2, ..Default::default() }).unwrap();
+        send(&ns, "Made", vec![message("kept", 1)]);
+        send(&ns, "Alerts", vec![message("routed", 1)]);
+        stop(ns, storage).await;
+
+        let (ns, storage, restored) = open(dir.path(), &file_config(None)).await;
+        assert_eq!(restored.made, 6, "Parked, Made, Alerts, Alerts/Urgent, news/extra, fwd: {restored:?}");
+        let made_again = queue(&ns, "made");
+        assert_eq!((made_again.name(), &*made_again.props()), ("Made", &made));
+        assert_eq!(ns.topic("alerts").unwrap().props(), alerts);
+        let urgent = queue(&ns, "Alerts/Subscriptions/urgent");
+        assert_eq!(urgent.name(), "Alerts/Subscriptions/Urgent");
+        assert_eq!(urgent.props().default_message_ttl, Some(Duration::from_secs(3600)), "bound by its topic");
+        assert_eq!(urgent.rules().unwrap().list(), [sql("high", "p = 'high'"), sql("also", "n > 3")]);
+        assert_eq!(queue(&ns, "news/subscriptions/extra").rules().unwrap().list(), [], "no rule is not $Default");
+        assert!(ns.resolve("gone").is_err(), "a deleted entity stays deleted");
+        assert_eq!(queue(&ns, "base").props().max_delivery_count, 10, "the file's entities are made as the file says");
+        available(&made_again).await;
+        assert_eq!(drain(&ns, "Made").iter().map(id).collect::<Vec<_>>(), ["kept"], "and their messages are theirs");
+        assert_eq!(drain(&ns, "Alerts/Subscriptions/Urgent").len(), 0, "a message its rules did not select");
+        // A forwarding target deleted before the stop stays gone: what goes there is dead-lettered.
+        send(&ns, "fwd", vec![message("stuck", 1)]);
+        assert_eq!(drain(&ns, "fwd/$DeadLetterQueue").iter().map(id).collect::<Vec<_>>(), ["stuck"]);
+        stop(ns, storage).await;
+
+        // The file now has a queue the API had made: the file's description wins, and the
+        // record is dropped.
+        let (ns, storage, restored) = open(dir.path(), &file_config(Some(7))).await;
+        assert_eq!(restored.made, 5);
+        assert_eq!(queue(&ns, "parked").props().lock_duration, Duration::from_secs(7));
+        stop(ns, storage).await;
+        let (_, contents) = Storage::open(dir.path(), Fsync::Never).unwrap();
+        let kept: Vec<String> =
+            contents.space(Space::Entities).iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+        assert_eq!(kept, ["alerts", "alerts/subscriptions/urgent", "fwd", "made", "news/subscriptions/extra"]);
+    }
+
+    #[tokio::test]
+    async fn an_entity_the_api_makes_in_place_of_one_taken_out_of_the_file_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut with_old = file_config(None);
+        with_old.queues.push(QueueConfig { name: "old".into(), properties: Default::default() });
+        let (ns, storage, _) = open(dir.path(), &with_old).await;
+        send(&ns, "old", vec![message("from the file's queue", 1)]);
+        stop(ns, storage).await;
+
+        let (ns, storage, restored) = open(dir.path(), &file_config(None)).await;
+        assert_eq!(restored.orphaned, 1, "{restored:?}");
+        let old = ns.create_queue("old", QueueProperties::default()).unwrap();
+        assert_eq!(old.counts(), Default::default());
+        send(&ns, "old", vec![message("new", 1)]);
+        stop(ns, storage).await;
+
+        let (ns, _storage, restored) = open(dir.path(), &file_config(None)).await;
+        assert_eq!((restored.made, restored.messages, restored.orphaned), (1, 1, 0), "{restored:?}");
+        available(&queue(&ns, "old")).await;
+        assert_eq!(drain(&ns, "old").iter().map(id).collect::<Vec<_>>(), ["new"]);
+    }
 }

@@ -76,6 +76,18 @@ impl Journal {
         }
     }
 
+    /// Removes whatever the store holds under `entity_path` and its dead-letter queue's: what
+    /// an earlier entity of that name left (one taken out of `Config.json`), before a new
+    /// entity of the name starts empty.
+    pub(crate) fn clear(storage: &Arc<Storage>, entity_path: &str) {
+        let dead_letter = format!("{entity_path}/$DeadLetterQueue");
+        let changes = [entity_path, &dead_letter]
+            .into_iter()
+            .flat_map(|path| Journal::new(storage.clone(), &crate::auth::normalize(path)).purge())
+            .collect();
+        storage.submit(changes);
+    }
+
     /// Everything of the entity, for its deletion.
     pub(super) fn purge(&self) -> Vec<Change> {
         let mut prefix = self.entity.to_vec();

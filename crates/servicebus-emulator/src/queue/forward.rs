@@ -76,6 +76,13 @@ impl Target {
         Self { name: name.to_string(), inbox: Arc::downgrade(inbox) }
     }
 
+    /// A target that no longer exists: what is forwarded to it stays where it was,
+    /// dead-lettered, as after the target is deleted.
+    pub(crate) fn gone(name: &str) -> Self {
+        let nothing: Weak<dyn Inbox> = Weak::<super::Queue>::new();
+        Self { name: name.to_string(), inbox: nothing }
+    }
+
     /// Moves `messages` one hop on. Returns those that cannot go, each with its reason and
     /// description, for the caller's dead-letter queue.
     pub(crate) fn forward(&self, messages: Vec<StoredMessage>) -> Vec<(StoredMessage, DeadLetter)> {

@@ -81,6 +81,20 @@ pub struct CorrelationFilter {
 }
 
 impl CorrelationFilter {
+    /// Its system-property fields, by the names the service's schemas give them.
+    pub(crate) fn named_fields(&self) -> [(&'static str, &Option<String>); 8] {
+        [
+            ("CorrelationId", &self.correlation_id),
+            ("MessageId", &self.message_id),
+            ("To", &self.to),
+            ("ReplyTo", &self.reply_to),
+            ("Label", &self.label),
+            ("SessionId", &self.session_id),
+            ("ReplyToSessionId", &self.reply_to_session_id),
+            ("ContentType", &self.content_type),
+        ]
+    }
+
     fn is_empty(&self) -> bool {
         *self == Self::default()
     }
@@ -235,6 +249,11 @@ impl RuleSet {
         }
         rules.push(rule);
         Ok(())
+    }
+
+    /// Replaces every rule with `rules` (none: the subscription takes no message).
+    pub(crate) fn replace(&self, rules: Vec<Rule>) {
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
 
     /// Removes the rule named `name`; false if there is none.

@@ -99,10 +99,13 @@ pub(crate) enum Space {
     Sessions,
     /// An entity's next sequence number: `entity` → i64 big-endian.
     Sequences,
+    /// An entity the administration API made: `entity` → its description (`Config.json`'s
+    /// schema, as JSON).
+    Entities,
 }
 
 impl Space {
-    const ALL: [Space; 4] = [Space::Messages, Space::Locks, Space::Sessions, Space::Sequences];
+    const ALL: [Space; 5] = [Space::Messages, Space::Locks, Space::Sessions, Space::Sequences, Space::Entities];
 
     fn name(self) -> &'static str {
         match self {
@@ -110,6 +113,7 @@ impl Space {
             Space::Locks => "locks",
             Space::Sessions => "sessions",
             Space::Sequences => "sequences",
+            Space::Entities => "entities",
         }
     }
 }

@@ -67,3 +67,38 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
     assert!(summary.contains(&format!(" {cases} passed")), "every case must run ({cases}): {summary}\n{stdout}");
     Ok(())
 }
+
+/// `tests/python/restart.py`: what the administration client made, with the messages and
+/// session state sent to it, is there after the durable emulator restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_finds_what_it_made_after_a_durable_restart() -> anyhow::Result<()> {
+    let python = tokio::task::spawn_blocking(xtask::python::ensure_venv).await??;
+    let dir = tempfile::tempdir()?;
+    let cert = super::tls::TestCert::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/restart.py");
+    for phase in ["before", "after"] {
+        let emulator = Emulator::builder()
+            .config(Config { queues: Vec::new(), ..Config::default() })
+            .bind("127.0.0.1:0".parse()?)
+            .management("127.0.0.1:0".parse()?)
+            .tls(cert.cert(), cert.key(), "127.0.0.1:0".parse()?)
+            .data_dir(dir.path())
+            .start()
+            .await?;
+        let management = emulator.management_addr().expect("the management endpoint is on");
+        let output = tokio::process::Command::new(&python)
+            .args([script, phase])
+            .env("EMULATOR_ADMIN_CONNECTION_STRING", admin_connection_string(management))
+            .env("EMULATOR_CA", cert.cert())
+            .env("EMULATOR_CONNECTION_STRING", emulator.connection_string())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .await?;
+        emulator.shutdown().await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{phase} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+        assert_eq!(stdout.trim(), format!("{phase}: ok"));
+    }
+    Ok(())
+}
