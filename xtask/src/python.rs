@@ -13,8 +13,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::paths;
 
-/// What the interop tests need, pinned (`websocket-client` carries the SDK's AMQP over WebSockets).
-pub const REQUIREMENTS: &[&str] = &["azure-servicebus==7.15.0", "pytest==8.4.2", "websocket-client==1.8.0"];
+/// What the interop tests need, pinned (`websocket-client` carries the SDK's AMQP over
+/// WebSockets; `pytest-xdist` runs the cases in several workers).
+pub const REQUIREMENTS: &[&str] =
+    &["azure-servicebus==7.15.0", "pytest==8.4.2", "pytest-xdist==3.8.0", "websocket-client==1.8.0"];
 
 /// The interop tests' python, creating the venv and installing [`REQUIREMENTS`] if needed.
 pub fn ensure_venv() -> Result<PathBuf> {

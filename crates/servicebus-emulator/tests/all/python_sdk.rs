@@ -42,7 +42,9 @@ async fn the_python_sdk_works_against_the_emulator() -> anyhow::Result<()> {
 
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
     let output = tokio::process::Command::new(&python)
-        .args(["-m", "pytest", "-v", "-p", "no:cacheprovider"])
+        // Four workers: a case mostly waits (for a lock to lapse, for nothing more to arrive).
+        // Cases that share a queue are in one `xdist_group` (tests/python/test_sdk.py).
+        .args(["-m", "pytest", "-v", "-p", "no:cacheprovider", "-n", "4", "--dist", "loadgroup"])
         .args([format!("{dir}/test_sdk.py"), format!("{dir}/test_admin.py")])
         .env("EMULATOR_ADMIN_CONNECTION_STRING", admin_connection_string(management))
         .env("EMULATOR_CA", cert.cert())

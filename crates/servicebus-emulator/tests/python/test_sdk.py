@@ -6,8 +6,10 @@ ephemeral port with the queues these cases use, and passes:
 - EMULATOR_ENDPOINT: `sb://127.0.0.1:<port>`;
 - EMULATOR_WS_ENDPOINT: `sb://127.0.0.1:<port>` of the AMQP-over-WebSockets listener.
 
-Each case uses its own queue, so the cases do not see each other's messages. Queues whose
-name starts with `session` require sessions.
+The cases run in four pytest-xdist workers at once (most of a case's time is waiting). A case
+uses a queue of its own, so that none sees another's messages; the few that share a queue are
+marked with one `xdist_group`, and run in one worker, one after the other. Queues whose name
+starts with `session` require sessions.
 """
 
 import base64
@@ -72,6 +74,7 @@ def receive(client, queue, n, wait=5, **kwargs):
     return got
 
 
+@pytest.mark.xdist_group("basic")
 def test_send_single_and_batch(client):
     before = utcnow()
     with client.get_queue_sender("basic") as s:
@@ -253,6 +256,7 @@ def test_max_delivery_count_moves_to_the_dead_letter_queue(client):
         d.complete_message(dl)
 
 
+@pytest.mark.xdist_group("auth")
 def test_a_wrong_key_is_rejected():
     bad = CS.replace("SharedAccessKey=SAS_KEY_VALUE", "SharedAccessKey=not-the-key")
     assert bad != CS
@@ -273,6 +277,7 @@ def sas(resource, key_name, key, expiry):
     )
 
 
+@pytest.mark.xdist_group("auth")
 def test_an_expired_token_is_rejected():
     token = sas(f"{ENDPOINT}/auth", "RootManageSharedAccessKey", "SAS_KEY_VALUE", int(time.time()) - 60)
     cs = f"Endpoint={ENDPOINT};SharedAccessSignature={token};UseDevelopmentEmulator=true"
@@ -282,6 +287,7 @@ def test_an_expired_token_is_rejected():
                 s.send_messages(ServiceBusMessage("x"))
 
 
+@pytest.mark.xdist_group("auth")
 def test_a_valid_shared_access_signature_is_accepted():
     token = sas(f"{ENDPOINT}/auth", "RootManageSharedAccessKey", "SAS_KEY_VALUE", int(time.time()) + 600)
     cs = f"Endpoint={ENDPOINT};SharedAccessSignature={token};UseDevelopmentEmulator=true"
@@ -297,6 +303,7 @@ def with_key(name, key):
     return f"Endpoint={ENDPOINT};SharedAccessKeyName={name};SharedAccessKey={key};UseDevelopmentEmulator=true"
 
 
+@pytest.mark.xdist_group("rights")
 def test_rights_a_send_only_key_sends_and_cannot_receive():
     with ServiceBusClient.from_connection_string(with_key("SendOnlyKey", "send-only-secret"), retry_total=0) as c:
         send(c, "rights", "from the sender")
@@ -306,6 +313,7 @@ def test_rights_a_send_only_key_sends_and_cannot_receive():
         assert "Listen" in str(refused.value)
 
 
+@pytest.mark.xdist_group("rights")
 def test_rights_a_listen_only_key_receives_and_cannot_send():
     with ServiceBusClient.from_connection_string(with_key("ListenOnlyKey", "listen-only-secret"), retry_total=0) as c:
         with pytest.raises(ServiceBusAuthorizationError) as refused:
@@ -324,6 +332,7 @@ def test_an_unknown_queue_is_not_found(client):
             s.send_messages(ServiceBusMessage("x"))
 
 
+@pytest.mark.xdist_group("basic")
 def test_a_message_too_large_is_refused_and_the_sender_goes_on(client):
     with client.get_queue_sender("basic") as s:
         with pytest.raises(MessageSizeExceededError):
@@ -342,6 +351,7 @@ def send_to_sessions(client, queue, pairs):
         s.send_messages([ServiceBusMessage(body, session_id=sid) for sid, body in pairs])
 
 
+@pytest.mark.xdist_group("sessions")
 def test_sessions_a_session_is_received_in_order_by_one_receiver_with_its_state(client):
     send_to_sessions(client, "sessions", [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3"), ("b", "b2")])
     with client.get_queue_receiver("sessions", session_id="a", max_wait_time=3) as r:
@@ -462,6 +472,7 @@ def test_sessions_defer_peek_and_receive_deferred(client):
         r.complete_message(m)
 
 
+@pytest.mark.xdist_group("sessions")
 def test_sessions_refuse_what_the_service_refuses(client):
     with ServiceBusClient.from_connection_string(CS, retry_total=0) as c:
         with pytest.raises(ServiceBusError) as no_id:
