@@ -1,8 +1,10 @@
 //! The namespace: its entities, and how link addresses resolve to them.
 //!
 //! The entities are made from the configuration when the emulator starts, and made, changed
-//! and deleted while it runs ([`entities`]: the administration API's operations). A deleted
-//! entity is marked so: the links that hold it are detached at their connection's next tick.
+//! and deleted while it runs ([`entities`]: the administration API's operations). With a data
+//! directory, those the API made are kept there and made again at start ([`durable`]). A
+//! deleted entity is marked so: the links that hold it are detached at their connection's next
+//! tick.
 
 mod durable;
 mod entities;
