@@ -117,8 +117,7 @@ pub fn request(bytes: &[u8]) {
         QueueProperties { max_size_megabytes: 1, requires_session: true, ..QueueProperties::default() },
     );
     let held = [sessions.lock_session("s").expect("a new queue's session is free")];
-    let empty = crate::config::Config { queues: Vec::new(), ..Default::default() };
-    let namespace = crate::namespace::Namespace::new(&empty, u64::MAX).expect("an empty namespace");
+    let namespace = crate::namespace::Namespace::empty();
     for (queue, held) in [(&plain, &[][..]), (&sessions, &held[..])] {
         let _ = management::management(
             &request,

@@ -51,7 +51,7 @@ async fn each_operation_needs_its_right() {
         if Rights::LISTEN.contains(needed) { Ok(()) } else { Err(format!("{needed:?} needed")) }
     };
     let mut cb = no_settle();
-    let ns = namespace();
+    let ns = crate::namespace::Namespace::empty();
     let ctx = |cb| ManagementContext {
         queue: &q,
         namespace: &ns,
@@ -123,19 +123,13 @@ fn in_session(id: &str) -> StoredMessage {
 }
 
 /// Runs `op` on `q` with every right, holding the sessions `held`; state up to 8 bytes.
-/// A namespace without entities: the operations tested here act on queues made alone.
-fn namespace() -> crate::namespace::Namespace {
-    let config = crate::config::Config { queues: Vec::new(), ..Default::default() };
-    crate::namespace::Namespace::new(&config, u64::MAX).unwrap()
-}
-
 fn with_sessions(q: &Queue, held: &[SessionClaim], op: &str, body: Value) -> Message<Body<Value>> {
     let mut cb = no_settle();
     decode(&management(
         &request(op, body),
         ManagementContext {
             queue: q,
-            namespace: &namespace(),
+            namespace: &crate::namespace::Namespace::empty(),
             authorize: &|_| Ok(()),
             on_settled: &mut cb,
             sessions: held,

@@ -16,7 +16,7 @@ use std::sync::MutexGuard;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EntityError, Namespace, Topic};
+use super::{EntityError, Namespace, Topic, subscription_path};
 use crate::auth::normalize;
 use crate::config::{self, Kind};
 use crate::queue::Queue;
@@ -51,12 +51,17 @@ enum RecordKind {
 impl Record {
     fn of_queue(queue: &Queue) -> Self {
         let rules = queue.rules().map(|r| r.list().iter().map(config::rule_json).collect());
-        let (kind, topic, name) = match queue.name().split_once("/Subscriptions/") {
-            Some((topic, name)) => (Kind::Subscription, Some(topic.to_string()), name.to_string()),
-            None => (Kind::Queue, None, queue.name().to_string()),
+        let (kind, properties_kind, topic, name) = match queue.name().split_once("/Subscriptions/") {
+            Some((topic, name)) => (RecordKind::Subscription, Kind::Subscription, Some(topic), name),
+            None => (RecordKind::Queue, Kind::Queue, None, queue.name()),
         };
-        let record_kind = if kind == Kind::Queue { RecordKind::Queue } else { RecordKind::Subscription };
-        Self { kind: record_kind, name, topic, properties: config::properties_json(&queue.props(), kind), rules }
+        Self {
+            kind,
+            name: name.to_string(),
+            topic: topic.map(str::to_string),
+            properties: config::properties_json(&queue.props(), properties_kind),
+            rules,
+        }
     }
 
     fn of_topic(topic: &Topic) -> Self {
@@ -72,7 +77,7 @@ impl Record {
     /// The entity's path as addresses resolve it (lowercase), its key in the store.
     fn path(&self) -> String {
         match &self.topic {
-            Some(topic) => normalize(&format!("{topic}/Subscriptions/{}", self.name)),
+            Some(topic) => normalize(&subscription_path(topic, &self.name)),
             None => normalize(&self.name),
         }
     }

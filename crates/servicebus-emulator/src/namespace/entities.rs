@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Namespace, Topic};
+use super::{Namespace, Topic, subscription_path};
 use crate::auth::normalize;
 use crate::config::TopicProperties;
 use crate::queue::{Queue, QueueProperties, Routes, Target};
@@ -73,10 +73,10 @@ impl Namespace {
         let mut subscriptions = topic.subscriptions.write().unwrap_or_else(|p| p.into_inner());
         let key = name.to_ascii_lowercase();
         if subscriptions.contains_key(&key) {
-            return Err(EntityError::AlreadyExists(format!("{}/Subscriptions/{name}", topic.name)));
+            return Err(EntityError::AlreadyExists(subscription_path(&topic.name, name)));
         }
         let properties = topic.props().bound(properties);
-        let path = format!("{}/Subscriptions/{name}", topic.name);
+        let path = subscription_path(&topic.name, name);
         let queue =
             Queue::build(&path, properties, Some(RuleSet::new(rules)), self.memory.clone(), self.storage.as_ref());
         subscriptions.insert(key, queue.clone());
@@ -147,11 +147,11 @@ impl Namespace {
         rules: Vec<RuleConfig>,
     ) -> Result<Arc<Queue>, EntityError> {
         let _changing = self.changing();
-        let path = format!("{topic}/Subscriptions/{name}");
+        let path = subscription_path(topic, name);
         let routes = self.routes_for(&path, &properties)?;
         let owner = self.topic(topic)?;
         if owner.subscription(name).is_some() {
-            return Err(EntityError::AlreadyExists(format!("{}/Subscriptions/{name}", owner.name)));
+            return Err(EntityError::AlreadyExists(subscription_path(&owner.name, name)));
         }
         let _group = crate::storage::Group::open();
         self.clear_leftovers(&path);

@@ -236,6 +236,11 @@ pub(crate) enum Node {
     Topic(Arc<Topic>),
 }
 
+/// The path of `topic`'s subscription `name` (`topic/Subscriptions/name`).
+pub(crate) fn subscription_path(topic: &str, name: &str) -> String {
+    format!("{topic}/Subscriptions/{name}")
+}
+
 /// An address that names nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("The messaging entity '{0}' could not be found.")]
@@ -300,8 +305,7 @@ impl Namespace {
                 .iter()
                 .map(|q| normalize(&q.name))
                 .chain(config.topics.iter().flat_map(|t| {
-                    let subscriptions =
-                        t.subscriptions.iter().map(|s| normalize(&format!("{}/Subscriptions/{}", t.name, s.name)));
+                    let subscriptions = t.subscriptions.iter().map(|s| normalize(&subscription_path(&t.name, &s.name)));
                     std::iter::once(normalize(&t.name)).chain(subscriptions)
                 }))
                 .collect(),
@@ -359,6 +363,12 @@ impl Namespace {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A namespace without entities (for operations tested on entities made alone).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn empty() -> Self {
+        Self::new(&Config { queues: Vec::new(), ..Config::default() }, u64::MAX).expect("no entity to refuse")
     }
 
     /// When it was made (ms since the epoch).
