@@ -50,6 +50,11 @@ struct Args {
     /// spans an event is in (a handler call's trace_id, span_id, messaging attributes).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MESSAGING_HOST_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Threads that run handler calls and the AMQP connection (default: one per core). Fewer
+    /// threads than cores spend less CPU per message where the host shares a small machine
+    /// (BENCHMARKS.md): a thread that wakes another to share the work costs more than it saves.
+    #[arg(long, env = "MESSAGING_HOST_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 /// How logs are written (to stderr).
@@ -77,7 +82,12 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).flatten_event(true).init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -36,7 +36,10 @@ async fn sigterm_with_messages_in_flight_exits_zero_and_loses_nothing() -> anyho
     for i in 0..3 {
         send_script(&c, "in", &format!("t{i}"), "sleep:1500;complete").await;
     }
-    let mut host = test_guest_host(&emu, &toml, &dir.path().join("cache")).args(["--grace-period", "10s"]).spawn()?;
+    // On one worker thread: the three calls are in flight at once all the same.
+    let mut host = test_guest_host(&emu, &toml, &dir.path().join("cache"))
+        .args(["--grace-period", "10s", "--worker-threads", "1"])
+        .spawn()?;
     eventually("three messages in flight", Duration::from_secs(30), || emu.queue_counts("in").unwrap().locked == 3)
         .await;
     assert!(Command::new("kill").args(["-TERM", &host.id().to_string()]).status()?.success());
@@ -69,6 +72,16 @@ async fn sigterm_during_start_up_exits_zero_and_takes_nothing() -> anyhow::Resul
     assert_eq!(emu.queue_counts("in").unwrap(), QueueCounts { active: 1, ..Default::default() });
     emu.shutdown().await;
     Ok(())
+}
+
+#[test]
+fn worker_threads_out_of_range_are_refused() {
+    for value in ["0", "1025", "many"] {
+        let out = Command::new(BIN).args(["guest.wasm", "--worker-threads", value]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("invalid value '{value}' for '--worker-threads")), "{value}: {err}");
+    }
 }
 
 #[test]
