@@ -10,10 +10,13 @@
 //!   is measured twice:
 //!   - throughput: draining a pre-filled backlog; msgs/s and the CPU time the consumer and
 //!     the broker spent per message;
-//!   - latency: at a fixed offered load, enqueue→handler per message (the sender stamps
-//!     `sent-at-us` just before it sends; the handler subtracts it from the wall clock);
+//!   - at the same offered loads for every consumer ([`LOADS`]): the CPU time the consumer
+//!     spent per message, and enqueue→handler latency per message (the sender stamps
+//!     `sent-at-us` just before it sends; the handler subtracts it from the wall clock). This
+//!     is what a user compares: at a given traffic, what a consumer costs and how long a
+//!     message waits; msgs/s alone is bound by the shared cores and the broker;
 //! - the emulator against RabbitMQ's AMQP 1.0 plugin, with the same client in generic mode, one
-//!   client process per queue.
+//!   client process per queue, each granting its queue's messages as credit at attach.
 //!
 //! Every measurement uses a fresh emulator process, is repeated, and is reported as the median
 //! with the range of the repeats.
@@ -32,11 +35,10 @@ use crate::{guests, paths, procs, python};
 
 /// Messages drained per throughput run (over all queues).
 const THROUGHPUT_MESSAGES: usize = 4000;
-/// Messages per latency run, sent at [`LATENCY_RATE`].
-const LATENCY_MESSAGES: usize = 1500;
-/// The offered load of a latency run, msgs/s over all queues: well below every consumer's
-/// throughput, so that the latency is the path's, not a queue's backlog.
-const LATENCY_RATE: f64 = 250.0;
+/// The offered loads (msgs/s over all queues) and the messages sent at each: both below every
+/// consumer's throughput, so that the latency is the path's, not a queue's backlog. At 250
+/// msgs/s a consumer is mostly idle (its CPU is mostly waking up); at 1000 it is busy.
+const LOADS: [(f64, usize); 2] = [(250.0, 1500), (1000.0, 4000)];
 /// Latency samples dropped at the start of a run (connections and links warming up).
 const LATENCY_WARMUP: usize = 100;
 /// (queues, concurrency per queue).
@@ -203,6 +205,26 @@ impl Consumer {
     }
 }
 
+/// One run at an offered load.
+#[derive(Debug, Clone)]
+struct Offered {
+    /// Enqueue→handler latencies in µs, after the warm-up.
+    latencies: Vec<u64>,
+    /// The consumer's CPU time per message, µs.
+    consumer_cpu_us: f64,
+}
+
+/// A consumer's medians in one cell: for the ratios.
+struct Medians {
+    consumer: Consumer,
+    /// Draining, msgs/s.
+    rate: f64,
+    /// Draining, CPU µs per message.
+    cpu: f64,
+    /// At each of [`LOADS`]: CPU µs per message and p99 latency.
+    at_loads: Vec<(f64, f64)>,
+}
+
 /// One throughput run.
 #[derive(Debug, Clone, Copy)]
 struct Throughput {
@@ -319,26 +341,22 @@ impl Bench {
         println!("| host idle RSS, 10 channels | {:.1} MB |", idle_rss / 1024.0);
         println!();
 
-        println!(
-            "| queues × concurrency | consumer | msgs/s (median, range of {repeats}) | consumer CPU µs/msg | broker CPU µs/msg | latency p50 | latency p99 | consumer peak RSS |"
-        );
-        println!("|---|---|---|---|---|---|---|---|");
-        let mut ratios = Vec::new();
+        let mut throughput_rows = Vec::new();
+        let mut load_rows = Vec::new();
+        let mut ratio_rows = Vec::new();
         for &(queues, concurrency) in cells {
             // Repeats go round the consumers, so each one meets the machine's drift alike.
             let mut runs = vec![Vec::new(); consumers.len()];
-            let mut p50 = vec![Vec::new(); consumers.len()];
-            let mut p99 = vec![Vec::new(); consumers.len()];
+            let mut offered = vec![vec![Vec::new(); LOADS.len()]; consumers.len()];
             for _ in 0..repeats {
                 for (i, &consumer) in consumers.iter().enumerate() {
                     runs[i].push(self.throughput(consumer, queues, concurrency)?);
-                    let mut samples = self.latency(consumer, queues, concurrency)?;
-                    samples.sort_unstable();
-                    p50[i].push(percentile(&samples, 50));
-                    p99[i].push(percentile(&samples, 99));
+                    for (l, &(rate, count)) in LOADS.iter().enumerate() {
+                        offered[i][l].push(self.offered(consumer, queues, concurrency, rate, count)?);
+                    }
                 }
             }
-            let mut rates = Vec::new();
+            let mut medians = Vec::new();
             for (i, &consumer) in consumers.iter().enumerate() {
                 let runs = &runs[i];
                 let (rate, lo, hi) = summary(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
@@ -348,32 +366,62 @@ impl Bench {
                     .iter()
                     .filter_map(|r| r.peak_rss_mib)
                     .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-                println!(
-                    "| {queues} × {concurrency} | {} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {consumer_cpu:.0} | {broker_cpu:.0} | {:.2} ms | {:.2} ms | {} |",
+                throughput_rows.push(format!(
+                    "| {queues} × {concurrency} | {} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {consumer_cpu:.0} | {broker_cpu:.0} | {} |",
                     self.label(consumer),
-                    summary(&p50[i]).0 / 1e3,
-                    summary(&p99[i]).0 / 1e3,
                     rss.map_or("–".to_string(), |r| format!("{r:.1} MB")),
+                ));
+                let mut at_loads = Vec::new();
+                for (l, &(load, _)) in LOADS.iter().enumerate() {
+                    let runs = &offered[i][l];
+                    let cpu = summary(&runs.iter().map(|r| r.consumer_cpu_us).collect::<Vec<_>>()).0;
+                    let p50 = summary(&runs.iter().map(|r| percentile(&r.latencies, 50)).collect::<Vec<_>>()).0;
+                    let p99 = summary(&runs.iter().map(|r| percentile(&r.latencies, 99)).collect::<Vec<_>>()).0;
+                    load_rows.push(format!(
+                        "| {queues} × {concurrency} | {load:.0} | {} | **{cpu:.0}** | {:.2} ms | **{:.2} ms** |",
+                        self.label(consumer),
+                        p50 / 1e3,
+                        p99 / 1e3,
+                    ));
+                    at_loads.push((cpu, p99));
+                }
+                medians.push(Medians { consumer, rate, cpu: consumer_cpu, at_loads });
+            }
+            let of = |c: Consumer| medians.iter().find(|m| m.consumer == c);
+            if let (Some(host), Some(native)) = (of(Consumer::Host), of(Consumer::Native)) {
+                let mut row = format!(
+                    "| {queues} × {concurrency} | {:.2} | {:.2} |",
+                    host.rate / native.rate,
+                    host.cpu / native.cpu
                 );
-                rates.push((consumer, rate));
+                if let Some(python) = of(Consumer::Python) {
+                    for (h, p) in host.at_loads.iter().zip(&python.at_loads) {
+                        row.push_str(&format!(" {:.1}× | {:.1}× |", p.0 / h.0, p.1 / h.1));
+                    }
+                }
+                ratio_rows.push(row);
             }
-            let rate_of = |c: Consumer| rates.iter().find(|(x, _)| *x == c).map(|(_, r)| *r);
-            ratios.push((
-                queues,
-                concurrency,
-                rate_of(Consumer::Host),
-                rate_of(Consumer::Native),
-                rate_of(Consumer::Python),
-            ));
         }
+        println!(
+            "| queues × concurrency | consumer | msgs/s draining (median, range of {repeats}) | consumer CPU µs/msg | broker CPU µs/msg | consumer peak RSS |"
+        );
+        println!("|---|---|---|---|---|---|");
+        throughput_rows.iter().for_each(|r| println!("{r}"));
         println!();
-        if ratios.iter().all(|(_, _, h, n, p)| h.is_some() && n.is_some() && p.is_some()) {
-            println!("| queues × concurrency | (a) ÷ (b) | (a) ÷ (c) |");
-            println!("|---|---|---|");
-            for (queues, concurrency, host, native, python) in ratios {
-                let (host, native, python) = (host.unwrap_or_default(), native.unwrap_or(1.0), python.unwrap_or(1.0));
-                println!("| {queues} × {concurrency} | {:.2} | {:.1}× |", host / native, host / python);
-            }
+        println!(
+            "| queues × concurrency | offered msgs/s | consumer | consumer CPU µs/msg | latency p50 | latency p99 |"
+        );
+        println!("|---|---|---|---|---|---|");
+        load_rows.iter().for_each(|r| println!("{r}"));
+        println!();
+        if !ratio_rows.is_empty() {
+            let loads: String = LOADS
+                .iter()
+                .map(|(l, _)| format!(" (c) ÷ (a) CPU at {l:.0}/s | (c) ÷ (a) p99 at {l:.0}/s |"))
+                .collect();
+            println!("| queues × concurrency | (a) ÷ (b) msgs/s | (a) ÷ (b) CPU µs/msg |{loads}");
+            println!("|---|---|---|{}", "---|---|".repeat(LOADS.len()));
+            ratio_rows.iter().for_each(|r| println!("{r}"));
             println!();
         }
         Ok(())
@@ -426,14 +474,14 @@ impl Bench {
         })
     }
 
-    /// Sends `total` messages round-robin over `queues` at [`LATENCY_RATE`], each stamped with
+    /// Sends `total` messages round-robin over `queues` at `rate` msgs/s, each stamped with
     /// `sent-at-us` just before it goes.
-    fn paced_send(&self, client: &ServiceBusClient, queues: &[String], total: usize) -> Result<()> {
+    fn paced_send(&self, client: &ServiceBusClient, queues: &[String], rate: f64, total: usize) -> Result<()> {
         self.runtime.block_on(async {
             let senders: Vec<_> = queues.iter().map(|q| client.sender(q)).collect();
             let start = tokio::time::Instant::now();
             for i in 0..total {
-                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / LATENCY_RATE)).await;
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
                 let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
                 let message = Message::new(body("latency")).with_property("sent-at-us", now);
                 senders[i % senders.len()].send(message).await?;
@@ -579,55 +627,78 @@ impl Bench {
         }
     }
 
-    /// Enqueue→handler latencies in µs, in the order the handler saw them, after the warm-up.
-    fn latency(&self, consumer: Consumer, queues: usize, concurrency: usize) -> Result<Vec<u64>> {
+    /// `count` messages offered at `rate` msgs/s: the enqueue→handler latencies in µs, in the
+    /// order the handler saw them, after the warm-up, and the consumer's CPU per message (from
+    /// when it is ready until its last completion, as in a throughput run).
+    fn offered(
+        &self,
+        consumer: Consumer,
+        queues: usize,
+        concurrency: usize,
+        rate: f64,
+        count: usize,
+    ) -> Result<Offered> {
         let queues = queue_names(queues);
         let emu = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
         let cs = emu.connection_string();
         let client = ServiceBusClient::new(&cs, ClientOptions::default())?;
         self.runtime.block_on(client.connect())?;
-        let lines: Vec<String> = match consumer {
+        let (lines, cpu): (Vec<String>, f64) = match consumer {
             Consumer::Host | Consumer::HostBaseline => {
                 let toml = self.host_toml(&queues, concurrency)?;
                 let mut host = self.start_host(consumer, &toml, &cs, "latency.log")?;
-                self.paced_send(&client, &queues, LATENCY_MESSAGES)?;
+                let pid = host.pid().context("the host is running")?;
+                let cpu0 = cpu_seconds(pid)?;
+                self.paced_send(&client, &queues, rate, count)?;
+                // Watched through its log, not its metrics: a scrape every few milliseconds
+                // would be host CPU that no other consumer pays.
                 let deadline = Instant::now() + Duration::from_secs(120);
-                loop {
-                    let done = completed(&host, &queues)?;
-                    if done >= LATENCY_MESSAGES {
-                        break;
-                    }
+                let handled = || host.log_text().matches("latency-us ").count();
+                while handled() < count {
                     if Instant::now() > deadline {
-                        bail!("the host completed {done} of {LATENCY_MESSAGES} latency messages in 2 minutes");
+                        bail!(
+                            "the host handled {} of {count} messages offered at {rate} msgs/s in 2 minutes",
+                            handled()
+                        );
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                let cpu = cpu_seconds(pid)? - cpu0;
+                while completed(&host, &queues)? < count {
+                    if Instant::now() > deadline {
+                        bail!("the host completed {} of {count} messages in 2 minutes", completed(&host, &queues)?);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 host.signal("TERM")?;
                 host.wait()?;
-                host.log_text().lines().map(String::from).collect()
+                (host.log_text().lines().map(String::from).collect(), cpu)
             }
             Consumer::Native | Consumer::NativeBaseline | Consumer::Python => {
-                let (mut child, lines) =
-                    self.start_consumer(consumer, &cs, &queues, LATENCY_MESSAGES, concurrency, true)?;
-                self.paced_send(&client, &queues, LATENCY_MESSAGES)?;
+                let (mut child, lines) = self.start_consumer(consumer, &cs, &queues, count, concurrency, true)?;
+                self.paced_send(&client, &queues, rate, count)?;
                 let lines = lines.collect::<Result<Vec<_>, _>>()?;
                 let status = child.wait()?;
                 if !status.success() {
                     bail!("the {consumer:?} consumer failed ({status})");
                 }
-                lines
+                let last = lines.last().map(String::as_str).unwrap_or_default();
+                let (_, cpu) = parse_result(last).with_context(|| format!("the {consumer:?} consumer ({status})"))?;
+                (lines, cpu)
             }
         };
-        let samples: Vec<u64> = lines
+        let mut latencies: Vec<u64> = lines
             .iter()
             .filter_map(|l| l.strip_prefix("latency-us "))
             .map(|v| v.trim().parse::<u64>())
             .collect::<Result<_, _>>()
             .context("a latency line")?;
-        if samples.len() != LATENCY_MESSAGES {
-            bail!("the {consumer:?} consumer reported {} latencies for {LATENCY_MESSAGES} messages", samples.len());
+        if latencies.len() != count {
+            bail!("the {consumer:?} consumer reported {} latencies for {count} messages", latencies.len());
         }
-        Ok(samples[LATENCY_WARMUP..].to_vec())
+        let mut latencies = latencies.split_off(LATENCY_WARMUP);
+        latencies.sort_unstable();
+        Ok(Offered { latencies, consumer_cpu_us: cpu * 1e6 / count as f64 })
     }
 
     /// The emulator against RabbitMQ's AMQP 1.0 plugin: the same release `drain` in the
@@ -729,11 +800,21 @@ impl Bench {
         })?;
         // One client process per queue: with one process for all queues, the client's own
         // pipeline (fe2o3's connection, session and link tasks) is what bounds the run.
+        // Each grants its queue's whole share as credit once, at attach: credit granted again
+        // while transfers are on their way trips a defect of fe2o3's receiver against brokers
+        // that send flow frames, as RabbitMQ does (BENCHMARKS.md), and the link is lost.
         let mut drains = Vec::new();
         for (i, queue) in queues.iter().enumerate() {
             let share = share(THROUGHPUT_MESSAGES, queues.len(), i);
             let mut child = Command::new(&self.drain)
-                .args([cs, queue, &share.to_string(), &concurrency.to_string(), "generic"])
+                .args([
+                    cs,
+                    queue,
+                    &share.to_string(),
+                    &concurrency.to_string(),
+                    "generic",
+                    &format!("prefetch={share}"),
+                ])
                 .stdout(Stdio::piped())
                 .spawn()?;
             let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();

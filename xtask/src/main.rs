@@ -29,8 +29,9 @@ commands:
                  it has passed
   bench [--repeats N] [--cells QxC,…] [--only consumers|brokers] [--batch B]
         [--consumers host,native,python] [--baseline-drain PATH] [--baseline-host DIR]
-                 end-to-end numbers (release builds): start-up, idle memory, throughput, CPU and
-                 latency of host vs native vs Python SDK, emulator vs RabbitMQ; N runs each
+                 end-to-end numbers (release builds): start-up, idle memory, throughput draining a
+                 backlog, CPU per message and latency at the same offered loads (250 and 1000
+                 msgs/s) of host vs native vs Python SDK, emulator vs RabbitMQ; N runs each
                  (default 3) in each cell of Q queues × C concurrent calls (default
                  1x1,1x16,4x1,4x16); --batch B: the host takes B messages per call;
                  --consumers: only these; --baseline-drain PATH: also another build of the native

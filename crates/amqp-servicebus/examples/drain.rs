@@ -3,7 +3,7 @@
 //! task per message that completes it. `cargo xtask bench` uses it as the native baseline.
 //!
 //! ```text
-//! cargo run --release -p amqp-servicebus --example drain -- '<connection string>' <queue,queue,…> <count> <concurrency> [generic] [latency]
+//! cargo run --release -p amqp-servicebus --example drain -- '<connection string>' <queue,queue,…> <count> <concurrency> [generic] [latency] [prefetch=N]
 //! ```
 //! It stops after `count` completions over all queues, with `concurrency` calls in flight per
 //! queue, and prints `msgs/s <rate> cpu-s <CPU seconds this process used meanwhile>`.
@@ -12,6 +12,8 @@
 //!   on the link), for brokers such as RabbitMQ.
 //! - `latency` also prints `latency-us <n>` per message, when it is handled: now minus the
 //!   `sent-at-us` application property (microseconds since the Unix epoch) set by the sender.
+//! - `prefetch=N` keeps N messages requested ahead of the receives (the receiver's
+//!   `prefetch`), instead of granting credit per receive.
 
 #![allow(clippy::print_stdout)] // An example program.
 
@@ -19,20 +21,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amqp_servicebus::{ClientOptions, ReceivedMessage, Receiver, ServiceBusClient, SimpleValue};
+use amqp_servicebus::{ClientOptions, ReceivedMessage, Receiver, ReceiverOptions, ServiceBusClient, SimpleValue};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [cs, queues, count, concurrency, flags @ ..] = args.as_slice() else {
-        anyhow::bail!("usage: drain <connection string> <queue,queue,…> <count> <concurrency> [generic] [latency]");
+        anyhow::bail!(
+            "usage: drain <connection string> <queue,queue,…> <count> <concurrency> [generic] [latency] [prefetch=N]"
+        );
     };
     let (count, concurrency): (usize, usize) = (count.parse()?, concurrency.parse()?);
     let generic = flags.iter().any(|f| f == "generic");
     let latency = flags.iter().any(|f| f == "latency");
-    if let Some(f) = flags.iter().find(|f| *f != "generic" && *f != "latency") {
-        anyhow::bail!("unknown flag {f:?}: expected generic or latency");
+    let mut prefetch = 0;
+    for f in flags.iter().filter(|f| *f != "generic" && *f != "latency") {
+        match f.strip_prefix("prefetch=").map(str::parse) {
+            Some(Ok(n)) => prefetch = n,
+            _ => anyhow::bail!("unknown flag {f:?}: expected generic, latency or prefetch=<messages>"),
+        }
     }
+    let options = ReceiverOptions { prefetch, ..ReceiverOptions::default() };
     let dialect = if generic { amqp_servicebus::Dialect::GenericAmqp } else { amqp_servicebus::Dialect::ServiceBus };
     let client = ServiceBusClient::new(cs, ClientOptions { dialect, ..ClientOptions::default() })?;
     client.connect().await?; // Connect before timing.
@@ -44,7 +53,16 @@ async fn main() -> anyhow::Result<()> {
     let (started, cpu) = (Instant::now(), cpu_seconds());
     let mut queues: tokio::task::JoinSet<anyhow::Result<()>> = queues
         .split(',')
-        .map(|q| drain_queue(Arc::new(client.receiver(q)), count, concurrency, latency, done.clone(), finished.clone()))
+        .map(|q| {
+            drain_queue(
+                Arc::new(client.receiver_with(q, options.clone())),
+                count,
+                concurrency,
+                latency,
+                done.clone(),
+                finished.clone(),
+            )
+        })
         .collect();
     while let Some(r) = queues.join_next().await {
         r??;
