@@ -74,28 +74,31 @@ async fn sigterm_during_start_up_exits_zero_and_takes_nothing() -> anyhow::Resul
     Ok(())
 }
 
+/// Runs `cmd`, which must fail: what it wrote to stderr.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn worker_threads_out_of_range_are_refused() {
     for value in ["0", "1025", "many"] {
-        let out = Command::new(BIN).args(["guest.wasm", "--worker-threads", value]).output().unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused(Command::new(BIN).args(["guest.wasm", "--worker-threads", value]));
         assert!(err.contains(&format!("invalid value '{value}' for '--worker-threads")), "{value}: {err}");
     }
 }
 
 #[test]
 fn without_a_connection_it_says_how_to_give_one() {
-    let out = Command::new(BIN)
-        .arg("guest.wasm")
-        .env_remove("SERVICEBUS_CONNECTION_STRING")
-        .env_remove("SERVICE_BUS_NAMESPACE")
-        .env_remove("SERVICE_BUS_POLICY_NAME")
-        .env_remove("SERVICE_BUS_POLICY_KEY")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        Command::new(BIN)
+            .arg("guest.wasm")
+            .env_remove("SERVICEBUS_CONNECTION_STRING")
+            .env_remove("SERVICE_BUS_NAMESPACE")
+            .env_remove("SERVICE_BUS_POLICY_NAME")
+            .env_remove("SERVICE_BUS_POLICY_KEY"),
+    );
     assert!(err.contains("no connection: pass --connection-string, set SERVICEBUS_CONNECTION_STRING"), "{err}");
 }
 
@@ -117,22 +120,18 @@ fn a_partial_set_of_service_bus_variables_names_what_is_missing() {
 #[test]
 fn a_memory_cap_out_of_range_is_refused_not_wrapped() {
     for value in ["17592186044480", "0", "4097"] {
-        let out = Command::new(BIN).args(["guest.wasm", "--max-memory-mib", value]).output().unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused(Command::new(BIN).args(["guest.wasm", "--max-memory-mib", value]));
         assert!(err.contains("is not a memory cap a guest can have: choose 1 to 4096"), "{value}: {err}");
     }
     let dir = tempfile::tempdir().unwrap();
     let toml = dir.path().join("host.toml");
     std::fs::write(&toml, "[guest]\nmax-memory-mib = 17592186044480\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["guest.wasm", "--connection-string", "Endpoint=sb://h/;SharedAccessKeyName=a;SharedAccessKey=b"])
-        .arg("--config")
-        .arg(&toml)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        Command::new(BIN)
+            .args(["guest.wasm", "--connection-string", "Endpoint=sb://h/;SharedAccessKeyName=a;SharedAccessKey=b"])
+            .arg("--config")
+            .arg(&toml),
+    );
     assert!(err.contains("[guest]: max-memory-mib: 17592186044480 MiB is not a memory cap"), "{err}");
 }
 
