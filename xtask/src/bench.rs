@@ -10,7 +10,7 @@
 //!   is measured twice:
 //!   - throughput: draining a pre-filled backlog; msgs/s and the CPU time the consumer and
 //!     the broker spent per message;
-//!   - at the same offered loads for every consumer ([`LOADS`]): the CPU time the consumer
+//!   - at the same offered loads for every consumer (`LOADS`): the CPU time the consumer
 //!     spent per message, and enqueue→handler latency per message (the sender stamps
 //!     `sent-at-us` just before it sends; the handler subtracts it from the wall clock). This
 //!     is what a user compares: at a given traffic, what a consumer costs and how long a
@@ -20,18 +20,24 @@
 //!
 //! Every measurement uses a fresh emulator process, is repeated, and is reported as the median
 //! with the range of the repeats.
+//!
+//! Layout: this file has the options, start-up and memory, and the three consumers' runs and
+//! tables (one `Bench` drives them all, and each table needs every run of its cell, hence its
+//! length); `brokers` has the broker comparison, and `rabbitmq` the RabbitMQ node it starts.
 
-use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amqp_servicebus::{ClientOptions, Dialect, Message, ServiceBusClient};
+use amqp_servicebus::{ClientOptions, Message, ServiceBusClient};
 use anyhow::{Context as _, Result, bail};
 
 use crate::procs::{EmulatorProcess, HostProcess, metric, scrape};
 use crate::{guests, paths, procs, python};
+
+mod brokers;
+mod rabbitmq;
 
 /// Messages drained per throughput run (over all queues).
 const THROUGHPUT_MESSAGES: usize = 4000;
@@ -702,142 +708,6 @@ impl Bench {
         latencies.sort_unstable();
         Ok(Offered { latencies, consumer_cpu_us: cpu * 1e6 / count as f64 })
     }
-
-    /// The emulator against RabbitMQ's AMQP 1.0 plugin: the same release `drain` in the
-    /// generic dialect (SASL PLAIN, link settlement), one process per queue, in the cells asked for.
-    fn broker_comparison(&self, repeats: usize, cells: &[(usize, usize)]) -> Result<()> {
-        let rabbit = RabbitMq::start(&self.dir)?;
-        if rabbit.is_none() {
-            println!("RabbitMQ not measured: rabbitmq-server is not installed (apt-get install rabbitmq-server).");
-        }
-        println!(
-            "| queues × concurrency | broker | msgs/s (median, range of {repeats}) | broker CPU µs/msg | client CPU µs/msg |"
-        );
-        println!("|---|---|---|---|---|");
-        let mut run = 0;
-        for &(queues, concurrency) in cells {
-            let mut medians = Vec::new();
-            for broker in
-                ["emulator", "emulator --fsync batch", "emulator --fsync always", "emulator --fsync never", "RabbitMQ"]
-            {
-                let mut rates = Vec::new();
-                let mut cpus = Vec::new();
-                let mut clients = Vec::new();
-                for _ in 0..repeats {
-                    run += 1;
-                    let (rate, cpu, client) = match (broker, &rabbit) {
-                        ("emulator", _) => {
-                            let emu = EmulatorProcess::start(&self.emulator, Some(&self.config), 0)?;
-                            self.generic_run(&emu.connection_string(), &queue_names(queues), concurrency, emu.pid())?
-                        }
-                        (durable, _) if durable.starts_with("emulator --fsync") => {
-                            // Durable: a fresh data directory per run, on the target's disk.
-                            let dir = self.dir.join(format!("data-{run}"));
-                            let _ = std::fs::remove_dir_all(&dir);
-                            let policy = durable.rsplit(' ').next().unwrap_or("batch");
-                            let args =
-                                [OsStr::new("--data-dir"), dir.as_os_str(), OsStr::new("--fsync"), OsStr::new(policy)];
-                            let emu = EmulatorProcess::start_with(&self.emulator, Some(&self.config), 0, &args)?;
-                            let result = self.generic_run(
-                                &emu.connection_string(),
-                                &queue_names(queues),
-                                concurrency,
-                                emu.pid(),
-                            );
-                            drop(emu);
-                            let _ = std::fs::remove_dir_all(&dir);
-                            result?
-                        }
-                        (_, Some(r)) => {
-                            let names: Vec<_> = (0..queues).map(|i| format!("/queue/bench-{run}-{i}")).collect();
-                            self.generic_run(&r.connection_string(), &names, concurrency, r.pid()?)?
-                        }
-                        (_, None) => continue,
-                    };
-                    rates.push(rate);
-                    cpus.push(cpu);
-                    clients.push(client);
-                }
-                if rates.is_empty() {
-                    continue;
-                }
-                let (rate, lo, hi) = summary(&rates);
-                println!(
-                    "| {queues} × {concurrency} | {broker} | **{rate:.0}** ({lo:.0}–{hi:.0}) | {:.0} | {:.0} |",
-                    summary(&cpus).0,
-                    summary(&clients).0
-                );
-                medians.push(rate);
-            }
-            if let [emulator, batch, always, never, ..] = medians[..] {
-                println!(
-                    "| {queues} × {concurrency} | durable ÷ in memory | batch **{:.2}×**, always {:.2}×, never {:.2}× | | |",
-                    batch / emulator,
-                    always / emulator,
-                    never / emulator
-                );
-            }
-            if let [emulator, .., rabbit] = medians[..]
-                && medians.len() == 5
-            {
-                println!("| {queues} × {concurrency} | emulator ÷ RabbitMQ | **{:.2}×** | | |", emulator / rabbit);
-            }
-        }
-        Ok(())
-    }
-
-    /// Fills `queues` through the generic dialect and drains them with `drain … generic`:
-    /// msgs/s, and the broker's and the client's CPU µs per message while draining.
-    fn generic_run(&self, cs: &str, queues: &[String], concurrency: usize, broker_pid: u32) -> Result<(f64, f64, f64)> {
-        let options = ClientOptions { dialect: Dialect::GenericAmqp, ..ClientOptions::default() };
-        let client = ServiceBusClient::new(cs, options)?;
-        self.runtime.block_on(async {
-            for (i, queue) in queues.iter().enumerate() {
-                let sender = client.sender(queue);
-                for _ in 0..share(THROUGHPUT_MESSAGES, queues.len(), i) {
-                    sender.send(Message::new(vec![b'x'; 1024])).await?;
-                }
-            }
-            anyhow::Ok(())
-        })?;
-        // One client process per queue: with one process for all queues, the client's own
-        // pipeline (fe2o3's connection, session and link tasks) is what bounds the run.
-        // Each grants its queue's whole share as credit once, at attach: credit granted again
-        // while transfers are on their way trips a defect of fe2o3's receiver against brokers
-        // that send flow frames, as RabbitMQ does (BENCHMARKS.md), and the link is lost.
-        let mut drains = Vec::new();
-        for (i, queue) in queues.iter().enumerate() {
-            let share = share(THROUGHPUT_MESSAGES, queues.len(), i);
-            let mut child = Command::new(&self.drain)
-                .args([
-                    cs,
-                    queue,
-                    &share.to_string(),
-                    &concurrency.to_string(),
-                    "generic",
-                    &format!("prefetch={share}"),
-                ])
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
-            match lines.next().transpose()? {
-                Some(l) if l == "ready" => drains.push((child, lines, share)),
-                other => bail!("drain against {queue} did not start ({}): {other:?}", child.wait()?),
-            }
-        }
-        let broker0 = cpu_seconds(broker_pid)?;
-        let (mut longest, mut client) = (0f64, 0f64);
-        for (mut child, lines, share) in drains {
-            let last = lines.last().transpose()?.unwrap_or_default();
-            let status = child.wait()?;
-            let (rate, cpu) = parse_result(&last).with_context(|| format!("drain against {queues:?} ({status})"))?;
-            longest = longest.max(share as f64 / rate);
-            client += cpu;
-        }
-        let broker = cpu_seconds(broker_pid)? - broker0;
-        let n = THROUGHPUT_MESSAGES as f64;
-        Ok((n / longest, broker * 1e6 / n, client * 1e6 / n))
-    }
 }
 
 /// How many of `total` messages go to queue `i` of `queues`.
@@ -883,92 +753,6 @@ fn status_kib(pid: u32, key: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with(&format!("{key}:"))).with_context(|| format!("no {key}"))?;
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
-}
-
-/// A RabbitMQ node with the AMQP 1.0 plugin, on loopback, with its state in `dir`.
-struct RabbitMq {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RabbitMq {
-    /// Starts RabbitMQ if `rabbitmq-server` is installed (Debian package); `None` otherwise.
-    fn start(dir: &Path) -> Result<Option<Self>> {
-        if Command::new("sh").args(["-c", "command -v rabbitmq-server"]).output()?.stdout.is_empty() {
-            return Ok(None);
-        }
-        let dir = dir.join("rabbitmq");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("mnesia"))?;
-        std::fs::create_dir_all(dir.join("log"))?;
-        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_amqp1_0].\n")?;
-        // Started as root, the server drops to the rabbitmq user: it must own its directories.
-        let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();
-        let port = crate::procs::free_port()?;
-        let child = Command::new("rabbitmq-server")
-            .envs(Self::env(&dir, port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting rabbitmq-server")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("RabbitMQ did not listen within 60 s; its logs are in {}", dir.join("log").display());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(Some(Self { child, port, dir }))
-    }
-
-    fn env(dir: &Path, port: u16) -> Vec<(&'static str, String)> {
-        let d = dir.display();
-        vec![
-            ("HOME", d.to_string()),
-            ("ERL_EPMD_ADDRESS", "127.0.0.1".into()),
-            ("RABBITMQ_NODENAME", "xtask-bench@localhost".into()),
-            ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
-            ("RABBITMQ_NODE_PORT", port.to_string()),
-            ("RABBITMQ_DIST_PORT", (port + 1).to_string()),
-            ("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}".into()),
-            ("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia")),
-            ("RABBITMQ_LOG_BASE", format!("{d}/log")),
-            ("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{d}/enabled_plugins")),
-            ("RABBITMQ_FEATURE_FLAGS_FILE", format!("{d}/feature_flags")),
-        ]
-    }
-
-    fn connection_string(&self) -> String {
-        format!(
-            "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName=guest;SharedAccessKey=guest;UseDevelopmentEmulator=true",
-            self.port
-        )
-    }
-
-    /// The process listening on its port (the Erlang VM, `beam.smp`, run as the rabbitmq user
-    /// by the `rabbitmq-server` script), for its CPU time.
-    fn pid(&self) -> Result<u32> {
-        let out = Command::new("ss").args(["-ltnpH", &format!("sport = :{}", self.port)]).output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split("pid=")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-            .with_context(|| format!("no process listens on RabbitMQ's port {} (ss printed {text:?})", self.port))
-    }
-}
-
-impl Drop for RabbitMq {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", "xtask-bench@localhost", "stop"])
-            .envs(Self::env(&self.dir, self.port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //! - [`demo`]: `cargo xtask run`.
 //! - [`e2e`]: `cargo xtask test-e2e`.
 //! - [`soak`]: `cargo xtask soak`.
-//! - [`bench`](mod@bench): `cargo xtask bench`.
+//! - [`bench`](mod@bench): `cargo xtask bench` (its broker comparison and RabbitMQ node in
+//!   submodules).
 //! - [`fuzz`]: `cargo xtask fuzz`.
 //! - [`layers`]: a crate's module graph, for the test that no module imports one that imports it back.
 //!
